@@ -1,0 +1,245 @@
+"""The `farm` command line: run, render, validate, demo.
+
+Exit codes: 0 every item succeeded; 1 some items failed; 2 invalid manifest or arguments
+(nothing rendered); 3 the job could not start (model weights or output storage unavailable,
+Ray unreachable). Heavy imports (torch, ray, diffusers) happen only in commands that render.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+from farm import __version__
+from farm.core.errors import FarmError, ManifestError
+from farm.core.manifest import JobOverrides, issues_from_validation, load_manifest
+from farm.core.params import ASPECTS, PRESETS, ParamOverrides
+
+EXIT_OK, EXIT_FAILED_ITEMS, EXIT_INVALID, EXIT_CANNOT_RUN = 0, 1, 2, 3
+
+
+def _add_param_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("generation parameters (override the manifest's defaults)")
+    group.add_argument("--preset", choices=list(PRESETS))
+    group.add_argument("--resolution", help="short side: 256, 512, 768 or 1024 (e.g. 512 or 512p)")
+    group.add_argument("--aspect", choices=list(ASPECTS))
+    group.add_argument("--frames", type=int, help="8-32")
+    group.add_argument("--fps", type=int, help="4-24, the MP4's frame rate")
+    group.add_argument("--steps", type=int, help="10-100 denoising steps")
+    group.add_argument("--guidance-scale", type=float, help="1-20")
+    group.add_argument("--negative-prompt")
+    group.add_argument("--seed", type=int)
+
+
+def _param_overrides(args: argparse.Namespace) -> ParamOverrides:
+    from pydantic import ValidationError
+
+    values = {
+        name: getattr(args, name)
+        for name in ("preset", "resolution", "aspect", "frames", "fps", "steps", "guidance_scale", "negative_prompt", "seed")
+        if getattr(args, name, None) is not None
+    }
+    try:
+        return ParamOverrides.model_validate(values)
+    except ValidationError as exc:
+        issues = issues_from_validation(exc, known=tuple(values))
+        flags = [replace(issue, field="--" + (issue.field or "").replace("_", "-")) for issue in issues]
+        raise ManifestError(flags, "command line") from None
+
+
+def _job_overrides(args: argparse.Namespace) -> JobOverrides:
+    return JobOverrides(
+        name=getattr(args, "name", None),
+        model=getattr(args, "model", None),
+        output=getattr(args, "output", None),
+        params=_param_overrides(args),
+    )
+
+
+def _print_manifest_error(error: ManifestError) -> None:
+    print(str(error), file=sys.stderr)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    try:
+        spec = load_manifest(args.manifest, _job_overrides(args), env_model=os.environ.get("FARM_MODEL"))
+    except ManifestError as error:
+        if args.json:
+            print(json.dumps({"valid": False, "errors": [i.to_dict() for i in error.issues]}, indent=1))
+        else:
+            _print_manifest_error(error)
+        return EXIT_INVALID
+    missing = [item for item in spec.items if not os.path.isfile(item.image)]
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "valid": True,
+                    "name": spec.name,
+                    "model": spec.model,
+                    "output": spec.output,
+                    "items": len(spec.items),
+                    "missing_images": [{"item_index": i.index, "item_id": i.id, "image": i.image} for i in missing],
+                },
+                indent=1,
+            )
+        )
+    else:
+        print(f"{args.manifest}: valid, {len(spec.items)} items, job {spec.name!r}, model {spec.model!r}")
+        for item in missing:
+            print(f"warning: items[{item.index}] (id {item.id!r}): image not found: {item.image}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _execute(spec, args: argparse.Namespace) -> int:
+    from farm.console import ConsoleReporter, print_summary
+    from farm.runtime.executor import JobRecorder, RunOptions, run_job
+
+    options = RunOptions(address=args.address, workers=args.workers, reporter=ConsoleReporter())
+    try:
+        state = run_job(spec, options)
+    except FarmError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_CANNOT_RUN
+    print_summary(state, JobRecorder(state, 0).location)
+    counts = state.counts()
+    return EXIT_OK if counts["failed"] == 0 else EXIT_FAILED_ITEMS
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    try:
+        spec = load_manifest(
+            args.manifest, _job_overrides(args), skip_invalid=args.skip_invalid, env_model=os.environ.get("FARM_MODEL")
+        )
+    except ManifestError as error:
+        _print_manifest_error(error)
+        print("nothing was rendered; fix the errors above or pass --skip-invalid", file=sys.stderr)
+        return EXIT_INVALID
+    if spec.rejected:
+        print(f"skipping {len(spec.rejected)} invalid item(s), reported as failed:", file=sys.stderr)
+        for rejected in spec.rejected:
+            print(f"  items[{rejected.index}]: {rejected.message}", file=sys.stderr)
+    return _execute(spec, args)
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from farm.core.manifest import parse_manifest
+
+    image = Path(args.image).expanduser().resolve()
+    target = Path(args.output).expanduser().resolve() if args.output else image.with_suffix(".mp4")
+    if target.suffix.lower() != ".mp4":
+        print(f"error: -o {target}: the output must end in .mp4", file=sys.stderr)
+        return EXIT_INVALID
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".farm-render-", dir=target.parent))
+    try:
+        document = {"version": 1, "name": "render", "items": [{"id": target.stem, "image": str(image), "prompt": args.prompt}]}
+        overrides = JobOverrides(name="render", model=args.model, output=str(staging), params=_param_overrides(args))
+        try:
+            spec = parse_manifest(
+                json.dumps(document), "json", base_dir=Path.cwd(), overrides=overrides, env_model=os.environ.get("FARM_MODEL")
+            )
+        except ManifestError as error:
+            _print_manifest_error(error)
+            return EXIT_INVALID
+        args.workers = 1
+        code = _execute(spec, args)
+        produced = staging / "render"
+        for suffix in (".mp4", ".jpg", ".json"):
+            source = produced / f"{spec.items[0].id}{suffix}"
+            if source.exists():
+                os.replace(source, target.with_suffix(suffix))
+        if code == EXIT_OK:
+            print(f"video: {target}  thumbnail: {target.with_suffix('.jpg')}  sidecar: {target.with_suffix('.json')}")
+        return code
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from farm.demo import TINY_NOTICE, write_demo_inputs
+
+    output = Path(args.output).expanduser().resolve()
+    manifest = write_demo_inputs(output / "inputs")
+    print(f"wrote sample images and {manifest}")
+    if args.model == "tiny" or args.model is None:
+        from farm.models.loading import cache_dir
+        from farm.models.tiny import ensure_tiny_model
+
+        print("building the tiny model (random weights) if needed...")
+        print(f"tiny model: {ensure_tiny_model(cache_dir())}")
+    spec = load_manifest(manifest, JobOverrides(output=str(output), model=args.model))
+    code = _execute(spec, args)
+    print()
+    print(TINY_NOTICE if spec.model == "tiny" else "")
+    print(f"videos are in {output / spec.name}/ (ITEM.mp4, ITEM.jpg thumbnail, ITEM.json sidecar)")
+    return code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="farm", description="A render farm for image-to-video generation (I2VGen-XL).")
+    parser.add_argument("--version", action="version", version=f"farm {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def add_cluster_flags(sub):
+        sub.add_argument("--model", help="`tiny`, a local diffusers folder or a Hugging Face id (env FARM_MODEL)")
+        sub.add_argument("--address", help="Ray cluster to join (default: start an embedded one on 127.0.0.1)")
+        sub.add_argument("--workers", type=int, help="render workers (default: one per GPU, or one on the CPU)")
+
+    run = commands.add_parser("run", help="render every item of a manifest")
+    run.add_argument("manifest")
+    run.add_argument("--output", help="output folder (default: the manifest's `output`, else ./farm-output)")
+    run.add_argument("--name", help="job name (default: the manifest's `name`, else its file name)")
+    run.add_argument("--skip-invalid", action="store_true", help="run the valid items, report invalid ones as failed")
+    add_cluster_flags(run)
+    _add_param_flags(run)
+    run.set_defaults(func=cmd_run)
+
+    render = commands.add_parser("render", help="render one image")
+    render.add_argument("image")
+    render.add_argument("--prompt", required=True)
+    render.add_argument("-o", "--output", help="output .mp4 (default: next to the image)")
+    add_cluster_flags(render)
+    _add_param_flags(render)
+    render.set_defaults(func=cmd_render)
+
+    validate = commands.add_parser("validate", help="check a manifest and list every error, without rendering")
+    validate.add_argument("manifest")
+    validate.add_argument("--json", action="store_true", help="machine-readable output")
+    validate.add_argument("--model")
+    validate.add_argument("--output")
+    validate.add_argument("--name")
+    _add_param_flags(validate)
+    validate.set_defaults(func=cmd_validate)
+
+    demo = commands.add_parser("demo", help="write sample images and a manifest, render them with the tiny model")
+    demo.add_argument("--output", default="farm-demo", help="folder for the inputs and videos (default: ./farm-demo)")
+    add_cluster_flags(demo)
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except ManifestError as error:
+        _print_manifest_error(error)
+        return EXIT_INVALID
+    except FarmError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_CANNOT_RUN
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,251 @@
+"""A job's lifecycle as plain data: render tasks, item outcomes, per-item state and the job record.
+
+No I/O and no Ray here: the runtime feeds outcomes in and writes `to_record()` out. Item states:
+`queued` -> `running` -> `succeeded` | `failed` (a lost worker puts a running item back to
+`queued` while it has attempts left); `skipped` for items committed by an earlier run.
+The job ends `succeeded` (every item), `partial` (some), `failed` (none) or `cancelled`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from farm import __version__
+from farm.core.manifest import JobItem, JobSpec
+from farm.core.params import RenderParams
+
+MAX_ATTEMPTS = 3
+
+QUEUED, RUNNING, SUCCEEDED, FAILED, SKIPPED = "queued", "running", "succeeded", "failed", "skipped"
+ITEM_STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, SKIPPED)
+
+
+@dataclass(frozen=True)
+class RenderTask:
+    """Everything a worker needs to render and commit one item (small: no image or video bytes)."""
+
+    job_name: str
+    output: str
+    model: str
+    item_id: str
+    item_index: int
+    image: str
+    prompt: str
+    params: dict[str, Any]
+    requested: dict[str, Any]
+    seed: int
+    attempt: int = 1
+
+    @classmethod
+    def for_item(cls, spec: JobSpec, item: JobItem, attempt: int = 1) -> RenderTask:
+        return cls(
+            job_name=spec.name,
+            output=spec.output,
+            model=spec.model,
+            item_id=item.id,
+            item_index=item.index,
+            image=item.image,
+            prompt=item.prompt,
+            params=item.params.model_dump(),
+            requested=item.requested,
+            seed=item.seed,
+            attempt=attempt,
+        )
+
+    @property
+    def render_params(self) -> RenderParams:
+        return RenderParams.model_validate(self.params)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RenderTask:
+        return cls(**data)
+
+
+@dataclass
+class ItemOutcome:
+    """What a worker reports back for one item: small, so it travels through Ray cheaply."""
+
+    item_id: str
+    status: str  # SUCCEEDED or FAILED
+    reason: str | None = None
+    message: str | None = None
+    seconds: float = 0.0
+    worker: str | None = None
+    warnings: list[str] = field(default_factory=list)
+    degradations: list[dict[str, Any]] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    peak_memory_bytes: int | None = None
+    outputs: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ItemOutcome:
+        return cls(**data)
+
+    @classmethod
+    def failure(cls, item_id: str, reason: str, message: str, **extra: Any) -> ItemOutcome:
+        return cls(item_id=item_id, status=FAILED, reason=reason, message=message, **extra)
+
+
+@dataclass
+class ItemStatus:
+    index: int
+    state: str = QUEUED
+    attempts: int = 0
+    reason: str | None = None
+    message: str | None = None
+    worker: str | None = None
+    seconds: float | None = None
+    warnings: list[str] = field(default_factory=list)
+    degradations: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {"index": self.index, "state": self.state, "attempts": self.attempts}
+        for name in ("reason", "message", "worker", "seconds"):
+            value = getattr(self, name)
+            if value is not None:
+                data[name] = round(value, 3) if isinstance(value, float) else value
+        if self.warnings:
+            data["warnings"] = self.warnings
+        if self.degradations:
+            data["degradations"] = self.degradations
+        return data
+
+
+class JobState:
+    """Per-item state of one job and the counts derived from it."""
+
+    def __init__(self, spec: JobSpec, *, clock=time.time):
+        self.spec = spec
+        self._clock = clock
+        self.created_at = clock()
+        self.started_at: float | None = None
+        self.finished_at: float | None = None
+        self.cancelled = False
+        self.items: dict[str, ItemStatus] = {}
+        self._items_by_id = {item.id: item for item in spec.items}
+        for item in spec.items:
+            self.items[item.id] = ItemStatus(index=item.index)
+        for rejected in spec.rejected:
+            key = rejected.id or f"items[{rejected.index}]"
+            self.items[key] = ItemStatus(
+                index=rejected.index, state=FAILED, reason="invalid_item", message=rejected.message
+            )
+        self.workers: dict[str, dict[str, Any]] = {}
+
+    # --- transitions ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.started_at = self.started_at or self._clock()
+
+    def task_for(self, item_id: str) -> RenderTask:
+        status = self.items[item_id]
+        return RenderTask.for_item(self.spec, self._items_by_id[item_id], attempt=status.attempts + 1)
+
+    def queued_ids(self) -> list[str]:
+        return [item.id for item in self.spec.items if self.items[item.id].state == QUEUED]
+
+    def mark_running(self, item_id: str, worker: str) -> None:
+        status = self.items[item_id]
+        status.state, status.worker = RUNNING, worker
+        status.attempts += 1
+
+    def mark_skipped(self, item_id: str, message: str) -> None:
+        status = self.items[item_id]
+        status.state, status.message = SKIPPED, message
+
+    def record(self, outcome: ItemOutcome) -> None:
+        status = self.items[outcome.item_id]
+        status.state = SUCCEEDED if outcome.status == SUCCEEDED else FAILED
+        status.reason, status.message = outcome.reason, outcome.message
+        status.seconds, status.worker = outcome.seconds, outcome.worker or status.worker
+        status.warnings, status.degradations = list(outcome.warnings), list(outcome.degradations)
+
+    def worker_lost(self, item_id: str, message: str) -> bool:
+        """A worker died mid-render. Requeue the item if it has attempts left; True if requeued."""
+        status = self.items[item_id]
+        if status.attempts < MAX_ATTEMPTS:
+            status.state, status.worker = QUEUED, None
+            return True
+        status.state, status.reason, status.message = FAILED, "worker_lost", message
+        return False
+
+    def fail_remaining(self, reason: str, message: str) -> None:
+        for status in self.items.values():
+            if status.state in (QUEUED, RUNNING):
+                status.state, status.reason, status.message = FAILED, reason, message
+
+    def finish(self) -> None:
+        self.finished_at = self._clock()
+
+    # --- derived ---------------------------------------------------------------------------
+
+    def counts(self) -> dict[str, int]:
+        counts = {state: 0 for state in ITEM_STATES}
+        degraded = 0
+        for status in self.items.values():
+            counts[status.state] += 1
+            degraded += bool(status.degradations) and status.state == SUCCEEDED
+        counts["total"] = len(self.items)
+        counts["degraded"] = degraded
+        return counts
+
+    @property
+    def done(self) -> bool:
+        return all(s.state in (SUCCEEDED, FAILED, SKIPPED) for s in self.items.values())
+
+    @property
+    def final_state(self) -> str:
+        counts = self.counts()
+        if self.cancelled:
+            return "cancelled"
+        if counts[QUEUED] or counts[RUNNING]:
+            return "running" if self.started_at else "queued"
+        if counts[FAILED] == 0:
+            return "succeeded"
+        if counts[SUCCEEDED] + counts[SKIPPED] == 0:
+            return "failed"
+        return "partial"
+
+    def failures(self) -> list[tuple[str, ItemStatus]]:
+        failed = [(item_id, s) for item_id, s in self.items.items() if s.state == FAILED]
+        return sorted(failed, key=lambda pair: pair[1].index)
+
+    def to_record(self) -> dict[str, Any]:
+        """The job record (`job.json`)."""
+        now = self._clock()
+        end = self.finished_at or now
+        elapsed = end - self.started_at if self.started_at else 0.0
+        counts = self.counts()
+        finished = counts[SUCCEEDED] + counts[FAILED]
+        ordered = sorted(self.items.items(), key=lambda pair: pair[1].index)
+        return {
+            "farm_version": __version__,
+            "name": self.spec.name,
+            "state": self.final_state,
+            "model": self.spec.model,
+            "output": self.spec.output,
+            "source": self.spec.source,
+            "counts": counts,
+            "created_at": _iso(self.created_at),
+            "started_at": _iso(self.started_at),
+            "finished_at": _iso(self.finished_at),
+            "updated_at": _iso(now),
+            "elapsed_seconds": round(elapsed, 3),
+            "items_per_minute": round(finished / elapsed * 60, 3) if elapsed > 0 else None,
+            "workers": self.workers,
+            "items": {item_id: status.to_dict() for item_id, status in ordered},
+        }
+
+
+def _iso(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))

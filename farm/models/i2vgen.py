@@ -1,0 +1,162 @@
+"""The I2VGen-XL adapter: load the diffusers pipeline once, then turn (image, prompt, params) into frames.
+
+Prompt conditioning is computed here rather than by the pipeline. I2VGen-XL conditions on the
+penultimate CLIP text layer passed through the encoder's final layer norm (`clip_skip=1`, the
+pipeline default). With transformers >= 5.6 the pipeline's own code for that path breaks
+(`CLIPTextModel` lost its `.text_model` attribute), and `clip_skip=None` would silently switch
+to the last layer. So we compute the embeddings the way the model was trained and pass them in.
+
+Denoising and VAE decoding are run as separate calls so each is timed, and so decoding can be
+chunked (one frame at a time by default, the pipeline's own default).
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from farm.media.video import to_uint8
+from farm.models.loading import ResolvedModel, quiet_libraries, resolve_model, select_device
+
+
+@dataclass
+class Generation:
+    """The frames of one render and what it cost."""
+
+    frames: np.ndarray  # (F, H, W, 3) uint8
+    timings: dict[str, float]
+    peak_memory_bytes: int
+    memory_kind: str
+    warnings: list[str] = field(default_factory=list)
+
+
+class I2VGenXLAdapter:
+    """One loaded I2VGen-XL pipeline on one device."""
+
+    def __init__(self, pipeline, model: ResolvedModel, device: str, load_seconds: float):
+        self.pipeline = pipeline
+        self.model = model
+        self.device = device
+        self.load_seconds = load_seconds
+        self.config_sha256 = model.config_sha256
+
+    @classmethod
+    def load(cls, ref: str, *, device: str | None = None) -> I2VGenXLAdapter:
+        quiet_libraries()  # before the pipeline import, which emits warnings of its own
+        import torch
+        from diffusers import I2VGenXLPipeline
+
+        started = time.perf_counter()
+        device = device or select_device()
+        on_cuda = device.startswith("cuda")
+        dtype = torch.float16 if on_cuda else torch.float32
+        resolved = resolve_model(ref, variant="fp16" if on_cuda else None)
+        pipeline = I2VGenXLPipeline.from_pretrained(resolved.path, dtype=dtype)
+        pipeline.to(device)
+        pipeline.set_progress_bar_config(disable=True)
+        return cls(pipeline, resolved, device, time.perf_counter() - started)
+
+    @property
+    def dtype_name(self) -> str:
+        return str(self.pipeline.unet.dtype).removeprefix("torch.")
+
+    def describe(self) -> dict:
+        return {
+            "id": self.model.ref,
+            "source": self.model.source,
+            "config_sha256": self.config_sha256,
+            "dtype": self.dtype_name,
+        }
+
+    # --- conditioning ----------------------------------------------------------------------
+
+    def encode_prompt(self, prompt: str, negative_prompt: str = "") -> tuple:
+        """(prompt_embeds, negative_prompt_embeds, truncated): penultimate CLIP layer + final norm."""
+        positive, truncated = self._encode_text(prompt)
+        negative, _ = self._encode_text(negative_prompt)
+        return positive, negative, truncated
+
+    def _encode_text(self, text: str):
+        import torch
+
+        tokenizer = self.pipeline.tokenizer
+        encoder = self.pipeline.text_encoder
+        tokens = tokenizer(
+            [text], padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+        )
+        full_length = len(tokenizer(text, truncation=False).input_ids)
+        truncated = full_length > tokenizer.model_max_length
+        attention_mask = None
+        if getattr(encoder.config, "use_attention_mask", False):
+            attention_mask = tokens.attention_mask.to(self.device)
+        with torch.no_grad():
+            output = encoder(tokens.input_ids.to(self.device), attention_mask=attention_mask, output_hidden_states=True)
+            penultimate = output.hidden_states[-2]
+            # transformers >= 5.6 flattened CLIPTextModel; older versions keep the norm in .text_model.
+            final_norm = getattr(encoder, "text_model", encoder).final_layer_norm
+            embeds = final_norm(penultimate)
+        return embeds.to(dtype=encoder.dtype, device=self.device), truncated
+
+    # --- rendering -------------------------------------------------------------------------
+
+    def generate(
+        self,
+        image,
+        *,
+        prompt: str,
+        negative_prompt: str,
+        width: int,
+        height: int,
+        frames: int,
+        steps: int,
+        guidance_scale: float,
+        fps: int,
+        seed: int,
+        decode_chunk_size: int = 1,
+    ) -> Generation:
+        import torch
+
+        timings: dict[str, float] = {}
+        notes: list[str] = []
+        on_cuda = self.device.startswith("cuda")
+        if on_cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+        started = time.perf_counter()
+        positive, negative, truncated = self.encode_prompt(prompt, negative_prompt)
+        if truncated:
+            limit = self.pipeline.tokenizer.model_max_length
+            notes.append(f"the prompt is longer than CLIP's {limit} tokens; the rest was ignored")
+        # Seeded on the CPU so the same seed gives the same video on any device.
+        generator = torch.Generator(device="cpu").manual_seed(seed)
+        latents = self.pipeline(
+            image=image,
+            prompt_embeds=positive,
+            negative_prompt_embeds=negative,
+            height=height,
+            width=width,
+            num_frames=frames,
+            num_inference_steps=steps,
+            guidance_scale=guidance_scale,
+            target_fps=fps,
+            generator=generator,
+            output_type="latent",
+        ).frames
+        timings["denoise"] = time.perf_counter() - started
+
+        started = time.perf_counter()
+        with torch.no_grad():
+            video = self.pipeline.decode_latents(latents, decode_chunk_size=decode_chunk_size)
+            array = self.pipeline.video_processor.postprocess_video(video=video, output_type="np")[0]
+        del latents, video
+        timings["decode"] = time.perf_counter() - started
+
+        frames_uint8 = to_uint8(array)
+        if on_cuda:
+            peak, kind = int(torch.cuda.max_memory_allocated(self.device)), "cuda_max_allocated"
+        else:
+            peak, kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process_max_rss"
+        return Generation(frames_uint8, timings, peak, kind, notes)

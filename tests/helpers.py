@@ -1,0 +1,56 @@
+"""Test helpers: images of every kind, manifests, and reading results back."""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import yaml
+from PIL import Image
+
+FAST = {"resolution": 256, "frames": 8, "fps": 8, "steps": 10}
+
+
+def pattern(width: int, height: int) -> Image.Image:
+    """A colourful RGB pattern whose center and corners are distinguishable."""
+    y, x = np.mgrid[0:height, 0:width]
+    array = np.stack([x * 255 // max(width - 1, 1), y * 255 // max(height - 1, 1), (x + y) % 256], axis=-1)
+    return Image.fromarray(array.astype(np.uint8), "RGB")
+
+
+def noise(width: int, height: int, seed: int = 0) -> Image.Image:
+    """Random pixels: they do not compress, so truncating the file really cuts image data."""
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8), "RGB")
+
+
+def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def png_bomb(width: int = 30000, height: int = 30000) -> bytes:
+    """A tiny PNG whose header claims a huge size (a decompression bomb), with a little real data."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grayscale
+    rows = zlib.compress(b"\x00" * (width + 1) * 16, 9)  # only a few rows of zeros
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+
+
+def write_manifest(folder: Path, items: list[dict], *, name: str = "job", model: str = "tiny", **header) -> Path:
+    document = {"version": 1, "name": name, "model": model, "defaults": dict(FAST), "items": items, **header}
+    path = folder / "manifest.yaml"
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    return path
+
+
+def read_sidecar(path: Path) -> dict:
+    return json.loads(path.read_text())
