@@ -130,21 +130,26 @@ class I2VGenXLAdapter:
         if truncated:
             limit = self.pipeline.tokenizer.model_max_length
             notes.append(f"the prompt is longer than CLIP's {limit} tokens; the rest was ignored")
-        # Seeded on the CPU so the same seed gives the same video on any device.
+        # The initial noise comes from a CPU generator, so a seed gives the same video on any device.
+        # The pipeline also samples the image latents from the global RNG (no generator there):
+        # seed that too, inside fork_rng so the process's own RNG state is left as it was.
         generator = torch.Generator(device="cpu").manual_seed(seed)
-        latents = self.pipeline(
-            image=image,
-            prompt_embeds=positive,
-            negative_prompt_embeds=negative,
-            height=height,
-            width=width,
-            num_frames=frames,
-            num_inference_steps=steps,
-            guidance_scale=guidance_scale,
-            target_fps=fps,
-            generator=generator,
-            output_type="latent",
-        ).frames
+        rng_devices = [torch.device(self.device).index or 0] if on_cuda else []
+        with torch.random.fork_rng(devices=rng_devices):
+            torch.manual_seed(seed)
+            latents = self.pipeline(
+                image=image,
+                prompt_embeds=positive,
+                negative_prompt_embeds=negative,
+                height=height,
+                width=width,
+                num_frames=frames,
+                num_inference_steps=steps,
+                guidance_scale=guidance_scale,
+                target_fps=fps,
+                generator=generator,
+                output_type="latent",
+            ).frames
         timings["denoise"] = time.perf_counter() - started
 
         started = time.perf_counter()

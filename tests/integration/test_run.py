@@ -1,0 +1,171 @@
+"""Whole jobs on a real local Ray cluster bound to 127.0.0.1, in process and through the `farm` CLI."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import subprocess_env
+from farm.core.manifest import load_manifest
+from farm.media.video import probe_mp4
+from farm.runtime.executor import RunOptions, run_job
+from helpers import encode, noise, pattern, png_bomb, write_manifest
+
+pytestmark = pytest.mark.integration
+
+
+def farm(*args, cwd=None, timeout=600):
+    return subprocess.run(
+        [sys.executable, "-m", "farm", *args], capture_output=True, text=True, cwd=cwd, env=subprocess_env(), timeout=timeout
+    )
+
+
+def test_ray_is_bound_to_loopback(ray_cluster):
+    import ray
+
+    assert ray_cluster.embedded
+    assert ray.util.get_node_ip_address() == "127.0.0.1"
+    assert all(node["NodeManagerAddress"] == "127.0.0.1" for node in ray.nodes())
+    ss = shutil.which("ss")
+    if ss:
+        listening = subprocess.run([ss, "-ltnp"], capture_output=True, text=True).stdout.splitlines()
+        ray_sockets = [line for line in listening if any(p in line for p in ("gcs_server", "raylet", "ray::"))]
+        assert ray_sockets, "expected to see Ray's listening sockets"
+        for line in ray_sockets:
+            local = line.split()[3]
+            assert local.startswith(("127.0.0.1:", "[::ffff:127.0.0.1]:")), line
+
+
+def test_a_job_with_good_and_bad_items_in_process(tmp_path, ray_cluster):
+    (tmp_path / "good.png").write_bytes(encode(pattern(300, 200), "PNG"))
+    (tmp_path / "corrupt.jpg").write_bytes(encode(noise(300, 300), "JPEG")[:3000])
+    items = [
+        {"id": "good", "image": "good.png", "prompt": "a"},
+        {"id": "missing", "image": "nope.png", "prompt": "b"},
+        {"id": "corrupt", "image": "corrupt.jpg", "prompt": "c"},
+        {"id": "wide", "image": "good.png", "prompt": "d", "aspect": "16:9"},
+    ]
+    spec = load_manifest(write_manifest(tmp_path, items, name="mixed", output=str(tmp_path / "out")))
+    state = run_job(spec, RunOptions(record_interval_s=0))
+    counts = state.counts()
+    assert (counts["succeeded"], counts["failed"], counts["total"]) == (2, 2, 4)
+    assert state.final_state == "partial"
+    assert state.items["missing"].reason == "image_not_found"
+    assert state.items["corrupt"].reason == "image_invalid"
+
+    record = json.loads((tmp_path / "out" / "mixed" / "job.json").read_text())
+    assert record["state"] == "partial" and record["counts"]["succeeded"] == 2
+    assert record["items"]["missing"]["state"] == "failed" and "nope.png" in record["items"]["missing"]["message"]
+    assert record["items"]["good"]["worker"] == "worker-0"
+    assert list(record["workers"]) == ["worker-0"] and record["workers"]["worker-0"]["device"] == "cpu"
+    assert probe_mp4(str(tmp_path / "out" / "mixed" / "wide.mp4")).width == 448
+
+
+def test_two_workers_share_a_job(tmp_path, ray_cluster):
+    (tmp_path / "a.png").write_bytes(encode(pattern(256, 256), "PNG"))
+    items = [{"id": f"i{n}", "image": "a.png", "prompt": f"p{n}"} for n in range(6)]
+    spec = load_manifest(write_manifest(tmp_path, items, name="pair", output=str(tmp_path / "out")))
+    state = run_job(spec, RunOptions(workers=2, cpu_threads=1))
+    assert state.final_state == "succeeded"
+    used = {status.worker for status in state.items.values()}
+    assert used == {"worker-0", "worker-1"}
+
+
+def test_an_unavailable_model_stops_the_job_before_rendering(tmp_path, ray_cluster):
+    (tmp_path / "a.png").write_bytes(encode(pattern(64, 64), "PNG"))
+    spec = load_manifest(write_manifest(tmp_path, [{"image": "a.png", "prompt": "p"}], model=str(tmp_path)))
+    from farm.core.errors import ModelUnavailableError
+
+    with pytest.raises(ModelUnavailableError, match="no model_index.json"):
+        run_job(spec, RunOptions())
+
+
+def test_farm_run_with_three_bad_items_renders_the_rest_and_exits_1(tmp_path, tiny_model_dir):
+    """The issue's acceptance case: 20 items, 3 bad (missing file, corrupt image, decompression bomb)."""
+    for n, size in enumerate([(640, 480), (480, 640), (512, 512), (1000, 300)]):
+        (tmp_path / f"img{n}.png").write_bytes(encode(pattern(*size), "PNG"))
+    (tmp_path / "corrupt.jpg").write_bytes(encode(noise(400, 400), "JPEG")[:5000])
+    (tmp_path / "bomb.png").write_bytes(png_bomb())
+    items = [{"id": f"good-{n:02d}", "image": f"img{n % 4}.png", "prompt": f"motion {n}"} for n in range(17)]
+    items[3]["aspect"] = "16:9"
+    items[7]["aspect"] = "9:16"
+    items[10]["frames"] = 9
+    items += [
+        {"id": "missing", "image": "does-not-exist.png", "prompt": "x"},
+        {"id": "corrupt", "image": "corrupt.jpg", "prompt": "x"},
+        {"id": "bomb", "image": "bomb.png", "prompt": "x"},
+    ]
+    manifest = write_manifest(tmp_path, items, name="twenty")
+    result = farm("run", str(manifest), "--output", str(tmp_path / "out"), cwd=tmp_path)
+    assert result.returncode == 1, result.stderr[-3000:]
+
+    folder = tmp_path / "out" / "twenty"
+    videos = sorted(p.stem for p in folder.glob("*.mp4"))
+    assert videos == [f"good-{n:02d}" for n in range(17)]
+    for stem in videos:
+        assert (folder / f"{stem}.jpg").is_file() and (folder / f"{stem}.json").is_file()
+    assert probe_mp4(str(folder / "good-10.mp4")).frames == 9
+    record = json.loads((folder / "job.json").read_text())
+    assert record["counts"]["succeeded"] == 17 and record["counts"]["failed"] == 3
+    reasons = {key: record["items"][key]["reason"] for key in ("missing", "corrupt", "bomb")}
+    assert reasons == {"missing": "image_not_found", "corrupt": "image_invalid", "bomb": "image_too_large"}
+    summary = result.stdout
+    for needle in ("failed items", "missing", "image_not_found", "corrupt", "bomb", "image_too_large"):
+        assert needle in summary
+
+
+def test_farm_run_rejects_an_invalid_manifest_with_every_error_and_renders_nothing(tmp_path):
+    (tmp_path / "a.png").write_bytes(encode(pattern(64, 64), "PNG"))
+    items = [
+        {"id": "a", "image": "a.png", "prompt": "p", "frames": 64},
+        {"id": "b", "image": "a.png", "prompt": "p", "motion": "fast"},
+    ]
+    manifest = write_manifest(tmp_path, items)
+    result = farm("run", str(manifest), "--output", str(tmp_path / "out"))
+    assert result.returncode == 2
+    assert "items[0] (id 'a'), field 'frames': 64 is not allowed" in result.stderr
+    assert "items[1] (id 'b'), field 'motion': unknown field 'motion'" in result.stderr
+    assert "nothing was rendered" in result.stderr
+    assert not (tmp_path / "out").exists()
+    assert "Traceback" not in result.stderr
+
+
+def test_farm_validate(tmp_path):
+    good = write_manifest(tmp_path, [{"id": "a", "image": "a.png", "prompt": "p"}])
+    result = farm("validate", str(good))
+    assert result.returncode == 0 and "valid, 1 items" in result.stdout
+    assert "image not found" in result.stderr  # a warning, not an error
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"version": 1, "items": [{"image": "a.png", "prompt": "p", "steps": 1000}]}))
+    result = farm("validate", str(bad), "--json")
+    assert result.returncode == 2
+    errors = json.loads(result.stdout)["errors"]
+    assert errors[0]["field"] == "steps" and errors[0]["value"] == 1000 and errors[0]["item_index"] == 0
+
+
+def test_farm_render_one_image(tmp_path, tiny_model_dir):
+    image = tmp_path / "still.webp"
+    image.write_bytes(encode(pattern(500, 300), "WEBP"))
+    target = tmp_path / "clips" / "still.mp4"
+    result = farm(
+        "render", str(image), "--prompt", "a slow pan", "--model", "tiny", "--preset", "quick",
+        "--resolution", "256", "--steps", "10", "--aspect", "16:9", "-o", str(target),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    info = probe_mp4(str(target))
+    assert (info.width, info.height, info.frames, info.fps) == (448, 256, 8, 8)
+    sidecar = json.loads(target.with_suffix(".json").read_text())
+    assert sidecar["requested"] == {} and sidecar["effective"]["steps"] == 10
+    assert target.with_suffix(".jpg").is_file()
+    assert not any(p.name.startswith(".farm-render") for p in target.parent.iterdir())
+
+
+def test_farm_render_with_unavailable_weights_explains_without_a_traceback(tmp_path):
+    image = tmp_path / "still.png"
+    image.write_bytes(encode(pattern(64, 64), "PNG"))
+    result = farm("render", str(image), "--prompt", "p", "--model", "ali-vilab/i2vgen-xl", "-o", str(tmp_path / "o.mp4"))
+    assert result.returncode == 3
+    assert "HF_HUB_OFFLINE" in result.stderr and "--model DIR" in result.stderr
+    assert "Traceback" not in result.stderr
