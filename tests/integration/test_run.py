@@ -46,11 +46,13 @@ def test_a_job_with_good_and_bad_items_in_process(tmp_path, ray_cluster):
         {"id": "missing", "image": "nope.png", "prompt": "b"},
         {"id": "corrupt", "image": "corrupt.jpg", "prompt": "c"},
         {"id": "wide", "image": "good.png", "prompt": "d", "aspect": "16:9"},
+        {"id": "invalid", "image": "good.png", "prompt": "e", "steps": 5},
     ]
-    spec = load_manifest(write_manifest(tmp_path, items, name="mixed", output=str(tmp_path / "out")))
+    manifest = write_manifest(tmp_path, items, name="mixed", output=str(tmp_path / "out"))
+    spec = load_manifest(manifest, skip_invalid=True)
     state = run_job(spec, RunOptions(record_interval_s=0))
     counts = state.counts()
-    assert (counts["succeeded"], counts["failed"], counts["total"]) == (2, 2, 4)
+    assert (counts["succeeded"], counts["failed"], counts["total"]) == (2, 3, 5)
     assert state.final_state == "partial"
     assert state.items["missing"].reason == "image_not_found"
     assert state.items["corrupt"].reason == "image_invalid"
@@ -59,6 +61,7 @@ def test_a_job_with_good_and_bad_items_in_process(tmp_path, ray_cluster):
     assert record["state"] == "partial" and record["counts"]["succeeded"] == 2
     assert record["items"]["missing"]["state"] == "failed" and "nope.png" in record["items"]["missing"]["message"]
     assert record["items"]["good"]["worker"] == "worker-0"
+    assert record["items"]["invalid"]["reason"] == "invalid_item" and "steps" in record["items"]["invalid"]["message"]
     assert list(record["workers"]) == ["worker-0"] and record["workers"]["worker-0"]["device"] == "cpu"
     assert probe_mp4(str(tmp_path / "out" / "mixed" / "wide.mp4")).width == 448
 
@@ -130,6 +133,25 @@ def test_farm_run_rejects_an_invalid_manifest_with_every_error_and_renders_nothi
     assert "nothing was rendered" in result.stderr
     assert not (tmp_path / "out").exists()
     assert "Traceback" not in result.stderr
+
+
+def test_farm_demo_ends_with_playable_videos_matching_the_request(tmp_path, tiny_model_dir):
+    result = farm("demo", "--output", str(tmp_path / "demo"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "random weights" in result.stdout and "--model" in result.stdout
+    folder = tmp_path / "demo" / "demo"
+    sidecars = sorted(folder.glob("*.json"))
+    sidecars.remove(folder / "job.json")
+    assert len(sidecars) == 5
+    for path in sidecars:
+        sidecar = json.loads(path.read_text())
+        effective = sidecar["effective"]
+        info = probe_mp4(str(path.with_suffix(".mp4")))
+        assert (info.codec, info.pix_fmt) == ("h264", "yuv420p")
+        assert (info.width, info.height) == (effective["width"], effective["height"])
+        assert info.frames == effective["frames"] and info.fps == effective["fps"]
+        assert path.with_suffix(".jpg").is_file()
+    assert json.loads((folder / "job.json").read_text())["state"] == "succeeded"
 
 
 def test_farm_validate(tmp_path):
