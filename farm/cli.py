@@ -17,11 +17,12 @@ from dataclasses import replace
 from pathlib import Path
 
 from farm import __version__
-from farm.core.errors import FarmError, ManifestError
+from farm.core.errors import FarmError, ManifestError, ManifestIssue
 from farm.core.manifest import JobOverrides, issues_from_validation, load_manifest
 from farm.core.params import ASPECTS, PRESETS, ParamOverrides
 
 EXIT_OK, EXIT_FAILED_ITEMS, EXIT_INVALID, EXIT_CANNOT_RUN = 0, 1, 2, 3
+PARAM_FLAGS = ("preset", "resolution", "aspect", "frames", "fps", "steps", "guidance_scale", "negative_prompt", "seed", "degrade")
 
 
 def _add_param_flags(parser: argparse.ArgumentParser) -> None:
@@ -35,6 +36,9 @@ def _add_param_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--guidance-scale", type=float, help="1-20")
     group.add_argument("--negative-prompt")
     group.add_argument("--seed", type=int)
+    group.add_argument("--degrade", choices=["allowed", "memory_savers", "never"], help="what may change on OOM")
+    group.add_argument("--degrade-order", help="e.g. memory_savers,bigger_tier,frames,resolution")
+    group.add_argument("--unfit", choices=["degrade", "reject"], help="items that fit no GPU present")
 
 
 def _param_overrides(args: argparse.Namespace) -> ParamOverrides:
@@ -42,7 +46,7 @@ def _param_overrides(args: argparse.Namespace) -> ParamOverrides:
 
     values = {
         name: getattr(args, name)
-        for name in ("preset", "resolution", "aspect", "frames", "fps", "steps", "guidance_scale", "negative_prompt", "seed")
+        for name in PARAM_FLAGS
         if getattr(args, name, None) is not None
     }
     try:
@@ -54,11 +58,21 @@ def _param_overrides(args: argparse.Namespace) -> ParamOverrides:
 
 
 def _job_overrides(args: argparse.Namespace) -> JobOverrides:
+    order = getattr(args, "degrade_order", None)
+    if order:
+        from farm.core.ladder import validate_order
+
+        try:
+            order = validate_order(step.strip() for step in order.split(","))
+        except ValueError as error:
+            raise ManifestError([ManifestIssue(str(error), field="--degrade-order", value=order)], "command line") from None
     return JobOverrides(
         name=getattr(args, "name", None),
         model=getattr(args, "model", None),
         output=getattr(args, "output", None),
         params=_param_overrides(args),
+        degrade_order=order or None,
+        unfit=getattr(args, "unfit", None),
     )
 
 
@@ -95,6 +109,67 @@ def cmd_validate(args: argparse.Namespace) -> int:
         for item in missing:
             print(f"warning: items[{item.index}] (id {item.id!r}): image not found: {item.image}", file=sys.stderr)
     return EXIT_OK
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from farm.core.planner import plan_job
+    from farm.core.tiers import CPU_TIER, ClusterShape, load_tier_table, parse_gpus
+
+    try:
+        spec = load_manifest(args.manifest, _job_overrides(args), skip_invalid=True, env_model=os.environ.get("FARM_MODEL"))
+    except ManifestError as error:
+        _print_manifest_error(error)
+        return EXIT_INVALID
+    table = load_tier_table(args.tiers)
+    try:
+        shape = parse_gpus(args.gpus, table) if args.gpus else ClusterShape({name: 1 for name in table.names()})
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_INVALID
+    plan = plan_job(spec, shape, table)
+    if args.json:
+        document = plan.to_dict()
+        document["invalid_items"] = [{"index": r.index, "id": r.id, "message": r.message} for r in spec.rejected]
+        print(json.dumps(document, indent=1))
+        return EXIT_OK
+    out = sys.stdout
+    if not args.gpus:
+        out.write(f"no --gpus given: planning for one GPU of every tier ({', '.join(table.names())})\n")
+    out.write(f"{'item':32} {'tier':>5} {'VRAM GiB':>9} {'budget':>7} {'settings':>18} {'est. s':>7}  planned degradations\n")
+    for item_plan in plan.items:
+        settings = item_plan.settings
+        width, height = settings.size
+        size = f"{width}x{height}x{settings.frames}"
+        estimate = f"{item_plan.estimate.total_gib:9.1f}" if item_plan.estimate else f"{'-':>9}"
+        budget = f"{item_plan.budget_bytes / 2**30:7.1f}" if item_plan.budget_bytes else f"{'-':>7}"
+        seconds = f"{item_plan.seconds:7.0f}" if item_plan.seconds is not None else f"{'-':>7}"
+        steps = "; ".join(f"{d.step} {d.before} -> {d.after}" for d in item_plan.degradations)
+        if item_plan.rejected:
+            steps = "REJECTED: " + item_plan.rejected
+        elif not item_plan.fits:
+            steps = (steps + "; " if steps else "") + "still over budget within its degrade mode: expect an OOM"
+        out.write(f"{item_plan.item_id[:32]:32} {item_plan.tier or '-':>5} {estimate} {budget} {size:>18} {seconds}  {steps}\n")
+    out.write("\n")
+    out.write(f"{'tier':6} {'workers':>7} {'items':>7} {'busy s/worker':>14}\n")
+    for name, load in plan.tiers.items():
+        per_worker = load.busy_seconds / load.workers if load.workers else 0
+        out.write(f"{name:6} {load.workers:7d} {load.items:7d} {per_worker:14.0f}\n")
+    rejected = sum(1 for p in plan.items if p.rejected)
+    degraded = sum(1 for p in plan.items if p.degradations)
+    out.write(f"\n{len(plan.items)} items, {degraded} with planned degradations, {rejected} rejected, {len(spec.rejected)} invalid\n")
+    if plan.makespan_seconds is not None:
+        out.write(
+            f"estimated makespan {_duration(plan.makespan_seconds)} (ideal {_duration(plan.ideal_seconds)}; "
+            "speeds: docs/vram.md)\n"
+        )
+    elif CPU_TIER in shape.workers:
+        out.write("CPU-only cluster: no memory limits and no time estimate\n")
+    return EXIT_OK
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"
 
 
 def _execute(spec, args: argparse.Namespace) -> int:
@@ -217,6 +292,17 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--name")
     _add_param_flags(validate)
     validate.set_defaults(func=cmd_validate)
+
+    plan = commands.add_parser("plan", help="dry run: VRAM estimate, tier and degradations per item, makespan")
+    plan.add_argument("manifest")
+    plan.add_argument("--gpus", help="cluster shape, e.g. 12g:4,24g:2,80g:1 (default: one GPU of every tier)")
+    plan.add_argument("--tiers", help="tier table file (YAML/JSON); default FARM_TIERS_FILE or the built-in table")
+    plan.add_argument("--json", action="store_true", help="machine-readable output")
+    plan.add_argument("--model")
+    plan.add_argument("--name")
+    plan.add_argument("--output")
+    _add_param_flags(plan)
+    plan.set_defaults(func=cmd_plan)
 
     demo = commands.add_parser("demo", help="write sample images and a manifest, render them with the tiny model")
     demo.add_argument("--output", default="farm-demo", help="folder for the inputs and videos (default: ./farm-demo)")

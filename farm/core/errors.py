@@ -109,6 +109,7 @@ FAILURE_REASONS = (
     "image_too_large",
     "invalid_item",
     "oom",
+    "no_fitting_tier",
     "render_error",
     "storage_error",
     "worker_lost",

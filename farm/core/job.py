@@ -13,18 +13,24 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from farm import __version__
+from farm.core.ladder import DEFAULT_ORDER, RenderSettings
 from farm.core.manifest import JobItem, JobSpec
 from farm.core.params import RenderParams
 
 MAX_ATTEMPTS = 3
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, SKIPPED = "queued", "running", "succeeded", "failed", "skipped"
+ESCALATE = "escalate"
 ITEM_STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, SKIPPED)
 
 
 @dataclass(frozen=True)
 class RenderTask:
-    """Everything a worker needs to render and commit one item (small: no image or video bytes)."""
+    """Everything a worker needs to render and commit one item (small: no image or video bytes).
+
+    `settings` are what to try first (the plan's, after any planned degradations); `degradations`
+    lists the steps already taken; `bigger_tier_available` lets the worker's ladder ask to move.
+    """
 
     job_name: str
     output: str
@@ -36,10 +42,18 @@ class RenderTask:
     params: dict[str, Any]
     requested: dict[str, Any]
     seed: int
+    settings: dict[str, Any]
+    planned_tier: str = "cpu"
+    degradations: list[dict[str, Any]] = field(default_factory=list)
+    degrade_order: tuple[str, ...] = DEFAULT_ORDER
+    bigger_tier_available: bool = False
+    estimate_gib: float | None = None
     attempt: int = 1
 
     @classmethod
-    def for_item(cls, spec: JobSpec, item: JobItem, attempt: int = 1) -> RenderTask:
+    def for_item(cls, spec: JobSpec, item: JobItem, attempt: int = 1, **plan: Any) -> RenderTask:
+        params = item.params
+        plan.setdefault("settings", RenderSettings(params.resolution, params.aspect, params.frames).to_dict())
         return cls(
             job_name=spec.name,
             output=spec.output,
@@ -48,15 +62,21 @@ class RenderTask:
             item_index=item.index,
             image=item.image,
             prompt=item.prompt,
-            params=item.params.model_dump(),
+            params=params.model_dump(),
             requested=item.requested,
             seed=item.seed,
+            degrade_order=tuple(spec.degrade_order),
             attempt=attempt,
+            **plan,
         )
 
     @property
     def render_params(self) -> RenderParams:
         return RenderParams.model_validate(self.params)
+
+    @property
+    def render_settings(self) -> RenderSettings:
+        return RenderSettings.from_dict(self.settings)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -71,7 +91,7 @@ class ItemOutcome:
     """What a worker reports back for one item: small, so it travels through Ray cheaply."""
 
     item_id: str
-    status: str  # SUCCEEDED or FAILED
+    status: str  # SUCCEEDED, FAILED, or ESCALATE (out of memory: asks for a bigger GPU)
     reason: str | None = None
     message: str | None = None
     seconds: float = 0.0
@@ -81,6 +101,9 @@ class ItemOutcome:
     timings: dict[str, float] = field(default_factory=dict)
     peak_memory_bytes: int | None = None
     outputs: dict[str, str] = field(default_factory=dict)
+    tier: str | None = None
+    settings: dict[str, Any] | None = None
+    ooms: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -103,12 +126,14 @@ class ItemStatus:
     message: str | None = None
     worker: str | None = None
     seconds: float | None = None
+    planned_tier: str | None = None
+    tier: str | None = None
     warnings: list[str] = field(default_factory=list)
     degradations: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         data = {"index": self.index, "state": self.state, "attempts": self.attempts}
-        for name in ("reason", "message", "worker", "seconds"):
+        for name in ("reason", "message", "worker", "planned_tier", "tier", "seconds"):
             value = getattr(self, name)
             if value is not None:
                 data[name] = round(value, 3) if isinstance(value, float) else value
@@ -139,23 +164,32 @@ class JobState:
                 index=rejected.index, state=FAILED, reason="invalid_item", message=rejected.message
             )
         self.workers: dict[str, dict[str, Any]] = {}
+        self.plan: dict[str, Any] | None = None
 
     # --- transitions ------------------------------------------------------------------------
 
     def start(self) -> None:
         self.started_at = self.started_at or self._clock()
 
-    def task_for(self, item_id: str) -> RenderTask:
+    def task_for(self, item_id: str, **plan: Any) -> RenderTask:
         status = self.items[item_id]
-        return RenderTask.for_item(self.spec, self._items_by_id[item_id], attempt=status.attempts + 1)
+        return RenderTask.for_item(self.spec, self._items_by_id[item_id], attempt=status.attempts + 1, **plan)
 
     def queued_ids(self) -> list[str]:
         return [item.id for item in self.spec.items if self.items[item.id].state == QUEUED]
 
-    def mark_running(self, item_id: str, worker: str) -> None:
+    def mark_running(self, item_id: str, worker: str, tier: str | None = None, *, new_attempt: bool = True) -> None:
+        """`new_attempt=False` when an item only moves (out of memory, to a bigger GPU)."""
         status = self.items[item_id]
-        status.state, status.worker = RUNNING, worker
-        status.attempts += 1
+        status.state, status.worker, status.tier = RUNNING, worker, tier
+        status.attempts += new_attempt
+
+    def mark_planned(self, item_id: str, tier: str | None) -> None:
+        self.items[item_id].planned_tier = tier
+
+    def fail(self, item_id: str, reason: str, message: str) -> None:
+        status = self.items[item_id]
+        status.state, status.reason, status.message = FAILED, reason, message
 
     def mark_skipped(self, item_id: str, message: str) -> None:
         status = self.items[item_id]
@@ -166,6 +200,7 @@ class JobState:
         status.state = SUCCEEDED if outcome.status == SUCCEEDED else FAILED
         status.reason, status.message = outcome.reason, outcome.message
         status.seconds, status.worker = outcome.seconds, outcome.worker or status.worker
+        status.tier = outcome.tier or status.tier
         status.warnings, status.degradations = list(outcome.warnings), list(outcome.degradations)
 
     def worker_lost(self, item_id: str, message: str) -> bool:
@@ -241,6 +276,7 @@ class JobState:
             "elapsed_seconds": round(elapsed, 3),
             "items_per_minute": round(finished / elapsed * 60, 3) if elapsed > 0 else None,
             "workers": self.workers,
+            "plan": self.plan,
             "items": {item_id: status.to_dict() for item_id, status in ordered},
         }
 

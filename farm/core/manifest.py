@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
 
 from farm.core.errors import ManifestError, ManifestIssue
 from farm.core.ids import derive_item_id, derive_seed, sanitize_id
+from farm.core.ladder import DEFAULT_ORDER
 from farm.core.params import FIELD_HELP, PARAM_FIELDS, ParamOverrides, RenderParams, resolve_params
 
 MANIFEST_VERSION = 1
@@ -54,6 +55,8 @@ ITEM_HELP = {
     "output": "a local folder for the results",
     "defaults": "a mapping of parameters applied to every item",
     "items": "a list of items, each with at least `image` and `prompt`",
+    "degrade_order": "a list ordering memory_savers, bigger_tier, resolution, frames (each at most once)",
+    "unfit": "degrade (plan cheaper settings on the largest GPU) or reject (fail the item at plan time)",
     **FIELD_HELP,
 }
 
@@ -76,6 +79,10 @@ class ManifestHeader(BaseModel):
     model: StrictStr | None = Field(default=None, min_length=1, max_length=4096)
     output: StrictStr | None = Field(default=None, min_length=1, max_length=4096)
     defaults: ParamOverrides = ParamOverrides()
+    degrade_order: list[Literal["memory_savers", "bigger_tier", "resolution", "frames"]] | None = Field(
+        default=None, min_length=1, max_length=4
+    )
+    unfit: Literal["degrade", "reject"] | None = None
     items: list[Any] = Field(min_length=1)
 
 
@@ -125,6 +132,8 @@ class JobSpec:
     rejected: list[RejectedItem] = field(default_factory=list)
     source: str | None = None
     format: str | None = None
+    degrade_order: tuple[str, ...] = DEFAULT_ORDER
+    unfit: str = "degrade"
 
     @property
     def total(self) -> int:
@@ -139,6 +148,8 @@ class JobOverrides:
     model: str | None = None
     output: str | None = None
     params: ParamOverrides = ParamOverrides()
+    degrade_order: tuple[str, ...] | None = None
+    unfit: str | None = None
 
 
 def detect_format(path: Path) -> Format:
@@ -219,12 +230,25 @@ def parse_manifest(
     if header and header.output and not overrides.output:
         output = _resolve_local(header.output, base_dir)
 
+    degrade_order = overrides.degrade_order or (header.degrade_order if header else None) or DEFAULT_ORDER
+    if len(set(degrade_order)) != len(degrade_order):
+        issues.append(ManifestIssue(f"{list(degrade_order)} repeats a step; " + ITEM_HELP["degrade_order"], field="degrade_order"))
+    unfit = overrides.unfit or (header.unfit if header else None) or "degrade"
+
     items, rejected = _validate_items(raw_items, lines, defaults, overrides.params, base_dir)
     if issues or (rejected and not skip_invalid):
         issues.extend(issue for item in rejected for issue in item.issues)
         raise ManifestError(issues, source)
     return JobSpec(
-        name=name, model=model, output=output, items=items, rejected=rejected, source=source, format=fmt
+        name=name,
+        model=model,
+        output=output,
+        items=items,
+        rejected=rejected,
+        source=source,
+        format=fmt,
+        degrade_order=tuple(degrade_order),
+        unfit=unfit,
     )
 
 

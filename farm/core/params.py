@@ -30,7 +30,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 DEFAULT_PRESET = "standard"
 
-PARAM_FIELDS = ("resolution", "aspect", "frames", "fps", "steps", "guidance_scale", "negative_prompt", "seed")
+PARAM_FIELDS = ("resolution", "aspect", "frames", "fps", "steps", "guidance_scale", "negative_prompt", "seed", "degrade")
+DEGRADE_MODES = ("allowed", "memory_savers", "never")
 
 # What each field accepts, in words: appended to validation errors so they say what to do.
 FIELD_HELP = {
@@ -43,6 +44,8 @@ FIELD_HELP = {
     "guidance_scale": f"a number from {GUIDANCE_RANGE[0]:g} to {GUIDANCE_RANGE[1]:g}",
     "negative_prompt": f"text of at most {NEGATIVE_PROMPT_MAX_CHARS} characters",
     "seed": f"an integer from 0 to {SEED_MAX}",
+    "degrade": "what may change when the GPU runs out of memory: allowed (memory savers, a bigger GPU, "
+    "then lower resolution or frames), memory_savers (only changes that keep quality) or never",
 }
 
 
@@ -58,6 +61,7 @@ def _parse_resolution(value: Any) -> Any:
 Resolution = Annotated[Literal[256, 512, 768, 1024], BeforeValidator(_parse_resolution)]
 Aspect = Literal["1:1", "16:9", "9:16"]
 PresetName = Literal["quick", "standard", "high"]
+DegradeMode = Literal["allowed", "memory_savers", "never"]
 Frames = Annotated[StrictInt, Field(ge=FRAMES_RANGE[0], le=FRAMES_RANGE[1])]
 Fps = Annotated[StrictInt, Field(ge=FPS_RANGE[0], le=FPS_RANGE[1])]
 Steps = Annotated[StrictInt, Field(ge=STEPS_RANGE[0], le=STEPS_RANGE[1])]
@@ -80,6 +84,7 @@ class ParamOverrides(BaseModel):
     guidance_scale: Guidance | None = None
     negative_prompt: NegativePrompt | None = None
     seed: Seed | None = None
+    degrade: DegradeMode | None = None
 
     def explicit(self) -> dict[str, Any]:
         """The parameter fields this layer sets, without the preset."""
@@ -99,6 +104,7 @@ class RenderParams(BaseModel):
     guidance_scale: float
     negative_prompt: str = ""
     seed: int | None = None
+    degrade: DegradeMode = "allowed"
 
     @property
     def size(self) -> tuple[int, int]:
@@ -108,7 +114,7 @@ class RenderParams(BaseModel):
 
 def resolve_params(*layers: ParamOverrides | None) -> RenderParams:
     """Merge override layers, lowest priority first, over the default preset."""
-    values: dict[str, Any] = {"aspect": "1:1", "negative_prompt": "", "seed": None}
+    values: dict[str, Any] = {"aspect": "1:1", "negative_prompt": "", "seed": None, "degrade": "allowed"}
     values.update(PRESETS[DEFAULT_PRESET])
     for layer in layers:
         if layer is None:

@@ -7,7 +7,8 @@ pipeline default). With transformers >= 5.6 the pipeline's own code for that pat
 to the last layer. So we compute the embeddings the way the model was trained and pass them in.
 
 Denoising and VAE decoding are run as separate calls so each is timed, and so decoding can be
-chunked (one frame at a time by default, the pipeline's own default).
+chunked (four frames at a time by default; one at a time with the `vae_slicing` memory saver).
+`phase` says which stage is running, so an out-of-memory error can be attributed to it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from farm.core.vram import CPU_OFFLOAD, FF_CHUNKING, I2VGENXL_PROFILE, SAVER_LEVELS, VAE_SLICING, VAE_TILING
 from farm.media.video import to_uint8
+from farm.models.faults import OomInjector
 from farm.models.loading import ResolvedModel, quiet_libraries, resolve_model, select_device
 
 
@@ -36,12 +39,42 @@ class Generation:
 class I2VGenXLAdapter:
     """One loaded I2VGen-XL pipeline on one device."""
 
+    profile = I2VGENXL_PROFILE
+
     def __init__(self, pipeline, model: ResolvedModel, device: str, load_seconds: float):
         self.pipeline = pipeline
         self.model = model
         self.device = device
         self.load_seconds = load_seconds
         self.config_sha256 = model.config_sha256
+        self.phase = "idle"  # where a render is: encode, denoise, decode (tells where an OOM struck)
+        self.savers: tuple[str, ...] = ()
+        self.decode_chunk = self.profile.default_decode_chunk
+        self.injector: OomInjector | None = None
+
+    # --- memory savers ---------------------------------------------------------------------
+
+    def apply_savers(self, savers) -> None:
+        """Switch memory savers to exactly `savers` (each is turned on or off as needed)."""
+        wanted = set(savers)
+        current = set(self.savers)
+        pipe = self.pipeline
+        self.decode_chunk = 1 if VAE_SLICING in wanted else self.profile.default_decode_chunk
+        if (VAE_TILING in wanted) != (VAE_TILING in current):
+            pipe.vae.enable_tiling() if VAE_TILING in wanted else pipe.vae.disable_tiling()
+        if (FF_CHUNKING in wanted) != (FF_CHUNKING in current):
+            if FF_CHUNKING in wanted:
+                pipe.unet.enable_forward_chunking(chunk_size=1, dim=1)
+            else:
+                pipe.unet.disable_forward_chunking()
+        # Model offload moves weights between host and GPU; on a CPU there is nothing to move.
+        if self.device.startswith("cuda") and (CPU_OFFLOAD in wanted) != (CPU_OFFLOAD in current):
+            if CPU_OFFLOAD in wanted:
+                pipe.enable_model_cpu_offload(device=self.device)
+            else:
+                pipe.remove_all_hooks()
+                pipe.to(self.device)
+        self.savers = tuple(s for s in SAVER_LEVELS[-1] if s in wanted)
 
     @classmethod
     def load(cls, ref: str, *, device: str | None = None) -> I2VGenXLAdapter:
@@ -115,7 +148,7 @@ class I2VGenXLAdapter:
         guidance_scale: float,
         fps: int,
         seed: int,
-        decode_chunk_size: int = 1,
+        decode_chunk_size: int | None = None,
     ) -> Generation:
         import torch
 
@@ -124,8 +157,11 @@ class I2VGenXLAdapter:
         on_cuda = self.device.startswith("cuda")
         if on_cuda:
             torch.cuda.reset_peak_memory_stats(self.device)
+        if self.injector is not None:
+            self.injector.begin_render()
 
         started = time.perf_counter()
+        self.phase = "denoise"
         positive, negative, truncated = self.encode_prompt(prompt, negative_prompt)
         if truncated:
             limit = self.pipeline.tokenizer.model_max_length
@@ -153,11 +189,13 @@ class I2VGenXLAdapter:
         timings["denoise"] = time.perf_counter() - started
 
         started = time.perf_counter()
+        self.phase = "decode"
         with torch.no_grad():
-            video = self.pipeline.decode_latents(latents, decode_chunk_size=decode_chunk_size)
+            video = self.pipeline.decode_latents(latents, decode_chunk_size=decode_chunk_size or self.decode_chunk)
             array = self.pipeline.video_processor.postprocess_video(video=video, output_type="np")[0]
         del latents, video
         timings["decode"] = time.perf_counter() - started
+        self.phase = "idle"
 
         frames_uint8 = to_uint8(array)
         if on_cuda:

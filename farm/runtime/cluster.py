@@ -21,6 +21,48 @@ def prepare_local_environment() -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
+def local_gpu_resources(table) -> dict:
+    """Ray start options for this machine's GPUs: `num_gpus` and the `farm_tier_<tier>` resources.
+
+    FARM_GPU_VRAM_GB (with FARM_GPU_COUNT, default: the GPUs nvidia-smi lists, else 1) declares
+    the cards, which simulates GPUs on a machine without any. Otherwise nvidia-smi is asked.
+    """
+    from farm.core.tiers import GIB
+
+    cards_mib = _nvidia_smi_memory_mib()
+    told = os.environ.get("FARM_GPU_VRAM_GB")
+    if told:
+        count = int(os.environ.get("FARM_GPU_COUNT") or len(cards_mib) or 1)
+        cards = [float(told) * GIB] * count
+    else:
+        cards = [mib * 1024**2 for mib in cards_mib]
+    resources: dict[str, float] = {}
+    for card in cards:
+        tier = table.tier_for_memory(int(card))
+        if tier is not None:
+            resources[tier.resource] = resources.get(tier.resource, 0.0) + 1
+    if not cards:
+        return {}
+    return {"num_gpus": len(cards), "resources": resources}
+
+
+def _nvidia_smi_memory_mib() -> list[int]:
+    import shutil
+    import subprocess
+
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return []
+    try:
+        result = subprocess.run(
+            [smi, "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
+            capture_output=True, text=True, timeout=20, check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [int(float(line)) for line in result.stdout.split() if line.strip()]
+
+
 @dataclass
 class ClusterInfo:
     address: str

@@ -1,9 +1,15 @@
-"""Run a job on a Ray cluster: start render actors, feed items to idle ones, record progress.
+"""Run a job on a Ray cluster: start tiered render actors, plan, feed items, record progress.
 
-Dispatch is pull style: each actor holds at most one item, and gets the next queued item as
-soon as it reports back, so a fast worker takes more. Only small task and outcome dicts cross
-Ray; videos go from the worker straight to the output store. A worker that dies mid-render
-has its item requeued (up to `MAX_ATTEMPTS` tries); the job record is rewritten as items finish.
+Workers: one actor per GPU, pinned to its node's `farm_tier_<tier>` resource; one CPU worker
+when the cluster has no GPU. Each actor reports its card, tier and budget once its model is
+loaded; the plan (`farm.core.planner`) is made against the tiers that actually came up.
+
+Dispatch is pull style through per-tier queues (`farm.core.scheduler`): an idle worker takes
+from its own tier, or steals from a smaller tier, so no GPU idles while work waits. A worker
+whose ladder wants a bigger GPU returns `escalate`; the item moves to an idle bigger worker if
+there is one, else goes back to the same worker, whose ladder then moves on. Only small task
+and outcome dicts cross Ray; videos go from the worker straight to the output store. A worker
+that dies mid-render has its item requeued (up to `MAX_ATTEMPTS` tries).
 """
 
 from __future__ import annotations
@@ -12,14 +18,18 @@ import json
 import logging
 import os
 import time
-from collections import deque
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from farm.core.errors import FarmError, ModelUnavailableError
-from farm.core.job import ItemOutcome, JobState
+from farm.core.job import ESCALATE, ItemOutcome, JobState
+from farm.core.ladder import BIGGER_TIER
 from farm.core.manifest import JobSpec
-from farm.runtime.cluster import ClusterInfo, RayCluster
+from farm.core.planner import JobPlan, Planner, plan_job
+from farm.core.scheduler import TierScheduler
+from farm.core.tiers import CPU_TIER, ClusterShape, TierTable, load_tier_table, tiers_in_resources
+from farm.core.vram import profile_for_model
+from farm.runtime.cluster import RayCluster, local_gpu_resources
 from farm.storage import open_store
 from farm.storage.base import job_record_key
 
@@ -48,17 +58,24 @@ class NullReporter:
 @dataclass
 class RunOptions:
     address: str | None = None
-    workers: int | None = None  # default: one per GPU, or one CPU worker
-    cpu_threads: int | None = None  # default: all cores of the worker's node
+    workers: int | None = None  # CPU workers when the cluster has no GPU (default 1)
+    cpu_threads: int | None = None  # default: all cores of the worker's node (CPU workers)
     record_interval_s: float = 2.0
+    faults: str | None = None  # fault injection rules for the workers (tests, chaos runs)
+    tiers: TierTable | None = None
     reporter: ProgressReporter = field(default_factory=NullReporter)
 
 
 @dataclass
 class _Worker:
     name: str
-    actor: object
+    actor: Any
+    slot_tier: str
     info: dict = field(default_factory=dict)
+
+    @property
+    def tier(self) -> str:
+        return self.info.get("tier") or self.slot_tier
 
 
 class JobRecorder:
@@ -86,16 +103,21 @@ class JobRecorder:
 def run_job(spec: JobSpec, options: RunOptions | None = None) -> JobState:
     """Render every item of `spec`; returns the final job state. Raises FarmError if nothing can run."""
     options = options or RunOptions()
+    table = options.tiers or load_tier_table()
     state = JobState(spec)
     recorder = JobRecorder(state, options.record_interval_s)
     recorder.write(force=True)
-    with RayCluster(options.address) as cluster:
-        workers = _start_workers(spec.model, cluster, options)
+    local = local_gpu_resources(table) if not (options.address or os.environ.get("RAY_ADDRESS")) else {}
+    with RayCluster(options.address, **local) as cluster:
+        workers = _start_workers(spec.model, cluster.resources, options, table)
         try:
+            shape = ClusterShape(_count_tiers(workers))
+            plan = plan_job(spec, shape, table)
             state.workers = {w.name: _public_info(w.info) for w in workers}
+            state.plan = {k: v for k, v in plan.to_dict().items() if k != "items"}
             state.start()
             options.reporter.started(state, [w.info for w in workers])
-            _dispatch(state, workers, recorder, options.reporter)
+            Dispatcher(state, plan, workers, table, recorder, options.reporter).run()
         finally:
             _stop_workers(workers)
     state.finish()
@@ -105,35 +127,54 @@ def run_job(spec: JobSpec, options: RunOptions | None = None) -> JobState:
 
 
 def _public_info(info: dict) -> dict:
-    return {k: info.get(k) for k in ("device", "node_id", "load_seconds", "model")}
+    return {k: info.get(k) for k in ("tier", "device", "card", "node_id", "load_seconds", "model")}
 
 
-def _start_workers(model: str, cluster: ClusterInfo, options: RunOptions) -> list[_Worker]:
+def _count_tiers(workers: list[_Worker]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for worker in workers:
+        counts[worker.tier] = counts.get(worker.tier, 0) + 1
+    return counts
+
+
+def _start_workers(model: str, resources: dict[str, float], options: RunOptions, table: TierTable) -> list[_Worker]:
     import ray
 
     from farm.runtime.workers import RenderWorker
 
-    gpus = int(cluster.gpus)
-    count = options.workers or gpus or int(os.environ.get("FARM_CPU_WORKERS", "1"))
-    threads = options.cpu_threads or _env_int("FARM_CPU_THREADS")
-    handles = []
-    for index in range(count):
-        name = f"worker-{index}"
-        if gpus:
-            actor = RenderWorker.options(num_gpus=1, num_cpus=1, name=None).remote(model, name, threads)
-        else:
+    gpus = int(resources.get("GPU", 0))
+    tiers = tiers_in_resources(resources)
+    handles: list[_Worker] = []
+    if tiers:
+        for tier in table.ordered(t for t in tiers if t in table) + sorted(t for t in tiers if t not in table):
+            for index in range(tiers[tier]):
+                actor = RenderWorker.options(
+                    num_gpus=1 if gpus else 0, num_cpus=1, resources={f"farm_tier_{tier}": 1}
+                ).remote(model, f"{tier}-{index}", options.cpu_threads, options.faults, tier)
+                handles.append(_Worker(f"{tier}-{index}", actor, tier))
+    elif gpus:
+        for index in range(gpus):  # GPUs without tier labels: each worker measures its card
+            actor = RenderWorker.options(num_gpus=1, num_cpus=1).remote(model, f"gpu-{index}", None, options.faults)
+            handles.append(_Worker(f"gpu-{index}", actor, "gpu"))
+    else:
+        count = options.workers or int(os.environ.get("FARM_CPU_WORKERS", "1"))
+        threads = options.cpu_threads or _env_int("FARM_CPU_THREADS")
+        for index in range(count):
             # CPU rendering: one scheduling slot, but torch uses every core of the node.
-            actor = RenderWorker.options(num_cpus=1).remote(model, name, threads or os.cpu_count())
-        handles.append(_Worker(name, actor))
+            actor = RenderWorker.options(num_cpus=1).remote(model, f"cpu-{index}", threads or os.cpu_count(), options.faults)
+            handles.append(_Worker(f"cpu-{index}", actor, CPU_TIER))
     usable, errors = [], []
     for worker, info in zip(handles, ray.get([w.actor.info.remote() for w in handles])):
         worker.info = info
+        if info["ok"] and worker.tier != CPU_TIER and worker.tier not in table:
+            info["ok"], info["error"] = False, f"its card ({info['card']}) is smaller than the smallest tier"
         (usable if info["ok"] else errors).append(worker)
     for worker in errors:
         log.warning("%s cannot render: %s", worker.name, worker.info["error"])
     if not usable:
         _stop_workers(handles)
         raise ModelUnavailableError(errors[0].info["error"] if errors else "no render workers could start")
+    _stop_workers(errors)
     return usable
 
 
@@ -147,52 +188,159 @@ def _stop_workers(workers: list[_Worker]) -> None:
             pass
 
 
-def _dispatch(state: JobState, workers: list[_Worker], recorder: JobRecorder, reporter: ProgressReporter) -> None:
-    import ray
-    from ray.exceptions import RayActorError, RayTaskError
+class Dispatcher:
+    """The dispatch loop of one job: queues per tier, idle workers, in-flight renders."""
 
-    queue = deque(state.queued_ids())
-    idle = deque(workers)
-    in_flight: dict[object, tuple[_Worker, str]] = {}
-    while queue or in_flight:
-        while idle and queue:
-            worker, item_id = idle.popleft(), queue.popleft()
-            task = state.task_for(item_id)
-            state.mark_running(item_id, worker.name)
-            in_flight[worker.actor.render.remote(task.to_dict())] = (worker, item_id)
-        if not in_flight:  # every worker is gone
-            state.fail_remaining("worker_lost", "every render worker died; check the Ray logs of the workers")
-            break
-        ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)
-        for ref in ready:
-            worker, item_id = in_flight.pop(ref)
-            try:
-                outcome = ItemOutcome.from_dict(ray.get(ref))
-            except RayActorError as exc:
-                message = f"worker {worker.name} died while rendering: {str(exc).splitlines()[0]}"
-                if state.worker_lost(item_id, message):
-                    queue.appendleft(item_id)
-                if _actor_alive(worker):
-                    idle.append(worker)
+    def __init__(self, state: JobState, plan: JobPlan, workers: list[_Worker], table: TierTable, recorder, reporter):
+        self.state = state
+        self.plan = plan
+        self.table = table
+        self.recorder = recorder
+        self.reporter = reporter
+        self.workers = workers
+        tiers = [CPU_TIER] if plan.shape.present == [CPU_TIER] else table.ordered(plan.shape.present)
+        self.scheduler = TierScheduler(tiers, plan.shape.workers)
+        self.idle: list[_Worker] = list(workers)
+        self.in_flight: dict[Any, tuple[_Worker, str]] = {}
+        self.probing: dict[Any, _Worker] = {}
+        self.extras: dict[str, dict[str, Any]] = {}
+        for item_plan in plan.items:
+            state.mark_planned(item_plan.item_id, item_plan.tier)
+            if item_plan.rejected:
+                state.fail(item_plan.item_id, "no_fitting_tier", item_plan.rejected)
                 continue
-            except RayTaskError as exc:  # the actor's own code raised (a bug); the actor is fine
-                outcome = ItemOutcome.failure(item_id, "render_error", str(exc).splitlines()[-1])
-            state.record(outcome)
-            reporter.item_finished(state, item_id, outcome)
-            idle.append(worker)
-        recorder.write()
+            self.extras[item_plan.item_id] = {
+                "settings": item_plan.settings.to_dict(),
+                "planned_tier": item_plan.tier,
+                "degradations": [d.to_dict() for d in item_plan.degradations],
+                "estimate_gib": round(item_plan.estimate.total_gib, 2) if item_plan.estimate else None,
+            }
+            self.scheduler.push(item_plan.item_id, item_plan.tier)
 
+    def run(self) -> None:
+        import ray
 
-def _actor_alive(worker: _Worker, timeout_s: float = 120.0) -> bool:
-    """After a crash, Ray restarts the actor (max_restarts); wait for it and check it can render."""
-    import ray
+        while len(self.scheduler) or self.in_flight or self.probing:
+            self._fill()
+            if not self.in_flight and not self.probing:
+                if len(self.scheduler):  # work left, nobody able to take it
+                    self.state.fail_remaining("worker_lost", "no render worker left that can take these items")
+                break
+            refs = list(self.in_flight) + list(self.probing)
+            ready, _ = ray.wait(refs, num_returns=1, timeout=1.0)
+            for ref in ready:
+                if ref in self.probing:
+                    self._probed(ref)
+                else:
+                    self._finished(ref)
+            self.recorder.write()
 
-    try:
-        info = ray.get(worker.actor.info.remote(), timeout=timeout_s)
-    except Exception:
-        return False
-    worker.info = info
-    return bool(info.get("ok"))
+    def _fill(self) -> None:
+        # Smallest tiers choose first, so big workers only steal what small ones cannot take now.
+        for worker in sorted(self.idle, key=lambda w: self._rank(w.tier)):
+            taken = self.scheduler.take(worker.tier)
+            if taken is not None:
+                self.idle.remove(worker)
+                self._send(worker, taken[0])
+
+    def _rank(self, tier: str) -> int:
+        return self.scheduler.rank.get(tier, -1)
+
+    def _send(self, worker: _Worker, item_id: str, *, new_attempt: bool = True, allow_bigger: bool = True) -> None:
+        extras = self.extras[item_id]
+        bigger = allow_bigger and worker.tier in self.scheduler.rank and bool(self.scheduler.bigger_tiers(worker.tier))
+        task = self.state.task_for(
+            item_id,
+            settings=extras["settings"],
+            planned_tier=extras["planned_tier"],
+            degradations=list(extras["degradations"]),
+            bigger_tier_available=bigger,
+            estimate_gib=extras["estimate_gib"],
+        )
+        self.state.mark_running(item_id, worker.name, worker.tier, new_attempt=new_attempt)
+        self.in_flight[worker.actor.render.remote(task.to_dict())] = (worker, item_id)
+
+    def _finished(self, ref) -> None:
+        import ray
+        from ray.exceptions import RayActorError, RayTaskError
+
+        worker, item_id = self.in_flight.pop(ref)
+        try:
+            outcome = ItemOutcome.from_dict(ray.get(ref))
+        except RayActorError as exc:
+            message = f"worker {worker.name} died while rendering: {str(exc).splitlines()[0]}"
+            if self.state.worker_lost(item_id, message):
+                self.scheduler.push(item_id, self.extras[item_id]["planned_tier"], front=True)
+            self.probing[worker.actor.info.remote()] = worker  # restarted by Ray, or gone for good
+            return
+        except RayTaskError as exc:  # the actor's own code raised (a bug); the actor is fine
+            outcome = ItemOutcome.failure(item_id, "render_error", str(exc).splitlines()[-1])
+        if outcome.status == ESCALATE:
+            self._escalate(worker, item_id, outcome)
+            return
+        self.state.record(outcome)
+        self.reporter.item_finished(self.state, item_id, outcome)
+        self.idle.append(worker)
+
+    def _escalate(self, worker: _Worker, item_id: str, outcome: ItemOutcome) -> None:
+        """Out of memory with a bigger tier in the cluster: move there if one is idle now."""
+        extras = self.extras[item_id]
+        extras["settings"], extras["degradations"] = outcome.settings, list(outcome.degradations)
+        bigger = [w for w in self.idle if self._rank(w.tier) > self._rank(worker.tier)]
+        self.idle.append(worker)
+        if not bigger:
+            self._take_back(worker, item_id)
+            return
+        target = min(bigger, key=lambda w: self._rank(w.tier))
+        extras["degradations"].append(
+            {"step": BIGGER_TIER, "from": worker.tier, "to": target.tier, "why": outcome.message}
+        )
+        self.idle.remove(target)
+        self._send(target, item_id, new_attempt=False)
+
+    def _take_back(self, worker: _Worker, item_id: str) -> None:
+        self.idle.remove(worker)
+        self._send(worker, item_id, new_attempt=False, allow_bigger=False)
+
+    def _probed(self, ref) -> None:
+        import ray
+
+        worker = self.probing.pop(ref)
+        try:
+            info = ray.get(ref)
+        except Exception:
+            info = {"ok": False}
+        if info.get("ok"):
+            worker.info = info
+            self.idle.append(worker)
+            return
+        log.warning("worker %s is gone", worker.name)
+        self.workers.remove(worker)
+        orphans = self.scheduler.worker_gone(worker.tier)
+        if orphans:
+            self._replan(orphans)
+
+    def _replan(self, item_ids: list[str]) -> None:
+        """The last worker of a tier is gone: plan its queued items on the tiers that are left."""
+        counts = _count_tiers(self.workers)
+        if not counts:
+            for item_id in item_ids:
+                self.state.fail(item_id, "worker_lost", "every render worker is gone")
+            return
+        planner = Planner(self.table, ClusterShape(counts), profile_for_model(self.state.spec.model))
+        items = {item.id: item for item in self.state.spec.items}
+        for item_id in item_ids:
+            item_plan = planner.plan_item(items[item_id], order=self.state.spec.degrade_order, unfit=self.state.spec.unfit)
+            if item_plan.rejected:
+                self.state.fail(item_id, "no_fitting_tier", item_plan.rejected)
+                continue
+            self.extras[item_id].update(
+                settings=item_plan.settings.to_dict(),
+                planned_tier=item_plan.tier,
+                degradations=[d.to_dict() for d in item_plan.degradations],
+            )
+            self.state.mark_planned(item_id, item_plan.tier)
+            self.scheduler.push(item_id, item_plan.tier)
 
 
 def _env_int(name: str) -> int | None:

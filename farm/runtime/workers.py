@@ -1,7 +1,9 @@
 """The render actor: one per GPU (or one CPU worker), loads the model once, renders many items.
 
-Model-loading failures do not kill the actor (a crash loop would just reload and fail again):
-the actor stays up, reports itself unusable in `info()`, and the executor routes around it.
+On start it learns its card (CUDA, or FARM_GPU_VRAM_GB when simulating), hence its tier and
+memory budget, and loads the model. A load failure, out-of-memory included, does not kill the
+actor (a crash loop would just reload and fail again): it stays up, reports itself unusable in
+`info()`, and the executor routes around it.
 """
 
 from __future__ import annotations
@@ -16,45 +18,77 @@ from farm.core.job import ItemOutcome, RenderTask
 
 
 class RenderWorkerImpl:
-    def __init__(self, model_ref: str, name: str, cpu_threads: int | None = None):
+    def __init__(self, model_ref: str, name: str, cpu_threads: int | None = None, faults: str | None = None, advertised_tier: str | None = None):
         self.name = name
         self.model_ref = model_ref
+        self.advertised_tier = advertised_tier
         self.error: str | None = None
         self.renderer = None
-        self.device = None
-        self.load_seconds = None
-        self.model = None
+        self.adapter = None
+        self.card = None
+        self.memory_baseline_bytes = None
         if cpu_threads:
             import torch
 
             torch.set_num_threads(cpu_threads)
         try:
-            from farm.models.i2vgen import I2VGenXLAdapter
-            from farm.renderer import ItemRenderer
-
-            adapter = I2VGenXLAdapter.load(model_ref)
-            self.renderer = ItemRenderer(adapter, worker_name=name)
-            self.device = adapter.device
-            self.load_seconds = adapter.load_seconds
-            self.model = adapter.describe()
+            self._load(faults)
         except FarmError as exc:
             self.error = str(exc)
         except Exception as exc:  # keep the actor alive; report instead of crash-looping
-            self.error = f"loading model {model_ref!r} failed: {type(exc).__name__}: {exc}"
-            traceback.print_exc()
+            import torch
 
-    def info(self) -> dict:
+            if isinstance(exc, torch.OutOfMemoryError):
+                self.error = f"out of memory while loading model {model_ref!r}: {str(exc).splitlines()[0]}"
+            else:
+                self.error = f"loading model {model_ref!r} failed: {type(exc).__name__}: {exc}"
+                traceback.print_exc()
+            self.adapter = self.renderer = None
+        if self.adapter is None:
+            from farm.models.memory import release_memory
+
+            release_memory("cuda" if self.card and self.card.source == "cuda" else "cpu")
+
+    def _load(self, faults: str | None) -> None:
+        from farm.core.tiers import load_tier_table
+        from farm.models.faults import OomInjector, parse_faults
+        from farm.models.i2vgen import I2VGenXLAdapter
+        from farm.models.loading import select_device
+        from farm.models.memory import SimulatedCard, allocated_bytes, detect_card
+        from farm.renderer import ItemRenderer
+
+        device = select_device()
+        self.card = detect_card(device, load_tier_table(), self.advertised_tier)
+        if self.card.source == "FARM_GPU_VRAM_GB":
+            SimulatedCard(self.card, I2VGenXLAdapter.profile).check_load()
+        self.adapter = I2VGenXLAdapter.load(self.model_ref, device=device)
+        rules = parse_faults(faults or os.environ.get("FARM_FAULTS"))
+        if rules:
+            self.adapter.injector = OomInjector(rules)
+            self.adapter.injector.attach(self.adapter.pipeline)
+        self.renderer = ItemRenderer(self.adapter, worker_name=self.name, card=self.card)
+        self.memory_baseline_bytes = allocated_bytes(device)
+
+    def info(self, measure_memory: bool = False) -> dict:
         context = ray.get_runtime_context()
-        return {
+        info = {
             "name": self.name,
-            "ok": self.error is None,
+            "ok": self.renderer is not None,
             "error": self.error,
-            "device": self.device,
-            "model": self.model,
-            "load_seconds": self.load_seconds,
+            "device": self.adapter.device if self.adapter else None,
+            "model": self.adapter.describe() if self.adapter else None,
+            "load_seconds": self.adapter.load_seconds if self.adapter else None,
+            "card": self.card.to_dict() if self.card else None,
+            "tier": self.card.tier if self.card else None,
             "node_id": context.get_node_id(),
             "pid": os.getpid(),
+            "memory_baseline_bytes": self.memory_baseline_bytes,
         }
+        if measure_memory and self.adapter is not None:
+            from farm.models.memory import allocated_bytes
+
+            info["memory_allocated_bytes"] = allocated_bytes(self.adapter.device)
+        return info
 
     def render(self, task: dict) -> dict:
         if self.renderer is None:

@@ -60,9 +60,9 @@ def test_a_job_with_good_and_bad_items_in_process(tmp_path, ray_cluster):
     record = json.loads((tmp_path / "out" / "mixed" / "job.json").read_text())
     assert record["state"] == "partial" and record["counts"]["succeeded"] == 2
     assert record["items"]["missing"]["state"] == "failed" and "nope.png" in record["items"]["missing"]["message"]
-    assert record["items"]["good"]["worker"] == "worker-0"
+    assert record["items"]["good"]["worker"] == "cpu-0"
     assert record["items"]["invalid"]["reason"] == "invalid_item" and "steps" in record["items"]["invalid"]["message"]
-    assert list(record["workers"]) == ["worker-0"] and record["workers"]["worker-0"]["device"] == "cpu"
+    assert list(record["workers"]) == ["cpu-0"] and record["workers"]["cpu-0"]["device"] == "cpu"
     assert probe_mp4(str(tmp_path / "out" / "mixed" / "wide.mp4")).width == 448
 
 
@@ -73,7 +73,7 @@ def test_two_workers_share_a_job(tmp_path, ray_cluster):
     state = run_job(spec, RunOptions(workers=2, cpu_threads=1))
     assert state.final_state == "succeeded"
     used = {status.worker for status in state.items.values()}
-    assert used == {"worker-0", "worker-1"}
+    assert used == {"cpu-0", "cpu-1"}
 
 
 def test_an_unavailable_model_stops_the_job_before_rendering(tmp_path, ray_cluster):

@@ -1,0 +1,134 @@
+"""The degrade ladder: what to change, in which order, when a render does not fit in memory.
+
+Steps, in the default order:
+  memory_savers  turn on the next level of savers that keep quality (VAE slicing and tiling,
+                 then feed-forward chunking, then model CPU offload)
+  bigger_tier    move the item to a bigger GPU that is idle right now (the coordinator decides)
+  resolution     one step down: 1024 -> 768 -> 512 -> 256
+  frames         one step down: 32 -> 24 -> 16 -> 8
+
+The order is configurable (the seeds disagree on frames-first versus resolution-first). An item's
+`degrade` mode limits the ladder: `allowed` (every step), `memory_savers` (savers only, quality
+is kept) or `never`. Like SkyPilot's failover loop, the caller classifies the failure, asks for
+the next option, and tries again; each step taken is recorded with from, to and why.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+from farm.core.params import RESOLUTIONS, frame_size
+from farm.core.vram import SAVER_LEVELS
+
+MEMORY_SAVERS, BIGGER_TIER, RESOLUTION, FRAMES = "memory_savers", "bigger_tier", "resolution", "frames"
+STEPS = (MEMORY_SAVERS, BIGGER_TIER, RESOLUTION, FRAMES)
+DEFAULT_ORDER = STEPS
+FRAME_STEPS = (32, 24, 16, 8)
+
+
+@dataclass(frozen=True)
+class RenderSettings:
+    """The memory-relevant settings a render actually runs with."""
+
+    resolution: int
+    aspect: str
+    frames: int
+    saver_level: int = 0
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return frame_size(self.resolution, self.aspect)
+
+    @property
+    def savers(self) -> tuple[str, ...]:
+        return SAVER_LEVELS[self.saver_level]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "resolution": self.resolution,
+            "aspect": self.aspect,
+            "frames": self.frames,
+            "saver_level": self.saver_level,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RenderSettings:
+        return cls(**data)
+
+    def describe(self) -> str:
+        width, height = self.size
+        savers = "+".join(self.savers) or "no savers"
+        return f"{width}x{height}x{self.frames} ({savers})"
+
+
+@dataclass(frozen=True)
+class Degradation:
+    """One ladder step taken: what changed and why."""
+
+    step: str
+    before: Any
+    after: Any
+    why: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "from": self.before, "to": self.after, "why": self.why}
+
+
+def validate_order(order) -> tuple[str, ...]:
+    order = tuple(order)
+    unknown = [step for step in order if step not in STEPS]
+    if unknown or len(set(order)) != len(order):
+        raise ValueError(
+            f"degrade order {list(order)!r}: use each of {', '.join(STEPS)} at most once"
+        )
+    return order
+
+
+def allowed_steps(mode: str) -> tuple[str, ...]:
+    if mode == "allowed":
+        return STEPS
+    if mode == "memory_savers":
+        return (MEMORY_SAVERS,)
+    return ()
+
+
+def next_step(
+    settings: RenderSettings,
+    *,
+    mode: str,
+    order=DEFAULT_ORDER,
+    bigger_tier_available: bool = False,
+) -> tuple[str, RenderSettings] | None:
+    """The next option after `settings` failed, or None when the ladder is exhausted.
+
+    For `bigger_tier` the settings are unchanged: the item moves, it does not shrink.
+    """
+    permitted = allowed_steps(mode)
+    for step in order:
+        if step not in permitted:
+            continue
+        if step == MEMORY_SAVERS and settings.saver_level < len(SAVER_LEVELS) - 1:
+            return step, replace(settings, saver_level=settings.saver_level + 1)
+        if step == BIGGER_TIER and bigger_tier_available:
+            return step, settings
+        if step == RESOLUTION:
+            lower = [r for r in RESOLUTIONS if r < settings.resolution]
+            if lower:
+                return step, replace(settings, resolution=lower[-1])
+        if step == FRAMES:
+            lower = [f for f in FRAME_STEPS if f < settings.frames]
+            if lower:
+                return step, replace(settings, frames=lower[0])
+    return None
+
+
+def describe_change(step: str, before: RenderSettings, after: RenderSettings) -> tuple[Any, Any]:
+    """The (from, to) values a degradation record shows for `step`."""
+    if step == MEMORY_SAVERS:
+        return list(before.savers), list(after.savers)
+    if step == RESOLUTION:
+        return before.resolution, after.resolution
+    if step == FRAMES:
+        return before.frames, after.frames
+    return None, None

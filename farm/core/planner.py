@@ -1,0 +1,228 @@
+"""Plan a job on a cluster shape: per item its VRAM estimate, tier and planned degradations;
+per tier its load; and the job's makespan from a simulation of the farm's own dispatch.
+
+Routing: each item goes to the smallest tier present whose budget fits its estimate at the
+requested settings. An item that fits no tier present is, by the job's `unfit` policy, either
+planned down the degrade ladder (within its `degrade` mode) until it fits the largest tier,
+with every step recorded, or rejected here with a message saying what would make it fit.
+A CPU-only cluster (tier `cpu`) has no memory budget: everything runs as requested.
+
+Like vLLM, measuring and deciding are separate: workers report their memory, this module
+decides from those numbers, the runtime applies the plan. No Ray, no torch.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+
+from farm.core.ladder import BIGGER_TIER, MEMORY_SAVERS, Degradation, RenderSettings, describe_change, next_step
+from farm.core.manifest import JobItem, JobSpec
+from farm.core.scheduler import TierScheduler
+from farm.core.tiers import CPU_TIER, GIB, ClusterShape, TierTable
+from farm.core.vram import ModelProfile, VramEstimate, estimate_vram, profile_for_model, render_flop
+
+# Slow-down of each memory-saver level (decode tiling, feed-forward chunking, CPU offload).
+SAVER_SLOWDOWN = (1.0, 1.03, 1.12, 1.45)
+
+
+@dataclass(frozen=True)
+class ItemPlan:
+    item_id: str
+    tier: str | None  # None: rejected at plan time
+    settings: RenderSettings
+    estimate: VramEstimate | None
+    budget_bytes: int | None
+    degradations: tuple[Degradation, ...] = ()
+    seconds: float | None = None
+    rejected: str | None = None
+
+    @property
+    def fits(self) -> bool:
+        return self.budget_bytes is None or (self.estimate is not None and self.estimate.total_bytes <= self.budget_bytes)
+
+    def to_dict(self) -> dict:
+        data = {
+            "item_id": self.item_id,
+            "tier": self.tier,
+            "settings": self.settings.to_dict(),
+            "estimate_gib": round(self.estimate.total_gib, 2) if self.estimate else None,
+            "budget_gib": round(self.budget_bytes / GIB, 2) if self.budget_bytes is not None else None,
+            "fits": self.fits,
+            "degradations": [d.to_dict() for d in self.degradations],
+            "seconds": round(self.seconds, 1) if self.seconds is not None else None,
+        }
+        if self.rejected:
+            data["rejected"] = self.rejected
+        return data
+
+
+@dataclass
+class TierLoad:
+    workers: int
+    items: int = 0
+    busy_seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        per_worker = self.busy_seconds / self.workers if self.workers else None
+        return {
+            "workers": self.workers,
+            "items": self.items,
+            "busy_seconds": round(self.busy_seconds, 1),
+            "busy_seconds_per_worker": round(per_worker, 1) if per_worker is not None else None,
+        }
+
+
+@dataclass
+class JobPlan:
+    items: list[ItemPlan]
+    shape: ClusterShape
+    tiers: dict[str, TierLoad] = field(default_factory=dict)
+    makespan_seconds: float | None = None
+    ideal_seconds: float | None = None
+
+    @property
+    def by_id(self) -> dict[str, ItemPlan]:
+        return {plan.item_id: plan for plan in self.items}
+
+    def to_dict(self) -> dict:
+        return {
+            "cluster": self.shape.workers,
+            "tiers": {name: load.to_dict() for name, load in self.tiers.items()},
+            "makespan_seconds": round(self.makespan_seconds, 1) if self.makespan_seconds is not None else None,
+            "ideal_seconds": round(self.ideal_seconds, 1) if self.ideal_seconds is not None else None,
+            "rejected": sum(1 for p in self.items if p.rejected),
+            "degraded": sum(1 for p in self.items if p.degradations),
+            "items": [p.to_dict() for p in self.items],
+        }
+
+
+class Planner:
+    def __init__(self, table: TierTable, shape: ClusterShape, profile: ModelProfile, *, dtype_bytes: int = 2):
+        self.table = table
+        self.shape = shape
+        self.profile = profile
+        self.dtype_bytes = dtype_bytes
+        self.cpu_only = set(shape.present) <= {CPU_TIER}
+        self.present = [] if self.cpu_only else table.ordered(t for t in shape.present if t != CPU_TIER)
+        self._cache: dict[tuple, ItemPlan] = {}
+
+    def estimate(self, settings: RenderSettings, guidance: bool) -> VramEstimate:
+        width, height = settings.size
+        return estimate_vram(
+            self.profile, width, height, settings.frames, dtype_bytes=self.dtype_bytes, savers=settings.savers, guidance=guidance
+        )
+
+    def seconds(self, tier: str, settings: RenderSettings, steps: int, guidance: bool) -> float | None:
+        if tier == CPU_TIER:
+            return None
+        width, height = settings.size
+        flop = render_flop(self.profile, width, height, settings.frames, steps, guidance=guidance)
+        compute = flop / self.table[tier].effective_flops * SAVER_SLOWDOWN[settings.saver_level]
+        return compute + self.profile.fixed_seconds
+
+    def plan_item(self, item: JobItem, *, order, unfit: str) -> ItemPlan:
+        params = item.params
+        key = (params.resolution, params.aspect, params.frames, params.steps, params.guidance_scale > 1, params.degrade)
+        cached = self._cache.get(key)
+        if cached is not None:
+            return ItemPlan(item.id, cached.tier, cached.settings, cached.estimate, cached.budget_bytes,
+                            cached.degradations, cached.seconds, cached.rejected)
+        plan = self._plan(item.id, params, order=order, unfit=unfit)
+        self._cache[key] = plan
+        return plan
+
+    def _plan(self, item_id: str, params, *, order, unfit: str) -> ItemPlan:
+        guidance = params.guidance_scale > 1
+        settings = RenderSettings(params.resolution, params.aspect, params.frames)
+        if self.cpu_only:
+            return ItemPlan(item_id, CPU_TIER, settings, None, None)
+        estimate = self.estimate(settings, guidance)
+        for tier in self.present:
+            if estimate.total_bytes <= self.table[tier].budget_bytes:
+                budget = self.table[tier].budget_bytes
+                return ItemPlan(item_id, tier, settings, estimate, budget, seconds=self.seconds(tier, settings, params.steps, guidance))
+        largest = self.present[-1]
+        budget = self.table[largest].budget_bytes
+        if unfit == "reject":
+            message = (
+                f"needs about {estimate.total_gib:.1f} GiB at {settings.describe()}, more than the "
+                f"{budget / GIB:.1f} GiB budget of the largest GPU tier present ({largest}); add a bigger GPU, "
+                "lower resolution or frames, or let the farm degrade it (unfit: degrade)"
+            )
+            return ItemPlan(item_id, None, settings, estimate, budget, rejected=message)
+        degradations = []
+        while estimate.total_bytes > budget:
+            option = next_step(settings, mode=params.degrade, order=[s for s in order if s != BIGGER_TIER])
+            if option is None:
+                break
+            step, changed = option
+            before, after = describe_change(step, settings, changed)
+            why = (
+                f"planned: about {estimate.total_gib:.1f} GiB at {settings.describe()} exceeds the "
+                f"{budget / GIB:.1f} GiB budget of the largest tier present ({largest})"
+            )
+            if degradations and degradations[-1].step == step == MEMORY_SAVERS:
+                before = degradations.pop().before  # one record for consecutive saver levels
+            degradations.append(Degradation(step, before, after, why))
+            settings = changed
+            estimate = self.estimate(settings, guidance)
+        return ItemPlan(
+            item_id, largest, settings, estimate, budget, tuple(degradations), self.seconds(largest, settings, params.steps, guidance)
+        )
+
+
+def plan_job(spec: JobSpec, shape: ClusterShape, table: TierTable, *, dtype_bytes: int = 2) -> JobPlan:
+    """Plan every valid item of `spec` on `shape`; simulate the dispatch for the makespan."""
+    planner = Planner(table, shape, profile_for_model(spec.model), dtype_bytes=dtype_bytes)
+    items = [planner.plan_item(item, order=spec.degrade_order, unfit=spec.unfit) for item in spec.items]
+    plan = JobPlan(items=items, shape=shape)
+    steps = {item.id: item.params for item in spec.items}
+    plan.tiers = {name: TierLoad(workers=count) for name, count in shape.workers.items() if count > 0}
+    for item_plan in items:
+        if item_plan.tier is not None:
+            load = plan.tiers[item_plan.tier]
+            load.items += 1
+            load.busy_seconds += item_plan.seconds or 0.0
+    if not planner.cpu_only:
+        plan.makespan_seconds, plan.ideal_seconds = simulate(planner, items, steps)
+    return plan
+
+
+def simulate(planner: Planner, items: list[ItemPlan], params_by_id: dict) -> tuple[float, float]:
+    """Run the farm's dispatch (per-tier queues, pull, stealing) on estimated times.
+
+    Returns (makespan, ideal) where ideal is total work over capacity, each item counted at the
+    speed of the tier it was planned for, spread over every worker by relative speed.
+    """
+    shape = planner.shape
+    order = planner.present
+    scheduler = TierScheduler(order, shape.workers)
+    plans = {plan.item_id: plan for plan in items if plan.tier is not None}
+    for plan in plans.values():
+        scheduler.push(plan.item_id, plan.tier)
+    workers = [(0.0, index, tier) for index, (tier, count) in enumerate(
+        (t, c) for t in order for c in range(shape.workers.get(t, 0))
+    )]
+    heap = list(workers)
+    heapq.heapify(heap)
+    makespan = 0.0
+    while heap and len(scheduler):
+        now, index, tier = heapq.heappop(heap)
+        taken = scheduler.take(tier)
+        if taken is None:
+            continue  # nothing this worker may take; it retires
+        item_id, _ = taken
+        plan = plans[item_id]
+        params = params_by_id[item_id]
+        duration = planner.seconds(tier, plan.settings, params.steps, params.guidance_scale > 1) or 0.0
+        finish = now + duration
+        makespan = max(makespan, finish)
+        heapq.heappush(heap, (finish, index, tier))
+    capacity = sum(planner.table[t].effective_flops * shape.workers.get(t, 0) for t in order)
+    reference = planner.table[order[-1]].effective_flops if order else 1.0
+    total = sum(
+        (plan.seconds or 0.0) * planner.table[plan.tier].effective_flops / reference for plan in plans.values()
+    )
+    ideal = total * reference / capacity if capacity else 0.0
+    return makespan, ideal

@@ -1,0 +1,207 @@
+"""VRAM and compute estimates for one render, from first principles, calibrated on public figures.
+
+Peak allocated GPU memory of a render is the larger of its two phases, plus a fixed overhead:
+
+    denoise = resident weights + workspace x (activation elements per latent token) x tokens x dtype bytes
+    decode  = resident weights + workspace x (VAE elements per pixel) x pixels per chunk x dtype bytes
+              + the decoded video (fp32)
+    tokens  = cfg_batch (2 with guidance) x frames x (height / 8) x (width / 8)
+
+Activation elements per latent token count what is alive at the worst moment of a UNet pass:
+the skip connections kept for the up path (every down-block output at every level) plus the
+largest working set at full latent resolution, which at high resolution is the transformer's
+feed-forward (GEGLU: a projection to 8C, a 4C activation and a 4C product). Feed-forward
+chunking shrinks that working set to a few C; then a ResNet's (about 4C) is the largest.
+`workspace` (about 2) covers temporaries and allocator rounding; it is fitted to the public
+figures in `../../docs/vram.md`, where the formula and its calibration points are written out.
+
+Compute per denoising step is `frames x (a x T + b x T^2)` FLOP with T latent tokens per frame
+(a linear term for convolutions and projections, a quadratic one for spatial attention), fitted
+to FLOP counts of the real UNet on meta tensors. Pure code: no torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+GIB = 1024**3
+
+# Memory savers that keep quality, in the order the ladder turns them on.
+VAE_SLICING = "vae_slicing"  # decode one frame at a time
+VAE_TILING = "vae_tiling"  # decode each frame in overlapping tiles
+FF_CHUNKING = "ff_chunking"  # feed-forward over chunks of the sequence
+CPU_OFFLOAD = "cpu_offload"  # keep only the active component on the GPU
+SAVERS = (VAE_SLICING, VAE_TILING, FF_CHUNKING, CPU_OFFLOAD)
+# Each level adds savers; level 0 is none. Decode savers come first: they cost least.
+SAVER_LEVELS: tuple[tuple[str, ...], ...] = (
+    (),
+    (VAE_SLICING, VAE_TILING),
+    (VAE_SLICING, VAE_TILING, FF_CHUNKING),
+    (VAE_SLICING, VAE_TILING, FF_CHUNKING, CPU_OFFLOAD),
+)
+
+
+@dataclass(frozen=True)
+class ModelProfile:
+    """What the estimator needs to know about a model family."""
+
+    name: str
+    component_params: dict[str, int]
+    unet_channels: tuple[int, ...]
+    unet_layers_per_block: int
+    attention_levels: tuple[bool, ...]  # which UNet levels have spatial transformers
+    ff_inner_mult: int  # GEGLU hidden size / channels
+    vae_decoder_top_channels: int
+    latent_downsample: int
+    workspace_factor: float
+    overhead_bytes: int
+    default_decode_chunk: int
+    vae_tile_pixels: int
+    flop_per_token: float  # a: FLOP per latent token per frame per step (both guidance halves)
+    flop_per_token_squared: float  # b: FLOP per (tokens per frame)^2 per frame per step
+    fixed_seconds: float  # per-render time outside the UNet at tier speed 1 (encode, decode, I/O)
+    denoiser: str = "unet"
+
+    @property
+    def total_params(self) -> int:
+        return sum(self.component_params.values())
+
+
+I2VGENXL_PROFILE = ModelProfile(
+    name="i2vgen-xl",
+    component_params={
+        "unet": 1_420_469_224,
+        "image_encoder": 632_076_800,
+        "text_encoder": 352_984_064,
+        "vae": 83_653_863,
+    },
+    unet_channels=(320, 640, 1280, 1280),
+    unet_layers_per_block=2,
+    attention_levels=(True, True, True, False),
+    ff_inner_mult=4,
+    vae_decoder_top_channels=128,
+    latent_downsample=8,
+    workspace_factor=2.0,
+    overhead_bytes=int(0.75 * GIB),
+    default_decode_chunk=4,
+    vae_tile_pixels=512 * 512,
+    # Fitted to 41.9 / 176.2 / 157.5 / 428.1 TFLOP per step (docs/vram.md).
+    flop_per_token=5.8036e8,
+    flop_per_token_squared=1.4416e4,
+    fixed_seconds=3.0,
+)
+
+PROFILES = {I2VGENXL_PROFILE.name: I2VGENXL_PROFILE}
+
+
+def profile_for_model(model: str) -> ModelProfile:
+    """Every model farm renders today is an I2VGen-XL (hub id, local folder or `tiny`).
+
+    The tiny model deliberately plans with the real model's profile: it stands in for the real
+    weights, so plans, tiers and simulated OOMs behave as they would on real GPUs.
+    """
+    return I2VGENXL_PROFILE
+
+
+@dataclass(frozen=True)
+class VramEstimate:
+    """Estimated peak allocated bytes of one render, and its parts."""
+
+    total_bytes: int
+    weights_bytes: int
+    denoise_bytes: int
+    decode_bytes: int
+    overhead_bytes: int
+    savers: tuple[str, ...] = field(default=())
+
+    @property
+    def total_gib(self) -> float:
+        return self.total_bytes / GIB
+
+    @property
+    def peak_phase(self) -> str:
+        return "denoise" if self.denoise_bytes >= self.decode_bytes else "decode"
+
+    def to_dict(self) -> dict:
+        return {
+            "total_gib": round(self.total_gib, 2),
+            "weights_gib": round(self.weights_bytes / GIB, 2),
+            "denoise_gib": round(self.denoise_bytes / GIB, 2),
+            "decode_gib": round(self.decode_bytes / GIB, 2),
+            "peak_phase": self.peak_phase,
+            "savers": list(self.savers),
+        }
+
+
+def activation_elements_per_token(profile: ModelProfile, savers: frozenset[str] | tuple = ()) -> float:
+    """Elements alive per latent token (at full latent resolution) at the UNet's worst moment."""
+    channels = profile.unet_channels
+    per_level = profile.unet_layers_per_block + 1  # each layer's output plus the downsampler's
+    skips = sum(per_level * c / 4**level for level, c in enumerate(channels))
+    top = channels[0]
+    resnet = 4 * top  # input, norm, activation, conv output
+    if profile.attention_levels[0]:
+        attention = 6 * top  # residual, norm, q, k, v, output (SDPA keeps no T x T scores)
+        if FF_CHUNKING in savers:
+            feed_forward = 3 * top  # residual, norm, one chunk's output
+        else:
+            inner = profile.ff_inner_mult * top
+            feed_forward = 2 * top + 2 * inner + 2 * inner  # residual, norm, GEGLU projection, gate, product
+    else:
+        attention = feed_forward = 0
+    return skips + max(resnet, attention, feed_forward)
+
+
+def estimate_vram(
+    profile: ModelProfile,
+    width: int,
+    height: int,
+    frames: int,
+    *,
+    dtype_bytes: int = 2,
+    savers: tuple[str, ...] | frozenset[str] = (),
+    guidance: bool = True,
+) -> VramEstimate:
+    """Peak allocated GPU memory of one render (bytes)."""
+    savers = frozenset(savers)
+    factor = profile.workspace_factor
+    down = profile.latent_downsample
+    tokens_per_frame = (height // down) * (width // down)
+    batch = 2 if guidance else 1
+    params = profile.component_params
+    if CPU_OFFLOAD in savers:  # only the component at work is on the GPU
+        weights_denoise = params[profile.denoiser] * dtype_bytes
+        weights_decode = params["vae"] * dtype_bytes
+    else:
+        weights_denoise = weights_decode = profile.total_params * dtype_bytes
+    activations = activation_elements_per_token(profile, savers) * batch * frames * tokens_per_frame
+    denoise = weights_denoise + factor * activations * dtype_bytes
+
+    chunk = 1 if VAE_SLICING in savers else min(profile.default_decode_chunk, frames)
+    pixels = width * height
+    if VAE_TILING in savers:
+        pixels = min(pixels, profile.vae_tile_pixels)
+    vae_elements = 5 * profile.vae_decoder_top_channels * pixels * chunk  # ResNet working set at full size
+    video = frames * 3 * width * height * 4  # the decoded frames, kept in fp32
+    decode = weights_decode + factor * vae_elements * dtype_bytes + video
+    total = profile.overhead_bytes + max(denoise, decode)
+    return VramEstimate(
+        total_bytes=int(total),
+        weights_bytes=int(weights_denoise),
+        denoise_bytes=int(denoise),
+        decode_bytes=int(decode),
+        overhead_bytes=profile.overhead_bytes,
+        savers=tuple(s for s in SAVERS if s in savers),
+    )
+
+
+def unet_flop_per_step(profile: ModelProfile, width: int, height: int, frames: int, *, guidance: bool = True) -> float:
+    """UNet FLOP per denoising step (both guidance halves when guidance is on)."""
+    down = profile.latent_downsample
+    tokens = (height // down) * (width // down)
+    flop = frames * (profile.flop_per_token * tokens + profile.flop_per_token_squared * tokens * tokens)
+    return flop if guidance else flop / 2
+
+
+def render_flop(profile: ModelProfile, width: int, height: int, frames: int, steps: int, *, guidance: bool = True) -> float:
+    return steps * unet_flop_per_step(profile, width, height, frames, guidance=guidance)
