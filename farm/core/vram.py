@@ -9,11 +9,11 @@ Peak allocated GPU memory of a render is the larger of its two phases, plus a fi
 
 Activation elements per latent token count what is alive at the worst moment of a UNet pass:
 the skip connections kept for the up path (every down-block output at every level) plus the
-largest working set at full latent resolution, which at high resolution is the transformer's
-feed-forward (GEGLU: a projection to 8C, a 4C activation and a 4C product). Feed-forward
-chunking shrinks that working set to a few C; then a ResNet's (about 4C) is the largest.
-`workspace` (about 2) covers temporaries and allocator rounding; it is fitted to the public
-figures in `../../docs/vram.md`, where the formula and its calibration points are written out.
+largest working set at full latent resolution, which is a transformer feed-forward (GEGLU: an
+8x projection, a 4x gate and a 4x product); for I2VGen-XL the widest is the temporal
+transformer at the UNet's input. Feed-forward chunking shrinks that to a chunk; attention is
+then the largest. `workspace` (about 1.3) covers temporaries and allocator rounding; it is
+fitted to the public figures listed in docs/vram.md, with the formula written out there.
 
 Compute per denoising step is `frames x (a x T + b x T^2)` FLOP with T latent tokens per frame
 (a linear term for convolutions and projections, a quadratic one for spatial attention), fitted
@@ -51,6 +51,7 @@ class ModelProfile:
     unet_layers_per_block: int
     attention_levels: tuple[bool, ...]  # which UNet levels have spatial transformers
     ff_inner_mult: int  # GEGLU hidden size / channels
+    temporal_in_width: int  # width of the temporal transformer at the UNet's input (full resolution)
     vae_decoder_top_channels: int
     latent_downsample: int
     workspace_factor: float
@@ -79,9 +80,10 @@ I2VGENXL_PROFILE = ModelProfile(
     unet_layers_per_block=2,
     attention_levels=(True, True, True, False),
     ff_inner_mult=4,
+    temporal_in_width=512,
     vae_decoder_top_channels=128,
     latent_downsample=8,
-    workspace_factor=2.0,
+    workspace_factor=1.31,
     overhead_bytes=int(0.75 * GIB),
     default_decode_chunk=4,
     vae_tile_pixels=512 * 512,
@@ -134,22 +136,31 @@ class VramEstimate:
 
 
 def activation_elements_per_token(profile: ModelProfile, savers: frozenset[str] | tuple = ()) -> float:
-    """Elements alive per latent token (at full latent resolution) at the UNet's worst moment."""
+    """Elements alive per latent token (at full latent resolution) at the UNet's worst moment.
+
+    Skip connections of every level, plus the largest working set at full latent resolution:
+    a ResNet (about 4C), a transformer's attention (outer residual + its input, norm, q, k, v,
+    output: 6 widths; SDPA keeps no T x T scores) or its GEGLU feed-forward (input, norm, an 8x
+    projection, a 4x gate and a 4x product: 18 widths). At the UNet's input sits a temporal
+    transformer wider than the first level (512 vs 320 for I2VGen-XL): its feed-forward is the
+    peak. Feed-forward chunking leaves a chunk's output instead of the 16 wide widths.
+    """
     channels = profile.unet_channels
     per_level = profile.unet_layers_per_block + 1  # each layer's output plus the downsampler's
     skips = sum(per_level * c / 4**level for level, c in enumerate(channels))
     top = channels[0]
-    resnet = 4 * top  # input, norm, activation, conv output
+    chunked = FF_CHUNKING in savers
+    mult = profile.ff_inner_mult
+
+    def transformer(width: float, outer: float) -> float:
+        attention = outer + 6 * width
+        feed_forward = outer + (3 * width if chunked else (2 + 4 * mult) * width)
+        return max(attention, feed_forward)
+
+    working = [4 * top, transformer(profile.temporal_in_width, top)]
     if profile.attention_levels[0]:
-        attention = 6 * top  # residual, norm, q, k, v, output (SDPA keeps no T x T scores)
-        if FF_CHUNKING in savers:
-            feed_forward = 3 * top  # residual, norm, one chunk's output
-        else:
-            inner = profile.ff_inner_mult * top
-            feed_forward = 2 * top + 2 * inner + 2 * inner  # residual, norm, GEGLU projection, gate, product
-    else:
-        attention = feed_forward = 0
-    return skips + max(resnet, attention, feed_forward)
+        working.append(transformer(top, 0))
+    return skips + max(working)
 
 
 def estimate_vram(

@@ -13,6 +13,7 @@ chunked (four frames at a time by default; one at a time with the `vae_slicing` 
 
 from __future__ import annotations
 
+import math
 import resource
 import time
 from dataclasses import dataclass, field
@@ -34,6 +35,42 @@ class Generation:
     peak_memory_bytes: int
     memory_kind: str
     warnings: list[str] = field(default_factory=list)
+
+
+# Feed-forward chunking for a video UNet. diffusers' `enable_forward_chunking` uses one setting
+# for every block, which is wrong here: spatial blocks see (batch*frames, tokens, C), temporal
+# blocks (batch*tokens, frames, C). Spatial blocks get one frame at a time (dim 0, chunks of 1);
+# temporal blocks get up to 64 positions at a time (dim 0), a power of two that divides their
+# level's position count (diffusers requires the chunk to divide it), so it is set per render.
+MAX_TEMPORAL_FF_CHUNK = 64
+
+
+def _block_level(name: str, levels: int) -> int:
+    parts = name.split(".")
+    if parts[0] == "down_blocks":
+        return int(parts[1])
+    if parts[0] == "up_blocks":
+        return levels - 1 - int(parts[1])
+    if parts[0] == "mid_block":
+        return levels - 1
+    return 0  # transformer_in works at full latent resolution
+
+
+def set_feed_forward_chunking(unet, enabled: bool, *, batch: int = 2, latent_height: int = 0, latent_width: int = 0) -> None:
+    from diffusers.models.attention import BasicTransformerBlock
+
+    levels = len(unet.config.block_out_channels)
+    for name, module in unet.named_modules():
+        if not isinstance(module, BasicTransformerBlock):
+            continue
+        if not enabled:
+            module.set_chunk_feed_forward(None, 0)
+        elif name.startswith("transformer_in") or ".temp_attentions." in name:
+            level = _block_level(name, levels)
+            positions = batch * max(latent_height >> level, 1) * max(latent_width >> level, 1)
+            module.set_chunk_feed_forward(math.gcd(positions, MAX_TEMPORAL_FF_CHUNK), 0)
+        else:
+            module.set_chunk_feed_forward(1, 0)
 
 
 class I2VGenXLAdapter:
@@ -62,11 +99,8 @@ class I2VGenXLAdapter:
         self.decode_chunk = 1 if VAE_SLICING in wanted else self.profile.default_decode_chunk
         if (VAE_TILING in wanted) != (VAE_TILING in current):
             pipe.vae.enable_tiling() if VAE_TILING in wanted else pipe.vae.disable_tiling()
-        if (FF_CHUNKING in wanted) != (FF_CHUNKING in current):
-            if FF_CHUNKING in wanted:
-                pipe.unet.enable_forward_chunking(chunk_size=1, dim=1)
-            else:
-                pipe.unet.disable_forward_chunking()
+        if FF_CHUNKING not in wanted and FF_CHUNKING in current:
+            set_feed_forward_chunking(pipe.unet, False)  # turned on per render in generate()
         # Model offload moves weights between host and GPU; on a CPU there is nothing to move.
         if self.device.startswith("cuda") and (CPU_OFFLOAD in wanted) != (CPU_OFFLOAD in current):
             if CPU_OFFLOAD in wanted:
@@ -160,6 +194,12 @@ class I2VGenXLAdapter:
         if self.injector is not None:
             self.injector.begin_render()
 
+        if FF_CHUNKING in self.savers:
+            down = self.pipeline.vae_scale_factor
+            set_feed_forward_chunking(
+                self.pipeline.unet, True, batch=2 if guidance_scale > 1 else 1,
+                latent_height=height // down, latent_width=width // down,
+            )
         started = time.perf_counter()
         self.phase = "denoise"
         positive, negative, truncated = self.encode_prompt(prompt, negative_prompt)
