@@ -22,6 +22,7 @@ from farm.core.scheduler import TierScheduler
 from farm.core.tiers import CPU_TIER, GIB, ClusterShape, TierTable
 from farm.core.vram import ModelProfile, VramEstimate, estimate_vram, profile_for_model, render_flop
 
+REFERENCE_TIER = "24g"  # `fixed_seconds` of a profile are measured on this tier's card
 # Slow-down of each memory-saver level (decode tiling, feed-forward chunking, CPU offload).
 SAVER_SLOWDOWN = (1.0, 1.03, 1.12, 1.45)
 
@@ -113,13 +114,21 @@ class Planner:
             self.profile, width, height, settings.frames, dtype_bytes=self.dtype_bytes, savers=settings.savers, guidance=guidance
         )
 
+    def work(self, settings: RenderSettings, steps: int, guidance: bool) -> float:
+        """An item's work in FLOP: the UNet's, plus the rest (text/image encoders, VAE, encoding,
+        I/O) counted as `fixed_seconds` on the reference (24g) card."""
+        width, height = settings.size
+        flop = render_flop(self.profile, width, height, settings.frames, steps, guidance=guidance)
+        return flop * SAVER_SLOWDOWN[settings.saver_level] + self.profile.fixed_seconds * self.reference_flops
+
+    @property
+    def reference_flops(self) -> float:
+        return self.table[REFERENCE_TIER].effective_flops if REFERENCE_TIER in self.table else 1e12
+
     def seconds(self, tier: str, settings: RenderSettings, steps: int, guidance: bool) -> float | None:
         if tier == CPU_TIER:
             return None
-        width, height = settings.size
-        flop = render_flop(self.profile, width, height, settings.frames, steps, guidance=guidance)
-        compute = flop / self.table[tier].effective_flops * SAVER_SLOWDOWN[settings.saver_level]
-        return compute + self.profile.fixed_seconds
+        return self.work(settings, steps, guidance) / self.table[tier].effective_flops
 
     def plan_item(self, item: JobItem, *, order, unfit: str) -> ItemPlan:
         params = item.params
@@ -192,8 +201,8 @@ def plan_job(spec: JobSpec, shape: ClusterShape, table: TierTable, *, dtype_byte
 def simulate(planner: Planner, items: list[ItemPlan], params_by_id: dict) -> tuple[float, float]:
     """Run the farm's dispatch (per-tier queues, pull, stealing) on estimated times.
 
-    Returns (makespan, ideal) where ideal is total work over capacity, each item counted at the
-    speed of the tier it was planned for, spread over every worker by relative speed.
+    Returns (makespan, ideal): ideal is total work over total capacity (FLOP / FLOP/s), a lower
+    bound no schedule can beat.
     """
     shape = planner.shape
     order = planner.present
@@ -220,9 +229,8 @@ def simulate(planner: Planner, items: list[ItemPlan], params_by_id: dict) -> tup
         makespan = max(makespan, finish)
         heapq.heappush(heap, (finish, index, tier))
     capacity = sum(planner.table[t].effective_flops * shape.workers.get(t, 0) for t in order)
-    reference = planner.table[order[-1]].effective_flops if order else 1.0
     total = sum(
-        (plan.seconds or 0.0) * planner.table[plan.tier].effective_flops / reference for plan in plans.values()
+        planner.work(plan.settings, params_by_id[plan.item_id].steps, params_by_id[plan.item_id].guidance_scale > 1)
+        for plan in plans.values()
     )
-    ideal = total * reference / capacity if capacity else 0.0
-    return makespan, ideal
+    return makespan, (total / capacity if capacity else 0.0)
