@@ -22,6 +22,7 @@ from farm.core.manifest import JobOverrides, issues_from_validation, load_manife
 from farm.core.params import ASPECTS, PRESETS, ParamOverrides
 
 EXIT_OK, EXIT_FAILED_ITEMS, EXIT_INVALID, EXIT_CANNOT_RUN = 0, 1, 2, 3
+MAX_LISTED_WARNINGS = 20
 PARAM_FLAGS = ("preset", "resolution", "aspect", "frames", "fps", "steps", "guidance_scale", "negative_prompt", "seed", "degrade")
 
 
@@ -106,8 +107,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
         )
     else:
         print(f"{args.manifest}: valid, {len(spec.items)} items, job {spec.name!r}, model {spec.model!r}")
-        for item in missing:
+        for item in missing[:MAX_LISTED_WARNINGS]:
             print(f"warning: items[{item.index}] (id {item.id!r}): image not found: {item.image}", file=sys.stderr)
+        if len(missing) > MAX_LISTED_WARNINGS:
+            more = len(missing) - MAX_LISTED_WARNINGS
+            print(f"warning: {more} more items with missing images (use --json for the full list)", file=sys.stderr)
     return EXIT_OK
 
 

@@ -101,17 +101,28 @@ def allocated_bytes(device: str) -> int:
         return int(torch.cuda.memory_allocated(torch.device(device)))
     seen: set[int] = set()
     total = 0
-    for obj in gc.get_objects():
+
+    def count(candidate) -> None:
+        nonlocal total
+        if not issubclass(type(candidate), torch.Tensor):  # type(): no attribute lookups on odd objects
+            return
         try:
-            if not isinstance(obj, torch.Tensor) or obj.device.type != "cpu":
-                continue
-            storage = obj.untyped_storage()
+            if candidate.device.type != "cpu":
+                return
+            storage = candidate.untyped_storage()
             key = storage.data_ptr()
         except Exception:  # meta tensors, wrappers without storage
-            continue
+            return
         if key and key not in seen:
             seen.add(key)
             total += storage.nbytes()
+
+    # Tensors are not always tracked by the garbage collector themselves; the containers and
+    # frames that hold them are, so look one level into every tracked object too.
+    for obj in gc.get_objects():
+        count(obj)
+        for referent in gc.get_referents(obj):
+            count(referent)
     return total
 
 

@@ -64,7 +64,7 @@ class RenderWorkerImpl:
         self.adapter = I2VGenXLAdapter.load(self.model_ref, device=device)
         rules = parse_faults(faults or os.environ.get("FARM_FAULTS"))
         if rules:
-            self.adapter.injector = OomInjector(rules)
+            self.adapter.injector = OomInjector(rules, self.card.tier)
             self.adapter.injector.attach(self.adapter.pipeline)
         self.renderer = ItemRenderer(self.adapter, worker_name=self.name, card=self.card)
         self.memory_baseline_bytes = allocated_bytes(device)
