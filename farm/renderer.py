@@ -103,7 +103,7 @@ class ItemRenderer:
         params = task.render_params
         settings = task.render_settings
         degradations = list(task.degradations)
-        ooms: list[dict[str, Any]] = []
+        ooms = list(task.ooms)  # those of earlier workers, when the item moved here
         timings: dict[str, float] = {"load": round(self.adapter.load_seconds, 3)}
 
         t0 = time.perf_counter()

@@ -40,13 +40,52 @@ def tiny_adapter(tiny_model_dir):
     return I2VGenXLAdapter.load("tiny", device="cpu")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_cluster(farm_cache, tiny_model_dir):
-    """A real local Ray cluster on 127.0.0.1 (2 CPUs), shut down at the end of the session."""
+    """A real local Ray cluster on 127.0.0.1 (2 CPUs, no GPU), shut down after the module."""
     from farm.runtime.cluster import RayCluster
 
     with RayCluster(num_cpus=2) as info:
         yield info
+
+
+@pytest.fixture(scope="module")
+def gpu_cluster(farm_cache, tiny_model_dir):
+    """Factory for a simulated multi-node GPU cluster on 127.0.0.1 (ray.cluster_utils.Cluster).
+
+    Each node has one fake GPU (a Ray resource), advertises `farm_tier_<tier>` and tells its
+    workers the card size through FARM_GPU_VRAM_GB. The cluster is shut down after the module.
+    """
+    import ray
+    from ray.cluster_utils import Cluster
+
+    started = []
+
+    def make(*tiers: str, node_env: dict | None = None):
+        if ray.is_initialized():
+            ray.shutdown()
+        for cluster in started:
+            cluster.shutdown()
+        started.clear()
+        cluster = Cluster(
+            initialize_head=True,
+            head_node_args={"num_cpus": 0, "node_ip_address": "127.0.0.1", "include_dashboard": False},
+        )
+        for tier in tiers:
+            env = {"FARM_GPU_VRAM_GB": tier.rstrip("g"), **(node_env or {}).get(tier, {})}
+            cluster.add_node(
+                num_cpus=1, num_gpus=1, resources={f"farm_tier_{tier}": 1}, env_vars=env, node_ip_address="127.0.0.1"
+            )
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, namespace="farm", log_to_driver=False)
+        started.append(cluster)
+        return cluster
+
+    yield make
+    if ray.is_initialized():
+        ray.shutdown()
+    for cluster in started:
+        cluster.shutdown()
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:

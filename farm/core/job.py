@@ -45,6 +45,7 @@ class RenderTask:
     settings: dict[str, Any]
     planned_tier: str = "cpu"
     degradations: list[dict[str, Any]] = field(default_factory=list)
+    ooms: list[dict[str, Any]] = field(default_factory=list)
     degrade_order: tuple[str, ...] = DEFAULT_ORDER
     bigger_tier_available: bool = False
     estimate_gib: float | None = None

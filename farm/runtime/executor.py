@@ -254,6 +254,7 @@ class Dispatcher:
             settings=extras["settings"],
             planned_tier=extras["planned_tier"],
             degradations=list(extras["degradations"]),
+            ooms=list(extras.get("ooms", ())),
             bigger_tier_available=bigger,
             estimate_gib=extras["estimate_gib"],
         )
@@ -286,6 +287,7 @@ class Dispatcher:
         """Out of memory with a bigger tier in the cluster: move there if one is idle now."""
         extras = self.extras[item_id]
         extras["settings"], extras["degradations"] = outcome.settings, list(outcome.degradations)
+        extras["ooms"] = list(outcome.ooms)
         bigger = [w for w in self.idle if self._rank(w.tier) > self._rank(worker.tier)]
         self.idle.append(worker)
         if not bigger:
