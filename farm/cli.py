@@ -171,6 +171,39 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_tiers(args: argparse.Namespace) -> int:
+    from farm.core.params import RESOLUTIONS
+    from farm.core.tiers import load_tier_table
+    from farm.core.vram import SAVER_LEVELS, estimate_vram, profile_for_model
+
+    table = load_tier_table(args.tiers)
+    if args.node:
+        from farm.runtime.cluster import local_gpu_resources
+
+        options = local_gpu_resources(table)
+        if not options:
+            print("# no GPU found (set FARM_GPU_VRAM_GB to declare one)", file=sys.stderr)
+            return EXIT_OK
+        print(f"--num-gpus {options['num_gpus']} --resources '{json.dumps(options['resources'])}'")
+        return EXIT_OK
+    profile = profile_for_model(args.model or "ali-vilab/i2vgen-xl")
+    print(f"{'tier':5} {'card GiB':>8} {'budget GiB':>10} {'example':16} {'TFLOP/s':>8}  max frames at 256/512/768/1024p (1:1, no savers | all savers)")
+    for tier in table.tiers:
+        fits = []
+        for level in (0, len(SAVER_LEVELS) - 1):
+            row = []
+            for resolution in RESOLUTIONS:
+                frames = [f for f in range(8, 33) if estimate_vram(profile, resolution, resolution, f, savers=SAVER_LEVELS[level]).total_bytes <= tier.budget_bytes]
+                row.append(str(max(frames)) if frames else "-")
+            fits.append("/".join(row))
+        print(
+            f"{tier.name:5} {tier.card_gib:8.0f} {tier.budget_gib:10.1f} {tier.example:16} "
+            f"{tier.peak_tflops * tier.efficiency:8.0f}  {fits[0]:>14} | {fits[1]}"
+        )
+    print(f"resource names: {', '.join(t.resource for t in table.tiers)}; estimates for {profile.name}")
+    return EXIT_OK
+
+
 def _duration(seconds: float) -> str:
     seconds = int(round(seconds))
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"
@@ -307,6 +340,12 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--output")
     _add_param_flags(plan)
     plan.set_defaults(func=cmd_plan)
+
+    tiers = commands.add_parser("tiers", help="the VRAM tier table: budgets, speeds and what fits each tier")
+    tiers.add_argument("--tiers", help="tier table file (YAML/JSON); default FARM_TIERS_FILE or the built-in table")
+    tiers.add_argument("--node", action="store_true", help="print this node's `ray start` GPU and tier resources")
+    tiers.add_argument("--model")
+    tiers.set_defaults(func=cmd_tiers)
 
     demo = commands.add_parser("demo", help="write sample images and a manifest, render them with the tiny model")
     demo.add_argument("--output", default="farm-demo", help="folder for the inputs and videos (default: ./farm-demo)")
