@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from common import median_seconds
 
 RESOLUTIONS = (256, 512, 768, 1024)
 FRAMES = (8, 16, 24, 32)
@@ -38,15 +37,6 @@ def write_manifest(path: Path, count: int) -> None:
             }
         )
     path.write_text(json.dumps({"version": 1, "name": "bench", "model": "tiny", "items": items}))
-
-
-def median_seconds(command: list[str], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
 
 
 def main() -> None:

@@ -14,13 +14,13 @@ import argparse
 import csv
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import yaml
+from common import median_seconds
 
 PARSE_ONLY = {
     "yaml": "import yaml,sys; yaml.load(open(sys.argv[1]), Loader=yaml.CSafeLoader)",
@@ -56,15 +56,6 @@ def write_manifests(folder: Path, count: int) -> dict[str, Path]:
         writer.writeheader()
         writer.writerows(items)
     return paths
-
-
-def median_seconds(command: list[str], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        subprocess.run(command, check=True, capture_output=True)
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
 
 
 def in_process_seconds(path: Path, repeats: int) -> float:

@@ -321,25 +321,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_param_flags(render)
     render.set_defaults(func=cmd_render)
 
-    validate = commands.add_parser("validate", help="check a manifest and list every error, without rendering")
-    validate.add_argument("manifest")
-    validate.add_argument("--json", action="store_true", help="machine-readable output")
-    validate.add_argument("--model")
-    validate.add_argument("--output")
-    validate.add_argument("--name")
-    _add_param_flags(validate)
-    validate.set_defaults(func=cmd_validate)
+    def add_dry_run(name: str, help_text: str, func):
+        """validate and plan: a manifest, job-level overrides, no rendering."""
+        sub = commands.add_parser(name, help=help_text)
+        sub.add_argument("manifest")
+        sub.add_argument("--json", action="store_true", help="machine-readable output")
+        sub.add_argument("--model")
+        sub.add_argument("--output")
+        sub.add_argument("--name")
+        _add_param_flags(sub)
+        sub.set_defaults(func=func)
+        return sub
 
-    plan = commands.add_parser("plan", help="dry run: VRAM estimate, tier and degradations per item, makespan")
-    plan.add_argument("manifest")
+    add_dry_run("validate", "check a manifest and list every error, without rendering", cmd_validate)
+    plan = add_dry_run("plan", "dry run: VRAM estimate, tier and degradations per item, makespan", cmd_plan)
     plan.add_argument("--gpus", help="cluster shape, e.g. 12g:4,24g:2,80g:1 (default: one GPU of every tier)")
     plan.add_argument("--tiers", help="tier table file (YAML/JSON); default FARM_TIERS_FILE or the built-in table")
-    plan.add_argument("--json", action="store_true", help="machine-readable output")
-    plan.add_argument("--model")
-    plan.add_argument("--name")
-    plan.add_argument("--output")
-    _add_param_flags(plan)
-    plan.set_defaults(func=cmd_plan)
 
     tiers = commands.add_parser("tiers", help="the VRAM tier table: budgets, speeds and what fits each tier")
     tiers.add_argument("--tiers", help="tier table file (YAML/JSON); default FARM_TIERS_FILE or the built-in table")

@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from helpers import encode, pattern
 
 from farm.core.job import ESCALATE, FAILED, SUCCEEDED, RenderTask
 from farm.core.manifest import parse_manifest
@@ -12,7 +13,6 @@ from farm.core.tiers import GIB
 from farm.models.faults import OomInjector, parse_faults
 from farm.models.memory import CardInfo, allocated_bytes
 from farm.renderer import ItemRenderer
-from helpers import encode, pattern
 
 pytestmark = pytest.mark.integration
 

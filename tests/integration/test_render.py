@@ -4,13 +4,13 @@ import hashlib
 import json
 
 import pytest
+from helpers import FAST, encode, noise, pattern
 from PIL import Image
 
 from farm.core.job import FAILED, SUCCEEDED, RenderTask
 from farm.core.manifest import parse_manifest
 from farm.media.video import probe_mp4
 from farm.renderer import ItemRenderer
-from helpers import FAST, encode, noise, pattern
 
 pytestmark = pytest.mark.integration
 

@@ -6,12 +6,12 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import subprocess_env
+from helpers import encode, noise, pattern, png_bomb, write_manifest
+
 from farm.core.manifest import load_manifest
 from farm.media.video import probe_mp4
 from farm.runtime.executor import RunOptions, run_job
-from helpers import encode, noise, pattern, png_bomb, write_manifest
 
 pytestmark = pytest.mark.integration
 

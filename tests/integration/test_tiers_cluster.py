@@ -9,11 +9,11 @@ import json
 
 import pytest
 import ray
-
-from farm.core.manifest import load_manifest
-from farm.core.job import RenderTask
-from farm.runtime.executor import RunOptions, run_job
 from helpers import encode, pattern, write_manifest
+
+from farm.core.job import RenderTask
+from farm.core.manifest import load_manifest
+from farm.runtime.executor import RunOptions, run_job
 
 pytestmark = pytest.mark.integration
 

@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
+from helpers import encode, noise, pattern, png_bomb
 from PIL import Image
 
 from farm.core.errors import ImageError
 from farm.media.images import ImageLimits, fit_to_frame, prepare_image, read_image_file
-from helpers import encode, noise, pattern, png_bomb
 
 
 def prepared(data, width=64, height=64, **kwargs):

@@ -3,8 +3,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from farm.core.manifest import parse_manifest
 from farm.core.planner import plan_job
 from farm.core.tiers import ClusterShape, TierTable

@@ -4,12 +4,14 @@ from farm.core.vram import (
     CPU_OFFLOAD,
     FF_CHUNKING,
     GIB,
-    I2VGENXL_PROFILE as P,
     SAVER_LEVELS,
     VAE_SLICING,
     VAE_TILING,
     estimate_vram,
     unet_flop_per_step,
+)
+from farm.core.vram import (
+    I2VGENXL_PROFILE as P,
 )
 
 # (width, height, frames, GiB, source) from ../shared/reference/numbers.md; stated error: 10%.
