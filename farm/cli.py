@@ -209,17 +209,25 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"
 
 
-def _execute(spec, args: argparse.Namespace) -> int:
+def _execute(spec, args: argparse.Namespace, manifest: Path | None = None) -> int:
     from farm.console import ConsoleReporter, print_summary
-    from farm.runtime.executor import JobRecorder, RunOptions, run_job
+    from farm.runtime.executor import RunOptions, run_job
+    from farm.storage import open_store
+    from farm.storage.base import job_record_key
 
-    options = RunOptions(address=args.address, workers=args.workers, reporter=ConsoleReporter())
+    options = RunOptions(
+        address=args.address,
+        workers=args.workers,
+        force=getattr(args, "force", False),
+        manifest=(manifest.name, manifest.read_bytes()) if manifest else None,
+        reporter=ConsoleReporter(),
+    )
     try:
         state = run_job(spec, options)
     except FarmError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_CANNOT_RUN
-    print_summary(state, JobRecorder(state, 0).location)
+    print_summary(state, open_store(spec.output).location(job_record_key(spec.name)))
     counts = state.counts()
     return EXIT_OK if counts["failed"] == 0 else EXIT_FAILED_ITEMS
 
@@ -237,6 +245,29 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"skipping {len(spec.rejected)} invalid item(s), reported as failed:", file=sys.stderr)
         for rejected in spec.rejected:
             print(f"  items[{rejected.index}]: {rejected.message}", file=sys.stderr)
+    return _execute(spec, args, Path(args.manifest))
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from farm.core.manifest import JobSpec
+    from farm.storage import open_store
+    from farm.storage.base import job_spec_key
+
+    location = args.job.rstrip("/")
+    output, _, name = location.rpartition("/")
+    if not output or not name:
+        print(f"error: {args.job!r}: write OUTPUT_URI/JOB_NAME, e.g. s3://bucket/renders/spring", file=sys.stderr)
+        return EXIT_INVALID
+    try:
+        data = open_store(output).get_bytes(job_spec_key(name))
+    except FarmError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_CANNOT_RUN
+    if data is None:
+        print(f"error: no job {name!r} under {output} (no {job_spec_key(name)}); check the URI", file=sys.stderr)
+        return EXIT_INVALID
+    spec = JobSpec.from_dict(json.loads(data), output=output)
+    print(f"resuming job {spec.name!r} ({len(spec.items)} items) from {output}")
     return _execute(spec, args)
 
 
@@ -306,12 +337,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="render every item of a manifest")
     run.add_argument("manifest")
-    run.add_argument("--output", help="output folder (default: the manifest's `output`, else ./farm-output)")
+    run.add_argument("--output", help="output folder or s3://BUCKET/PREFIX (default: the manifest's `output`, else ./farm-output)")
     run.add_argument("--name", help="job name (default: the manifest's `name`, else its file name)")
     run.add_argument("--skip-invalid", action="store_true", help="run the valid items, report invalid ones as failed")
+    run.add_argument("--force", action="store_true", help="render even items whose identical result is committed")
     add_cluster_flags(run)
     _add_param_flags(run)
     run.set_defaults(func=cmd_run)
+
+    resume = commands.add_parser("resume", help="finish an interrupted job from its output: OUTPUT_URI/JOB_NAME")
+    resume.add_argument("job", help="e.g. ./farm-output/spring or s3://bucket/renders/spring")
+    resume.add_argument("--force", action="store_true", help="render every item again")
+    add_cluster_flags(resume)
+    resume.set_defaults(func=cmd_resume)
 
     render = commands.add_parser("render", help="render one image")
     render.add_argument("image")

@@ -1,7 +1,9 @@
 """Render one item end to end, on whatever process holds the model (a Ray actor, or a test).
 
-read image -> prepare to frame size -> generate frames -> encode MP4 + thumbnail -> store video,
-thumbnail, then the sidecar. The sidecar is written last: it is the item's commit marker.
+read image (local, s3://, https://) -> prepare to frame size -> generate frames -> encode MP4 and
+thumbnail (`produce`), then commit: upload video and thumbnail, then the sidecar, conditionally,
+as the commit marker (`commit`, see farm.storage.commit). A worker commits in the background
+(`BackgroundCommits`) so its next render starts at once; the queue is bounded.
 
 On a CUDA out-of-memory error the renderer leaves the `except` block (the traceback holds the
 failed attempt's tensors), collects garbage and empties the CUDA cache, then asks the degrade
@@ -13,26 +15,30 @@ becomes an `ItemOutcome` with a reason; nothing raised here stops the job.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import platform
 import tempfile
+import threading
 import time
 import traceback
-from dataclasses import dataclass
+import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 from farm import __version__
 from farm.core.errors import FarmError, ItemError, StorageError
-from farm.core.job import ESCALATE, SUCCEEDED, ItemOutcome, RenderTask
+from farm.core.job import ESCALATE, SKIPPED, SUCCEEDED, ItemOutcome, RenderTask, inputs_digest
 from farm.core.ladder import BIGGER_TIER, Degradation, RenderSettings, describe_change, next_step
 from farm.core.tiers import GIB
-from farm.media.images import ImageLimits, PreparedImage, prepare_image, read_image_file
+from farm.media.images import ImageLimits, PreparedImage, prepare_image
 from farm.media.video import encode_mp4, write_thumbnail
 from farm.models.memory import CardInfo, SimulatedCard, release_memory
 from farm.storage import open_store
-from farm.storage.base import CONTENT_TYPES, item_keys
+from farm.storage.base import item_keys
+from farm.storage.commit import commit_item
+from farm.storage.inputs import read_input
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +60,18 @@ class OomEvent:
             "savers": list(self.settings.savers),
             "message": self.message,
         }
+
+
+@dataclass
+class Produced:
+    """A rendered, encoded item waiting to be committed; its files live in `scratch`."""
+
+    task: RenderTask
+    scratch: tempfile.TemporaryDirectory
+    files: dict[str, str]
+    sidecar: dict[str, Any]
+    outcome: ItemOutcome
+    started: float = field(default_factory=time.perf_counter)
 
 
 class ItemRenderer:
@@ -80,26 +98,69 @@ class ItemRenderer:
         return self._stores[uri]
 
     def render(self, task: RenderTask) -> ItemOutcome:
+        """Produce and commit in one go (tests, one-off renders)."""
+        produced = self.produce(task)
+        return produced if isinstance(produced, ItemOutcome) else self.commit(produced)
+
+    def produce(self, task: RenderTask) -> ItemOutcome | Produced:
+        """Render and encode; an ItemOutcome when there is nothing to commit (failure, escalation)."""
         started = time.perf_counter()
         try:
-            outcome = self._render(task, started)
-        except ItemError as exc:
-            outcome = ItemOutcome.failure(task.item_id, exc.reason, str(exc))
-        except StorageError as exc:
-            outcome = ItemOutcome.failure(task.item_id, "storage_error", str(exc))
-        except FarmError as exc:
-            outcome = ItemOutcome.failure(task.item_id, "render_error", str(exc))
-        except Exception as exc:  # a bug or a library failure: keep the worker, fail the item
-            log.error("item %s failed:\n%s", task.item_id, traceback.format_exc())
-            outcome = ItemOutcome.failure(task.item_id, "render_error", f"{type(exc).__name__}: {exc}")
+            result = self._produce(task, started)
+        except Exception as exc:
+            result = self._failure(task, exc)
+        if isinstance(result, ItemOutcome):
+            self._stamp(result, started)
+        return result
+
+    def commit(self, produced: Produced) -> ItemOutcome:
+        """Upload and commit a produced item (conditional sidecar write: exactly once)."""
+        task, outcome = produced.task, produced.outcome
+        try:
+            t0 = time.perf_counter()
+            store = self._store(task.output)
+            result = commit_item(
+                store,
+                task.job_name,
+                task.item_id,
+                produced.files,
+                produced.sidecar,
+                token=uuid.uuid4().hex[:12],
+                replace_etag=task.replace_etag,
+            )
+            outcome.timings["upload"] = round(time.perf_counter() - t0, 4)
+            if result.committed:
+                outcome.outputs = {name: store.location(key) for name, key in item_keys(task.job_name, task.item_id).items()}
+                outcome.upload_bytes = sum(info.size for info in result.outputs.values()) + result.sidecar.size
+            else:
+                outcome.status = SKIPPED
+                outcome.message = "another render of this item committed first; its result stands"
+        except Exception as exc:
+            outcome = self._failure(task, exc)
+        finally:
+            produced.scratch.cleanup()
+        self._stamp(outcome, produced.started)
+        return outcome
+
+    def _stamp(self, outcome: ItemOutcome, started: float) -> None:
         outcome.seconds = time.perf_counter() - started
         outcome.worker = self.worker_name
         outcome.tier = self.card.tier
-        return outcome
+
+    def _failure(self, task: RenderTask, exc: Exception) -> ItemOutcome:
+        if isinstance(exc, ItemError):
+            return ItemOutcome.failure(task.item_id, exc.reason, str(exc))
+        if isinstance(exc, StorageError):
+            return ItemOutcome.failure(task.item_id, "storage_error", str(exc))
+        if isinstance(exc, FarmError):
+            return ItemOutcome.failure(task.item_id, "render_error", str(exc))
+        # A bug or a library failure: keep the worker, fail the item.
+        log.error("item %s failed:\n%s", task.item_id, traceback.format_exc())
+        return ItemOutcome.failure(task.item_id, "render_error", f"{type(exc).__name__}: {exc}")
 
     # --- one render with the degrade ladder -------------------------------------------------
 
-    def _render(self, task: RenderTask, started: float) -> ItemOutcome:
+    def _produce(self, task: RenderTask, started: float) -> ItemOutcome | Produced:
         params = task.render_params
         settings = task.render_settings
         degradations = list(task.degradations)
@@ -107,9 +168,11 @@ class ItemRenderer:
         timings: dict[str, float] = {"load": round(self.adapter.load_seconds, 3)}
 
         t0 = time.perf_counter()
-        data = read_image_file(task.image, self.image_limits)
+        source = read_input(task.image, self.image_limits)
+        data = source.data
         prepared: dict[tuple[int, int], PreparedImage] = {}
-        timings["preprocess"] = time.perf_counter() - t0
+        timings["read"] = time.perf_counter() - t0
+        timings["preprocess"] = 0.0
 
         while True:
             size = settings.size
@@ -153,28 +216,31 @@ class ItemRenderer:
 
         timings.update(generation.timings)
         warnings = prepared[settings.size].warnings + generation.warnings
-        store = self._store(task.output)
-        keys = item_keys(task.job_name, task.item_id)
-        with tempfile.TemporaryDirectory(prefix="farm-item-") as scratch:
+        scratch = tempfile.TemporaryDirectory(prefix="farm-item-")
+        files = {"video": os.path.join(scratch.name, "video.mp4"), "thumbnail": os.path.join(scratch.name, "thumb.jpg")}
+        try:
             t0 = time.perf_counter()
-            video_path = os.path.join(scratch, "video.mp4")
-            thumb_path = os.path.join(scratch, "thumb.jpg")
-            encode_mp4(generation.frames, video_path, params.fps)
-            write_thumbnail(generation.frames[0], thumb_path)
+            encode_mp4(generation.frames, files["video"], params.fps)
+            write_thumbnail(generation.frames[0], files["thumbnail"])
             timings["encode"] = time.perf_counter() - t0
-            video_bytes = os.path.getsize(video_path)
-
-            t0 = time.perf_counter()
-            store.put_file(keys["video"], video_path, CONTENT_TYPES["video"])
-            store.put_file(keys["thumbnail"], thumb_path, CONTENT_TYPES["thumbnail"])
-            timings["store"] = time.perf_counter() - t0
-            timings["total"] = time.perf_counter() - started
-            sidecar = self._sidecar(
-                task, prepared[settings.size], generation, settings, degradations, ooms, timings, warnings, keys, video_bytes
-            )
-            store.put_bytes(keys["sidecar"], json.dumps(sidecar, indent=2).encode(), CONTENT_TYPES["sidecar"])
-
-        return ItemOutcome(
+        except BaseException:
+            scratch.cleanup()
+            raise
+        sizes = {name: os.path.getsize(path) for name, path in files.items()}
+        timings["total"] = time.perf_counter() - started
+        image = prepared[settings.size]
+        digest = inputs_digest(
+            image_sha256=image.sha256,
+            prompt=task.prompt,
+            params=task.params,
+            seed=task.seed,
+            model=task.model,
+            model_config_sha256=self.adapter.config_sha256,
+        )
+        sidecar = self._sidecar(
+            task, image, source.fingerprint, digest, generation, settings, degradations, ooms, timings, warnings, sizes
+        )
+        outcome = ItemOutcome(
             item_id=task.item_id,
             status=SUCCEEDED,
             warnings=warnings,
@@ -183,8 +249,9 @@ class ItemRenderer:
             settings=settings.to_dict(),
             timings={k: round(v, 4) for k, v in timings.items()},
             peak_memory_bytes=generation.peak_memory_bytes,
-            outputs={name: store.location(key) for name, key in keys.items()},
+            frames=int(generation.frames.shape[0]),
         )
+        return Produced(task, scratch, files, sidecar, outcome, started)
 
     def _attempt(self, task: RenderTask, params, settings: RenderSettings, prepared: PreparedImage):
         """Generation, or an OomEvent. The OOM is caught here and nothing of it escapes."""
@@ -215,7 +282,7 @@ class ItemRenderer:
         return event
 
     def _sidecar(
-        self, task, prepared, generation, settings, degradations, ooms, timings, warnings, keys, video_bytes
+        self, task, prepared, fingerprint, digest, generation, settings, degradations, ooms, timings, warnings, sizes
     ) -> dict:
         params = task.render_params
         width, height = settings.size
@@ -237,7 +304,8 @@ class ItemRenderer:
             "item_index": task.item_index,
             "prompt": task.prompt,
             "image": task.image,
-            "input": prepared.describe(),
+            "input": {**prepared.describe(), "fingerprint": fingerprint},
+            "inputs_sha256": digest,
             "requested": task.requested,
             "effective": effective,
             "seed": task.seed,
@@ -265,9 +333,10 @@ class ItemRenderer:
             "ooms": ooms,
             "warnings": warnings,
             "outputs": {
-                "video": keys["video"].rsplit("/", 1)[-1],
-                "thumbnail": keys["thumbnail"].rsplit("/", 1)[-1],
-                "video_bytes": video_bytes,
+                "video": f"{task.item_id}.mp4",
+                "thumbnail": f"{task.item_id}.jpg",
+                "bytes": sizes,
+                "video_bytes": sizes["video"],
                 "frames": int(frames.shape[0]),
                 "width": int(frames.shape[2]),
                 "height": int(frames.shape[1]),
@@ -279,3 +348,49 @@ class ItemRenderer:
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
 
+
+class BackgroundCommits:
+    """Commits produced items on a background thread so the next render starts at once.
+
+    At most `capacity` items wait for upload; `submit` blocks beyond that (backpressure, so a
+    slow or unreachable store cannot make rendered videos pile up without limit).
+    """
+
+    def __init__(self, renderer: ItemRenderer, capacity: int = 2):
+        self.renderer = renderer
+        self._slots = threading.BoundedSemaphore(capacity)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="farm-commit")
+        self._lock = threading.Lock()
+        self._done: list[ItemOutcome] = []
+        self._pending: dict[str, Future] = {}
+
+    def submit(self, produced: Produced) -> None:
+        self._slots.acquire()
+        with self._lock:
+            self._pending[produced.task.item_id] = self._executor.submit(self._commit, produced)
+
+    def _commit(self, produced: Produced) -> None:
+        try:
+            outcome = self.renderer.commit(produced)
+        finally:
+            self._slots.release()
+        with self._lock:
+            self._done.append(outcome)
+            self._pending.pop(produced.task.item_id, None)
+
+    def pending(self) -> list[str]:
+        with self._lock:
+            return list(self._pending)
+
+    def finished(self) -> list[ItemOutcome]:
+        with self._lock:
+            done, self._done = self._done, []
+        return done
+
+    def flush(self) -> list[ItemOutcome]:
+        """Wait for every pending commit; return all finished outcomes."""
+        with self._lock:
+            futures = list(self._pending.values())
+        for future in futures:
+            future.result()
+        return self.finished()

@@ -99,7 +99,17 @@ class ModelUnavailableError(FarmError):
 
 
 class StorageError(FarmError):
-    """Writing or reading results failed."""
+    """Writing or reading results failed, and retrying will not help (credentials, bucket, disk)."""
+
+
+class TransientStorageError(StorageError):
+    """A timeout, a 5xx, throttling or a refused connection: worth retrying for a while."""
+
+    retryable = True
+
+
+class CommitConflict(StorageError):
+    """A conditional write lost: another render of the same item committed first."""
 
 
 # Reasons an item can fail with. Kept small: they become metric labels.
@@ -107,6 +117,7 @@ FAILURE_REASONS = (
     "image_not_found",
     "image_invalid",
     "image_too_large",
+    "image_refused",
     "invalid_item",
     "oom",
     "no_fitting_tier",

@@ -8,6 +8,8 @@ The job ends `succeeded` (every item), `partial` (some), `failed` (none) or `can
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -22,6 +24,18 @@ MAX_ATTEMPTS = 3
 QUEUED, RUNNING, SUCCEEDED, FAILED, SKIPPED = "queued", "running", "succeeded", "failed", "skipped"
 ESCALATE = "escalate"
 ITEM_STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, SKIPPED)
+
+
+def inputs_digest(*, image_sha256: str, prompt: str, params: dict[str, Any], seed: int, model: str, model_config_sha256: str) -> str:
+    """The hash of an item's effective inputs (image bytes, prompt, parameters, model) that a
+    sidecar carries: a later run skips the item when it computes the same value."""
+    document = {
+        "image_sha256": image_sha256,
+        "prompt": prompt,
+        "params": {**params, "seed": seed},
+        "model": {"id": model, "config_sha256": model_config_sha256},
+    }
+    return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -49,6 +63,7 @@ class RenderTask:
     degrade_order: tuple[str, ...] = DEFAULT_ORDER
     bigger_tier_available: bool = False
     estimate_gib: float | None = None
+    replace_etag: str | None = None  # the committed sidecar this render may replace (changed inputs, --force)
     attempt: int = 1
 
     @classmethod
@@ -105,6 +120,8 @@ class ItemOutcome:
     tier: str | None = None
     settings: dict[str, Any] | None = None
     ooms: list[dict[str, Any]] = field(default_factory=list)
+    frames: int | None = None
+    upload_bytes: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -172,6 +189,11 @@ class JobState:
     def start(self) -> None:
         self.started_at = self.started_at or self._clock()
 
+    @property
+    def worked(self) -> bool:
+        """Whether this run rendered or failed anything (rather than finding it all committed)."""
+        return any(s.state != SKIPPED for s in self.items.values())
+
     def task_for(self, item_id: str, **plan: Any) -> RenderTask:
         status = self.items[item_id]
         return RenderTask.for_item(self.spec, self._items_by_id[item_id], attempt=status.attempts + 1, **plan)
@@ -198,7 +220,7 @@ class JobState:
 
     def record(self, outcome: ItemOutcome) -> None:
         status = self.items[outcome.item_id]
-        status.state = SUCCEEDED if outcome.status == SUCCEEDED else FAILED
+        status.state = outcome.status if outcome.status in (SUCCEEDED, SKIPPED) else FAILED
         status.reason, status.message = outcome.reason, outcome.message
         status.seconds, status.worker = outcome.seconds, outcome.worker or status.worker
         status.tier = outcome.tier or status.tier

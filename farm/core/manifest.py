@@ -47,7 +47,8 @@ Format = Literal["yaml", "json", "jsonl", "csv"]
 
 ITEM_HELP = {
     "id": "a name for the item's outputs (letters, digits, '.', '_', '-'); optional",
-    "image": "a path to a JPEG, PNG or WEBP image, relative to the manifest's folder or absolute",
+    "image": "a JPEG, PNG or WEBP image: a path (relative to the manifest's folder, or absolute), "
+    "s3://BUCKET/KEY, or an https:// URL on a host the operator allows",
     "prompt": f"a text of 1 to {PROMPT_MAX_CHARS} characters describing the motion",
     "version": f"the number {MANIFEST_VERSION}",
     "name": "the job's name, used as the output folder",
@@ -138,6 +139,76 @@ class JobSpec:
     @property
     def total(self) -> int:
         return len(self.items) + len(self.rejected)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The validated job as stored in `spec.json` (what `farm resume` runs again)."""
+        return {
+            "spec_version": 1,
+            "name": self.name,
+            "model": self.model,
+            "output": self.output,
+            "source": self.source,
+            "format": self.format,
+            "degrade_order": list(self.degrade_order),
+            "unfit": self.unfit,
+            "items": [
+                {
+                    "index": item.index,
+                    "id": item.id,
+                    "image": item.image,
+                    "prompt": item.prompt,
+                    "params": item.params.model_dump(),
+                    "requested": item.requested,
+                    "line": item.line,
+                    "given_id": item.given_id,
+                }
+                for item in self.items
+            ],
+            "rejected": [
+                {"index": r.index, "id": r.id, "issues": [i.to_dict() for i in r.issues]} for r in self.rejected
+            ],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, output: str | None = None) -> JobSpec:
+        items = [
+            JobItem(
+                index=entry["index"],
+                id=entry["id"],
+                image=entry["image"],
+                prompt=entry["prompt"],
+                params=RenderParams.model_validate(entry["params"]),
+                requested=entry["requested"],
+                line=entry.get("line"),
+                given_id=entry.get("given_id"),
+            )
+            for entry in data["items"]
+        ]
+        rejected = [
+            RejectedItem(
+                r["index"],
+                r["id"],
+                [
+                    ManifestIssue(
+                        i["message"], field=i["field"], item_index=i["item_index"], item_id=i["item_id"],
+                        value=i.get("value"), line=i["line"],
+                    )
+                    for i in r["issues"]
+                ],
+            )
+            for r in data.get("rejected", [])
+        ]
+        return cls(
+            name=data["name"],
+            model=data["model"],
+            output=output or data["output"],
+            items=items,
+            rejected=rejected,
+            source=data.get("source"),
+            format=data.get("format"),
+            degrade_order=tuple(data.get("degrade_order") or DEFAULT_ORDER),
+            unfit=data.get("unfit", "degrade"),
+        )
 
 
 @dataclass(frozen=True)
@@ -486,21 +557,36 @@ def _validate_items(
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
 
+REMOTE_SCHEMES = ("s3", "https", "http")
+
+
 def _check_image_reference(value: str) -> ManifestIssue | None:
-    """Check the image reference's form; only local files are supported in this version."""
-    if "\x00" in value:
-        return ManifestIssue("the path contains a NUL character; fix the path", field="image", value=value)
+    """Check the image reference's form: a local path, s3://BUCKET/KEY, or an http(s) URL."""
+    if "\x00" in value or any(ord(ch) < 32 for ch in value):
+        return ManifestIssue("the reference contains control characters; fix it", field="image", value=value)
     match = _SCHEME.match(value)
-    if match and match.group(1).lower() != "file":
+    if not match:
+        return None
+    scheme = match.group(1).lower()
+    if scheme == "file":
+        return None
+    if scheme not in REMOTE_SCHEMES:
         return ManifestIssue(
-            f"{match.group(1)}:// images are not supported; use a local file path",
+            f"{scheme}:// images are not supported; use a local path, s3://BUCKET/KEY or an https:// URL",
             field="image",
             value=value,
         )
+    rest = value[len(match.group(0)) :]
+    host, _, path = rest.partition("/")
+    if not host or not path:
+        what = "s3://BUCKET/KEY" if scheme == "s3" else f"{scheme}://HOST/PATH"
+        return ManifestIssue(f"incomplete {scheme}:// reference; write {what}", field="image", value=value)
     return None
 
 
 def _absolute(value: str, base_dir: Path) -> str:
+    if _SCHEME.match(value) and value[:7].lower() != "file://":
+        return value  # s3:// and http(s):// references are read by the worker as they are
     if value[:7].lower() == "file://":
         value = value[7:]
     if value.startswith("~"):

@@ -17,11 +17,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from farm.core.errors import FarmError, ModelUnavailableError
+from farm.core.errors import FarmError, ModelUnavailableError, StorageError
 from farm.core.job import ESCALATE, ItemOutcome, JobState
 from farm.core.ladder import BIGGER_TIER
 from farm.core.manifest import JobSpec
@@ -31,7 +32,8 @@ from farm.core.tiers import CPU_TIER, ClusterShape, TierTable, load_tier_table, 
 from farm.core.vram import profile_for_model
 from farm.runtime.cluster import RayCluster, local_gpu_resources
 from farm.storage import open_store
-from farm.storage.base import job_record_key
+from farm.storage.base import job_record_key, job_spec_key
+from farm.storage.resume import scan_committed
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,8 @@ class RunOptions:
     record_interval_s: float = 2.0
     faults: str | None = None  # fault injection rules for the workers (tests, chaos runs)
     tiers: TierTable | None = None
+    force: bool = False  # render items even when an identical result is committed
+    manifest: tuple[str, bytes] | None = None  # (file name, bytes) of the manifest as submitted
     reporter: ProgressReporter = field(default_factory=NullReporter)
 
 
@@ -79,49 +83,115 @@ class _Worker:
 
 
 class JobRecorder:
-    """Writes `job.json` into the output store, at most every `interval_s` unless forced."""
+    """Keeps `job.json` in the output store current without ever blocking the dispatch loop.
 
-    def __init__(self, state: JobState, interval_s: float):
+    `write()` hands the latest snapshot to a writer thread (at most one write every
+    `interval_s`; a newer snapshot replaces an unwritten one). A storage outage delays the
+    record, not the job; `close()` writes the final record, waiting for storage if needed.
+    """
+
+    def __init__(self, state: JobState, store, interval_s: float):
         self.state = state
-        self.store = open_store(state.spec.output)
+        self.store = store
         self.key = job_record_key(state.spec.name)
         self.interval_s = interval_s
         self._last = 0.0
+        self._snapshot: bytes | None = None
+        self._wake = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="farm-job-record", daemon=True)
+        self._thread.start()
 
     def write(self, *, force: bool = False) -> None:
         now = time.monotonic()
         if not force and now - self._last < self.interval_s:
             return
         self._last = now
-        self.store.put_bytes(self.key, json.dumps(self.state.to_record(), indent=1).encode(), "application/json")
+        snapshot = json.dumps(self.state.to_record(), indent=1).encode()
+        with self._wake:
+            self._snapshot = snapshot
+            self._wake.notify()
+
+    def _loop(self) -> None:
+        while True:
+            with self._wake:
+                while self._snapshot is None and not self._closed:
+                    self._wake.wait()
+                snapshot, self._snapshot = self._snapshot, None
+                closed = self._closed
+            if snapshot is not None:
+                try:
+                    self.store.put_bytes(self.key, snapshot, "application/json")
+                except StorageError as error:
+                    log.warning("job record not written: %s", error)
+            if closed and snapshot is None:
+                return
+
+    def close(self, *, final: bool = True) -> None:
+        if final:
+            self.write(force=True)
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        self._thread.join()
 
     @property
     def location(self) -> str:
         return self.store.location(self.key)
 
 
+def write_job_files(store, spec: JobSpec, manifest: tuple[str, bytes] | None) -> None:
+    """Store the validated job (`spec.json`, for `farm resume`) and the manifest as submitted,
+    only when they differ from what is there, so an identical re-run changes no object."""
+    files = [(job_spec_key(spec.name), json.dumps(spec.to_dict(), indent=1).encode())]
+    if manifest is not None:
+        name, data = manifest
+        suffix = name.rsplit(".", 1)[-1].lower() if "." in name else "txt"
+        files.append((f"{spec.name}/manifest.{suffix}", data))
+    for key, data in files:
+        if store.get_bytes(key) != data:
+            store.put_bytes(key, data, "application/json" if key.endswith(".json") else "application/octet-stream")
+
+
 def run_job(spec: JobSpec, options: RunOptions | None = None) -> JobState:
-    """Render every item of `spec`; returns the final job state. Raises FarmError if nothing can run."""
+    """Render every item of `spec` not already committed; returns the final job state.
+
+    Raises FarmError when the job cannot start (output storage or model unavailable) before
+    any GPU time is spent.
+    """
     options = options or RunOptions()
     table = options.tiers or load_tier_table()
+    store = open_store(spec.output)
+    store.check_access(spec.name)
+    write_job_files(store, spec, options.manifest)
     state = JobState(spec)
-    recorder = JobRecorder(state, options.record_interval_s)
-    recorder.write(force=True)
+    had_record = store.head(job_record_key(spec.name)) is not None
+    recorder = JobRecorder(state, store, options.record_interval_s)
     local = local_gpu_resources(table) if not (options.address or os.environ.get("RAY_ADDRESS")) else {}
-    with RayCluster(options.address, **local) as cluster:
-        workers = _start_workers(spec.model, cluster.resources, options, table)
-        try:
-            shape = ClusterShape(_count_tiers(workers))
-            plan = plan_job(spec, shape, table)
-            state.workers = {w.name: _public_info(w.info) for w in workers}
-            state.plan = {k: v for k, v in plan.to_dict().items() if k != "items"}
-            state.start()
-            options.reporter.started(state, [w.info for w in workers])
-            Dispatcher(state, plan, workers, table, recorder, options.reporter).run()
-        finally:
-            _stop_workers(workers)
-    state.finish()
-    recorder.write(force=True)
+    try:
+        with RayCluster(options.address, **local) as cluster:
+            workers = _start_workers(spec.model, cluster.resources, options, table)
+            try:
+                state.workers = {w.name: _public_info(w.info) for w in workers}
+                config_sha256 = workers[0].info["model"]["config_sha256"]
+                decision = scan_committed(store, spec, model_config_sha256=config_sha256, force=options.force)
+                for item_id, why in decision.skip.items():
+                    state.mark_skipped(item_id, why)
+                todo = replace(spec, items=[i for i in spec.items if i.id not in decision.skip], rejected=[])
+                plan = plan_job(todo, ClusterShape(_count_tiers(workers)), table)
+                state.plan = {k: v for k, v in plan.to_dict().items() if k != "items"}
+                state.start()
+                options.reporter.started(state, [w.info for w in workers])
+                if todo.items or spec.rejected or not had_record:
+                    recorder.write(force=True)
+                Dispatcher(state, plan, workers, table, recorder, options.reporter, decision.replace).run()
+            finally:
+                _stop_workers(workers)
+        state.finish()
+    finally:
+        # A re-run that found everything committed changes no object, job record included.
+        unchanged = had_record and not state.worked and not spec.rejected
+        recorder.close(final=not unchanged)
     options.reporter.finished(state)
     return state
 
@@ -189,9 +259,17 @@ def _stop_workers(workers: list[_Worker]) -> None:
 
 
 class Dispatcher:
-    """The dispatch loop of one job: queues per tier, idle workers, in-flight renders."""
+    """The dispatch loop of one job: queues per tier, idle workers, in-flight renders, uploads.
 
-    def __init__(self, state: JobState, plan: JobPlan, workers: list[_Worker], table: TierTable, recorder, reporter):
+    A worker's `render` returns once the item is encoded and queued for upload; the item stays
+    `running` until an outcome for it arrives (with a later call, or from `flush`, which an idle
+    worker with pending uploads is sent). An item counts as done only when its sidecar is stored.
+    """
+
+    def __init__(
+        self, state: JobState, plan: JobPlan, workers: list[_Worker], table: TierTable, recorder, reporter,
+        replace_etags: dict[str, str] | None = None,
+    ):
         self.state = state
         self.plan = plan
         self.table = table
@@ -201,7 +279,8 @@ class Dispatcher:
         tiers = [CPU_TIER] if plan.shape.present == [CPU_TIER] else table.ordered(plan.shape.present)
         self.scheduler = TierScheduler(tiers, plan.shape.workers)
         self.idle: list[_Worker] = list(workers)
-        self.in_flight: dict[Any, tuple[_Worker, str]] = {}
+        self.in_flight: dict[Any, tuple[_Worker, str | None]] = {}  # ref -> (worker, item id, or None for a flush)
+        self.uploading: dict[str, set[str]] = {w.name: set() for w in workers}
         self.probing: dict[Any, _Worker] = {}
         self.extras: dict[str, dict[str, Any]] = {}
         for item_plan in plan.items:
@@ -214,13 +293,17 @@ class Dispatcher:
                 "planned_tier": item_plan.tier,
                 "degradations": [d.to_dict() for d in item_plan.degradations],
                 "estimate_gib": round(item_plan.estimate.total_gib, 2) if item_plan.estimate else None,
+                "replace_etag": (replace_etags or {}).get(item_plan.item_id),
             }
             self.scheduler.push(item_plan.item_id, item_plan.tier)
+
+    def _busy(self) -> bool:
+        return bool(len(self.scheduler) or self.in_flight or self.probing or any(self.uploading.values()))
 
     def run(self) -> None:
         import ray
 
-        while len(self.scheduler) or self.in_flight or self.probing:
+        while self._busy():
             self._fill()
             if not self.in_flight and not self.probing:
                 if len(self.scheduler):  # work left, nobody able to take it
@@ -242,6 +325,9 @@ class Dispatcher:
             if taken is not None:
                 self.idle.remove(worker)
                 self._send(worker, taken[0])
+            elif self.uploading[worker.name]:
+                self.idle.remove(worker)
+                self.in_flight[worker.actor.flush.remote()] = (worker, None)
 
     def _rank(self, tier: str) -> int:
         return self.scheduler.rank.get(tier, -1)
@@ -257,6 +343,7 @@ class Dispatcher:
             ooms=list(extras.get("ooms", ())),
             bigger_tier_available=bigger,
             estimate_gib=extras["estimate_gib"],
+            replace_etag=extras["replace_etag"],
         )
         self.state.mark_running(item_id, worker.name, worker.tier, new_attempt=new_attempt)
         self.in_flight[worker.actor.render.remote(task.to_dict())] = (worker, item_id)
@@ -267,21 +354,40 @@ class Dispatcher:
 
         worker, item_id = self.in_flight.pop(ref)
         try:
-            outcome = ItemOutcome.from_dict(ray.get(ref))
+            reply = ray.get(ref)
         except RayActorError as exc:
-            message = f"worker {worker.name} died while rendering: {str(exc).splitlines()[0]}"
-            if self.state.worker_lost(item_id, message):
-                self.scheduler.push(item_id, self.extras[item_id]["planned_tier"], front=True)
-            self.probing[worker.actor.info.remote()] = worker  # restarted by Ray, or gone for good
+            self._worker_died(worker, item_id, str(exc).splitlines()[0])
             return
         except RayTaskError as exc:  # the actor's own code raised (a bug); the actor is fine
-            outcome = ItemOutcome.failure(item_id, "render_error", str(exc).splitlines()[-1])
-        if outcome.status == ESCALATE:
-            self._escalate(worker, item_id, outcome)
-            return
-        self.state.record(outcome)
-        self.reporter.item_finished(self.state, item_id, outcome)
-        self.idle.append(worker)
+            message = str(exc).splitlines()[-1]
+            reply = {"outcomes": [], "pending": sorted(self.uploading[worker.name])}
+            if item_id is not None:
+                reply["outcomes"].append(ItemOutcome.failure(item_id, "render_error", message).to_dict())
+        self.uploading[worker.name] = set(reply["pending"])
+        escalated = None
+        for data in reply["outcomes"]:
+            outcome = ItemOutcome.from_dict(data)
+            if outcome.status == ESCALATE:
+                escalated = outcome
+                continue
+            self.state.record(outcome)
+            self.reporter.item_finished(self.state, outcome.item_id, outcome)
+        if escalated is not None:
+            self._escalate(worker, escalated.item_id, escalated)
+        else:
+            self.idle.append(worker)
+
+    def _worker_died(self, worker: _Worker, item_id: str | None, reason: str) -> None:
+        """Requeue what the worker held: the item it was rendering and its unfinished uploads."""
+        message = f"worker {worker.name} died: {reason}"
+        lost = set(self.uploading.pop(worker.name, set()))
+        self.uploading[worker.name] = set()
+        if item_id is not None:
+            lost.add(item_id)
+        for lost_id in sorted(lost):
+            if self.state.worker_lost(lost_id, message):
+                self.scheduler.push(lost_id, self.extras[lost_id]["planned_tier"], front=True)
+        self.probing[worker.actor.info.remote()] = worker  # restarted by Ray, or gone for good
 
     def _escalate(self, worker: _Worker, item_id: str, outcome: ItemOutcome) -> None:
         """Out of memory with a bigger tier in the cluster: move there if one is idle now."""
@@ -289,20 +395,16 @@ class Dispatcher:
         extras["settings"], extras["degradations"] = outcome.settings, list(outcome.degradations)
         extras["ooms"] = list(outcome.ooms)
         bigger = [w for w in self.idle if self._rank(w.tier) > self._rank(worker.tier)]
-        self.idle.append(worker)
         if not bigger:
-            self._take_back(worker, item_id)
+            self._send(worker, item_id, new_attempt=False, allow_bigger=False)
             return
+        self.idle.append(worker)
         target = min(bigger, key=lambda w: self._rank(w.tier))
         extras["degradations"].append(
             {"step": BIGGER_TIER, "from": worker.tier, "to": target.tier, "why": outcome.message}
         )
         self.idle.remove(target)
         self._send(target, item_id, new_attempt=False)
-
-    def _take_back(self, worker: _Worker, item_id: str) -> None:
-        self.idle.remove(worker)
-        self._send(worker, item_id, new_attempt=False, allow_bigger=False)
 
     def _probed(self, ref) -> None:
         import ray

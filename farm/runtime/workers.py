@@ -55,7 +55,8 @@ class RenderWorkerImpl:
         from farm.models.i2vgen import I2VGenXLAdapter
         from farm.models.loading import select_device
         from farm.models.memory import SimulatedCard, allocated_bytes, detect_card
-        from farm.renderer import ItemRenderer
+        from farm.renderer import BackgroundCommits, ItemRenderer
+        from farm.storage.config import StorageConfig
 
         device = select_device()
         self.card = detect_card(device, load_tier_table(), self.advertised_tier)
@@ -67,6 +68,7 @@ class RenderWorkerImpl:
             self.adapter.injector = OomInjector(rules, self.card.tier)
             self.adapter.injector.attach(self.adapter.pipeline)
         self.renderer = ItemRenderer(self.adapter, worker_name=self.name, card=self.card)
+        self.commits = BackgroundCommits(self.renderer, StorageConfig().upload_queue)
         self.memory_baseline_bytes = allocated_bytes(device)
 
     def info(self, measure_memory: bool = False) -> dict:
@@ -91,10 +93,25 @@ class RenderWorkerImpl:
         return info
 
     def render(self, task: dict) -> dict:
+        """Render one task; returns {"outcomes": [finished items], "pending": [ids uploading]}."""
         if self.renderer is None:
             outcome = ItemOutcome.failure(task["item_id"], "model_unavailable", self.error or "model not loaded")
-            return outcome.to_dict()
-        return self.renderer.render(RenderTask.from_dict(task)).to_dict()
+            return {"outcomes": [outcome.to_dict()], "pending": []}
+        produced = self.renderer.produce(RenderTask.from_dict(task))
+        outcomes = []
+        if isinstance(produced, ItemOutcome):
+            outcomes.append(produced)
+        else:
+            self.commits.submit(produced)  # blocks while the upload queue is full
+        outcomes += self.commits.finished()
+        return {"outcomes": [o.to_dict() for o in outcomes], "pending": self.commits.pending()}
+
+    def flush(self) -> dict:
+        """Wait for this worker's uploads; same shape as `render`."""
+        if self.renderer is None:
+            return {"outcomes": [], "pending": []}
+        outcomes = self.commits.flush()
+        return {"outcomes": [o.to_dict() for o in outcomes], "pending": self.commits.pending()}
 
 
 # max_restarts: a worker process that dies (segfault, host OOM killer) comes back and reloads.

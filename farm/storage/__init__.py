@@ -1,17 +1,22 @@
-"""Output storage: where videos, thumbnails, sidecars and job records go."""
+"""Output storage: where videos, thumbnails, sidecars and job records go (a folder or S3)."""
 
 from __future__ import annotations
 
-from farm.storage.base import OutputStore
+from farm.core.errors import StorageError
+from farm.storage.base import ObjectInfo, OutputStore
 from farm.storage.local import LocalStore
 
 
-def open_store(uri: str) -> OutputStore:
-    """The store behind an output URI (a local folder; `file://` prefixes are accepted)."""
+def open_store(uri: str, config=None) -> OutputStore:
+    """The store behind an output URI: `s3://bucket/prefix`, or a local folder (`file://` ok)."""
+    if uri.startswith("s3://"):
+        from farm.storage.s3 import S3Store
+
+        return S3Store(uri, config)
     if "://" in uri and not uri.startswith("file://"):
         scheme = uri.split("://", 1)[0]
-        raise ValueError(f"output {uri!r}: {scheme}:// outputs are not supported; use a local folder")
+        raise StorageError(f"output {uri!r}: {scheme}:// is not supported; use a local folder or s3://BUCKET/PREFIX")
     return LocalStore(uri.removeprefix("file://"))
 
 
-__all__ = ["LocalStore", "OutputStore", "open_store"]
+__all__ = ["LocalStore", "ObjectInfo", "OutputStore", "open_store"]

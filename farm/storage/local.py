@@ -1,14 +1,24 @@
-"""A local folder as output storage. Every write lands atomically (temp file, fsync, rename),
-so a crash never leaves a half-written video or sidecar under its final name."""
+"""A local folder as output storage.
+
+Every write lands atomically (temp file, fsync, rename), so a crash never leaves a half-written
+video or sidecar under its final name. Conditional writes are real: `if_none_match` links the
+temp file into place (which fails if the name exists), `if_match` compares and replaces under a
+lock. An object's etag is its size and modification time in nanoseconds.
+"""
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
-from farm.core.errors import StorageError
+from farm.core.errors import CommitConflict, StorageError
+from farm.storage.base import ObjectInfo
 
 
 def _default_file_mode() -> int:
@@ -29,33 +39,72 @@ class LocalStore:
             raise StorageError(f"key {key!r} escapes the output folder {self.root}")
         return path
 
-    def _write(self, key: str, fill) -> None:
+    @staticmethod
+    def _info(key: str, path: Path) -> ObjectInfo:
+        stat = path.stat()
+        return ObjectInfo(key, f"{stat.st_size:x}-{stat.st_mtime_ns:x}", stat.st_size)
+
+    def _error(self, target: Path, exc: OSError) -> StorageError:
+        if exc.errno == errno.ENOSPC:
+            return StorageError(f"no space left on the device holding {target}; free space or use another output")
+        return StorageError(f"cannot write {target}: {exc.strerror or exc}; check free space and permissions")
+
+    @contextmanager
+    def _staged(self, target: Path):
+        """A temp file next to `target`, written and fsynced by the caller; removed on failure."""
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                yield handle, tmp
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+
+    def _write(self, key: str, fill, *, if_none_match: bool = False, if_match: str | None = None) -> ObjectInfo:
         target = self._path(key)
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-            try:
-                with os.fdopen(fd, "wb") as handle:
-                    fill(handle)
-                    handle.flush()
-                    os.fsync(handle.fileno())
+            with self._staged(target) as (handle, tmp):
+                fill(handle)
+                handle.flush()
+                os.fsync(handle.fileno())
                 os.chmod(tmp, self._file_mode)
-                os.replace(tmp, target)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+                if if_none_match:
+                    try:
+                        os.link(tmp, target)  # atomic, and fails if the name exists
+                    except FileExistsError:
+                        raise CommitConflict(f"{target} already exists (committed by another render)") from None
+                elif if_match is not None:
+                    with self._lock(target):
+                        current = self.head(key)
+                        if current is None or current.etag != if_match:
+                            raise CommitConflict(f"{target} changed since it was read (another render replaced it)")
+                        os.replace(tmp, target)
+                else:
+                    os.replace(tmp, target)
         except OSError as exc:
-            raise StorageError(f"cannot write {target}: {exc.strerror or exc}; check free space and permissions") from exc
+            raise self._error(target, exc) from exc
+        return self._info(key, target)
 
-    def put_file(self, key: str, local_path: str, content_type: str = "") -> None:
+    @contextmanager
+    def _lock(self, target: Path):
+        with open(target.parent / f".{target.name}.lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def put_file(self, key: str, local_path: str, content_type: str = "") -> ObjectInfo:
         def fill(handle):
             with open(local_path, "rb") as source:
                 shutil.copyfileobj(source, handle, 1024 * 1024)
 
-        self._write(key, fill)
+        return self._write(key, fill)
 
-    def put_bytes(self, key: str, data: bytes, content_type: str = "") -> None:
-        self._write(key, lambda handle: handle.write(data))
+    def put_bytes(
+        self, key: str, data: bytes, content_type: str = "", *, if_none_match: bool = False, if_match: str | None = None
+    ) -> ObjectInfo:
+        return self._write(key, lambda handle: handle.write(data), if_none_match=if_none_match, if_match=if_match)
 
     def get_bytes(self, key: str) -> bytes | None:
         try:
@@ -63,8 +112,42 @@ class LocalStore:
         except FileNotFoundError:
             return None
 
+    def head(self, key: str) -> ObjectInfo | None:
+        path = self._path(key)
+        try:
+            return self._info(key, path) if path.is_file() else None
+        except FileNotFoundError:
+            return None
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        base = self._path(prefix.rstrip("/")) if prefix.strip("/") else self.root
+        if not base.is_dir():
+            return
+        for path in sorted(base.rglob("*")):
+            if path.is_file() and not path.name.endswith((".tmp", ".lock")):
+                yield self._info(path.relative_to(self.root).as_posix(), path)
+
+    def promote(self, source: str, target: str) -> ObjectInfo:
+        destination = self._path(target)
+        try:
+            os.replace(self._path(source), destination)
+        except OSError as exc:
+            raise self._error(destination, exc) from exc
+        return self._info(target, destination)
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
     def location(self, key: str) -> str:
         return str(self._path(key))
+
+    def presigned_url(self, key: str, expiry_s: int | None = None) -> str:
+        return self._path(key).as_uri()
+
+    def check_access(self, prefix: str) -> None:
+        probe = f"{prefix.rstrip('/')}/.farm-write-check"
+        self.put_bytes(probe, b"ok")
+        self.delete(probe)

@@ -140,8 +140,7 @@ def test_farm_demo_ends_with_playable_videos_matching_the_request(tmp_path, tiny
     assert result.returncode == 0, result.stderr[-3000:]
     assert "random weights" in result.stdout and "--model" in result.stdout
     folder = tmp_path / "demo" / "demo"
-    sidecars = sorted(folder.glob("*.json"))
-    sidecars.remove(folder / "job.json")
+    sidecars = sorted(p for p in folder.glob("*.json") if p.name not in ("job.json", "spec.json"))
     assert len(sidecars) == 5
     for path in sidecars:
         sidecar = json.loads(path.read_text())

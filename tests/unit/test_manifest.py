@@ -183,9 +183,16 @@ def test_non_utf8_is_refused_with_advice():
     assert "UTF-8" in str(caught.value) and caught.value.issues[0].line == 3
 
 
-def test_remote_images_are_not_supported_yet():
-    issues = errors_of({"version": 1, "items": [{"image": "s3://bucket/a.png", "prompt": "p"}]})
-    assert issues[0].field == "image" and "s3://" in issues[0].message
+def test_remote_image_references():
+    ok = parse({"version": 1, "items": [
+        {"id": "a", "image": "s3://bucket/in/a.png", "prompt": "p"},
+        {"id": "b", "image": "https://cdn.example.com/b.jpg", "prompt": "p"},
+    ]})
+    assert [i.image for i in ok.items] == ["s3://bucket/in/a.png", "https://cdn.example.com/b.jpg"]
+    bad = [{"image": u, "prompt": "p", "id": str(n)} for n, u in enumerate(["ftp://x/a.png", "s3://bucket", "https:///a.png", "a\nb.png"])]
+    issues = errors_of({"version": 1, "items": bad})
+    assert [i.item_index for i in issues] == [0, 1, 2, 3] and all(i.field == "image" for i in issues)
+    assert "ftp:// images are not supported" in issues[0].message and "s3://BUCKET/KEY" in issues[1].message
 
 
 def test_wrong_types_and_oversized_prompts():
