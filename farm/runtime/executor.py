@@ -32,7 +32,7 @@ from farm.core.tiers import CPU_TIER, ClusterShape, TierTable, load_tier_table, 
 from farm.core.vram import profile_for_model
 from farm.runtime.cluster import RayCluster, local_gpu_resources
 from farm.storage import open_store
-from farm.storage.base import job_record_key, job_spec_key
+from farm.storage.base import STAGING, job_record_key, job_spec_key
 from farm.storage.resume import scan_committed
 
 log = logging.getLogger(__name__)
@@ -153,6 +153,16 @@ def write_job_files(store, spec: JobSpec, manifest: tuple[str, bytes] | None) ->
             store.put_bytes(key, data, "application/json" if key.endswith(".json") else "application/octet-stream")
 
 
+def clear_staging(store, job_name: str) -> None:
+    """Remove uploads that never became a committed result (a loser of a race, a killed worker).
+    Runs after the workers stopped; a crash before this point leaves them for the next run."""
+    for info in list(store.list(f"{job_name}/{STAGING}/")):
+        try:
+            store.delete(info.key)
+        except StorageError as error:
+            log.warning("could not remove %s: %s", info.key, error)
+
+
 def run_job(spec: JobSpec, options: RunOptions | None = None) -> JobState:
     """Render every item of `spec` not already committed; returns the final job state.
 
@@ -187,6 +197,7 @@ def run_job(spec: JobSpec, options: RunOptions | None = None) -> JobState:
                 Dispatcher(state, plan, workers, table, recorder, options.reporter, decision.replace).run()
             finally:
                 _stop_workers(workers)
+        clear_staging(store, spec.name)
         state.finish()
     finally:
         # A re-run that found everything committed changes no object, job record included.

@@ -110,9 +110,11 @@ def address_refusal(address: str, config: UrlFetchConfig) -> str | None:
         return None if config.allow_loopback else "a loopback address"
     if ip.is_link_local:
         return "a link-local address (cloud metadata lives there)"
+    if ip.is_unspecified or ip.is_multicast or ip.is_reserved:
+        return "not a public address"
     if ip.is_private:
         return "a private address"
-    if ip.is_multicast or ip.is_reserved or ip.is_unspecified or not ip.is_global:
+    if not ip.is_global:
         return "not a public address"
     return None
 

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.integration
 
 
 def sidecars(folder):
-    return {p.stem: json.loads(p.read_text()) for p in folder.glob("*.json") if p.name != "job.json"}
+    return {p.stem: json.loads(p.read_text()) for p in folder.glob("*.json") if p.name not in ("job.json", "spec.json")}
 
 
 def images(tmp_path):
@@ -127,14 +127,16 @@ def test_an_actor_survives_an_injected_oom_with_memory_back_to_baseline(tmp_path
         info = ray.get(actor.info.remote(measure_memory=True))
         assert info["ok"] and info["tier"] == "12g" and info["card"]["simulated"]
         pid = info["pid"]
-        first = ray.get(actor.render.remote(RenderTask.for_item(spec, spec.items[0], planned_tier="12g").to_dict()))
+        reply = ray.get(actor.render.remote(RenderTask.for_item(spec, spec.items[0], planned_tier="12g").to_dict()))
+        first = reply["outcomes"][0]
         assert first["status"] == "failed" and first["reason"] == "oom" and "injected" in first["message"]
         after_oom = ray.get(actor.info.remote(measure_memory=True))
         assert after_oom["pid"] == pid, "the same process, not a restart"
         baseline = info["memory_allocated_bytes"]
         assert abs(after_oom["memory_allocated_bytes"] - baseline) < 512 * 1024, (baseline, after_oom)
-        second = ray.get(actor.render.remote(RenderTask.for_item(spec, spec.items[1], planned_tier="12g").to_dict()))
-        assert second["status"] == "succeeded"
+        reply = ray.get(actor.render.remote(RenderTask.for_item(spec, spec.items[1], planned_tier="12g").to_dict()))
+        outcomes = reply["outcomes"] + ray.get(actor.flush.remote())["outcomes"]
+        assert [o["status"] for o in outcomes] == ["succeeded"]
         after_next = ray.get(actor.info.remote(measure_memory=True))
         assert after_next["pid"] == pid
         assert abs(after_next["memory_allocated_bytes"] - baseline) < 512 * 1024
