@@ -130,6 +130,7 @@ class S3Store:
             endpoint_url=endpoint,
             region_name=self.config.region,
             config=Config(
+                signature_version="s3v4",
                 retries={"mode": "standard", "max_attempts": self.config.max_attempts},
                 connect_timeout=self.config.connect_timeout_s,
                 read_timeout=self.config.read_timeout_s,
@@ -249,8 +250,8 @@ class S3Store:
         probe = self._key(f"{prefix.rstrip('/')}/.farm-write-check")
         what = f"write to s3://{self.bucket}/{probe}"
         try:
-            # No long retry window here: a wrong endpoint or bucket should fail at once.
-            with_retries(lambda: self.client.head_bucket(Bucket=self.bucket), f"open bucket {self.bucket}", 10.0)
+            # A PUT, not a HEAD: its error body names the problem (NoSuchBucket, SignatureDoesNotMatch,
+            # ...). No long retry window here: a wrong endpoint or bucket should fail at once.
             with_retries(lambda: self.client.put_object(Bucket=self.bucket, Key=probe, Body=b"ok"), what, 10.0)
             with_retries(lambda: self.client.delete_object(Bucket=self.bucket, Key=probe), what, 10.0)
         except StorageError as error:
