@@ -111,4 +111,8 @@ def print_summary(state: JobState, record_location: str, console: Console | None
         for item_id, status in failures:
             failed.add_row(item_id, status.reason or "-", status.message or "-")
         console.print(failed)
+    console.print(
+        f"rendered {counts[SUCCEEDED]} new, {counts[SKIPPED]} already committed, {counts[FAILED]} failed",
+        highlight=False,
+    )
     console.print(f"results: {state.spec.output}/{state.spec.name}/   job record: {record_location}", highlight=False)
