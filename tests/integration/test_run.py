@@ -190,3 +190,17 @@ def test_farm_render_with_unavailable_weights_explains_without_a_traceback(tmp_p
     assert result.returncode == 3
     assert "HF_HUB_OFFLINE" in result.stderr and "--model DIR" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_rerun_to_a_local_folder_renders_nothing_and_touches_nothing(tmp_path, ray_cluster):
+    (tmp_path / "a.png").write_bytes(encode(pattern(256, 256), "PNG"))
+    items = [{"id": f"i{n}", "image": "a.png", "prompt": f"p{n}"} for n in range(2)]
+    spec = load_manifest(write_manifest(tmp_path, items, name="again", output=str(tmp_path / "out")))
+    assert run_job(spec, RunOptions()).counts()["succeeded"] == 2
+    folder = tmp_path / "out" / "again"
+    before = {p.name: (p.stat().st_mtime_ns, p.stat().st_size) for p in folder.iterdir()}
+    state = run_job(spec, RunOptions())
+    assert state.counts()["skipped"] == 2 and state.counts()["succeeded"] == 0 and state.final_state == "succeeded"
+    assert {p.name: (p.stat().st_mtime_ns, p.stat().st_size) for p in folder.iterdir()} == before
+    (tmp_path / "a.png").write_bytes(encode(pattern(256, 250), "PNG"))  # the image changes: both redo
+    assert run_job(spec, RunOptions()).counts()["succeeded"] == 2

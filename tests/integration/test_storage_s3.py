@@ -317,3 +317,16 @@ def test_hostile_item_ids_become_safe_object_keys(tmp_path, s3):
         assert "/" not in name and ".." not in name and not name.startswith(".") and len(name) <= 104
         assert all(32 < ord(c) < 127 for c in name)
     assert FAST["frames"] == 8
+
+
+def test_large_files_go_up_in_parts(tmp_path, s3, monkeypatch):
+    for name, value in s3.env(FARM_S3_MULTIPART_THRESHOLD_BYTES=str(5 * 2**20), FARM_S3_MULTIPART_CHUNK_BYTES=str(5 * 2**20)).items():
+        monkeypatch.setenv(name, value)
+    big = tmp_path / "big.mp4"
+    big.write_bytes(os.urandom(12 * 2**20))
+    store = S3Store(f"s3://{BUCKET}/multipart", StorageConfig())
+    info = store.put_file("big.mp4", str(big), "video/mp4")
+    assert info.size == 12 * 2**20 and info.etag.endswith("-3"), info  # a 3-part multipart ETag
+    assert store.get_bytes("big.mp4") == big.read_bytes()
+    promoted = store.promote("big.mp4", "moved.mp4")
+    assert promoted.size == info.size and store.head("big.mp4") is None
