@@ -389,9 +389,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupt_on_sigterm() -> None:
+    """SIGTERM (Kubernetes, systemd, kill) stops a run like Ctrl-C: workers and the embedded Ray
+    cluster are shut down; committed results stay, and `farm resume` finishes the job."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _interrupt_on_sigterm()
     try:
         return args.func(args)
     except ManifestError as error:
