@@ -110,7 +110,7 @@ class ItemRenderer:
         except Exception as exc:
             result = self._failure(task, exc)
         if isinstance(result, ItemOutcome):
-            self._stamp(result, started)
+            self._stamp(result, task, started)
         return result
 
     def commit(self, produced: Produced) -> ItemOutcome:
@@ -139,10 +139,11 @@ class ItemRenderer:
             outcome = self._failure(task, exc)
         finally:
             produced.scratch.cleanup()
-        self._stamp(outcome, produced.started)
+        self._stamp(outcome, task, produced.started)
         return outcome
 
-    def _stamp(self, outcome: ItemOutcome, started: float) -> None:
+    def _stamp(self, outcome: ItemOutcome, task: RenderTask, started: float) -> None:
+        outcome.job_id = task.job_id
         outcome.seconds = time.perf_counter() - started
         outcome.worker = self.worker_name
         outcome.tier = self.card.tier
@@ -362,12 +363,13 @@ class BackgroundCommits:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="farm-commit")
         self._lock = threading.Lock()
         self._done: list[ItemOutcome] = []
-        self._pending: dict[str, Future] = {}
+        self._pending: dict[tuple[str, str], Future] = {}  # (job id, item id) -> its commit
 
     def submit(self, produced: Produced) -> None:
         self._slots.acquire()
+        key = (produced.task.job_id, produced.task.item_id)
         with self._lock:
-            self._pending[produced.task.item_id] = self._executor.submit(self._commit, produced)
+            self._pending[key] = self._executor.submit(self._commit, produced)
 
     def _commit(self, produced: Produced) -> None:
         try:
@@ -376,9 +378,9 @@ class BackgroundCommits:
             self._slots.release()
         with self._lock:
             self._done.append(outcome)
-            self._pending.pop(produced.task.item_id, None)
+            self._pending.pop((produced.task.job_id, produced.task.item_id), None)
 
-    def pending(self) -> list[str]:
+    def pending(self) -> list[tuple[str, str]]:
         with self._lock:
             return list(self._pending)
 

@@ -22,8 +22,10 @@ from farm.core.params import RenderParams
 MAX_ATTEMPTS = 3
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, SKIPPED = "queued", "running", "succeeded", "failed", "skipped"
+CANCELLED = "cancelled"
 ESCALATE = "escalate"
-ITEM_STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, SKIPPED)
+ITEM_STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, SKIPPED, CANCELLED)
+FINAL_ITEM_STATES = (SUCCEEDED, FAILED, SKIPPED, CANCELLED)
 
 
 def inputs_digest(*, image_sha256: str, prompt: str, params: dict[str, Any], seed: int, model: str, model_config_sha256: str) -> str:
@@ -57,6 +59,7 @@ class RenderTask:
     requested: dict[str, Any]
     seed: int
     settings: dict[str, Any]
+    job_id: str = ""
     planned_tier: str = "cpu"
     degradations: list[dict[str, Any]] = field(default_factory=list)
     ooms: list[dict[str, Any]] = field(default_factory=list)
@@ -107,7 +110,8 @@ class ItemOutcome:
     """What a worker reports back for one item: small, so it travels through Ray cheaply."""
 
     item_id: str
-    status: str  # SUCCEEDED, FAILED, or ESCALATE (out of memory: asks for a bigger GPU)
+    status: str  # SUCCEEDED, SKIPPED (another render committed it), FAILED, or ESCALATE (wants a bigger GPU)
+    job_id: str = ""
     reason: str | None = None
     message: str | None = None
     seconds: float = 0.0
@@ -214,6 +218,11 @@ class JobState:
         status = self.items[item_id]
         status.state, status.reason, status.message = FAILED, reason, message
 
+    def mark_cancelled(self, item_id: str) -> None:
+        status = self.items[item_id]
+        if status.state == QUEUED:
+            status.state, status.message = CANCELLED, "the job was cancelled before this item started"
+
     def mark_skipped(self, item_id: str, message: str) -> None:
         status = self.items[item_id]
         status.state, status.message = SKIPPED, message
@@ -257,7 +266,7 @@ class JobState:
 
     @property
     def done(self) -> bool:
-        return all(s.state in (SUCCEEDED, FAILED, SKIPPED) for s in self.items.values())
+        return all(s.state in FINAL_ITEM_STATES for s in self.items.values())
 
     @property
     def final_state(self) -> str:

@@ -93,9 +93,10 @@ class RenderWorkerImpl:
         return info
 
     def render(self, task: dict) -> dict:
-        """Render one task; returns {"outcomes": [finished items], "pending": [ids uploading]}."""
+        """Render one task; returns {"outcomes": [finished items], "pending": [(job, item) uploading]}."""
         if self.renderer is None:
-            outcome = ItemOutcome.failure(task["item_id"], "model_unavailable", self.error or "model not loaded")
+            reason = self.error or "model not loaded"
+            outcome = ItemOutcome.failure(task["item_id"], "model_unavailable", reason, job_id=task.get("job_id", ""))
             return {"outcomes": [outcome.to_dict()], "pending": []}
         produced = self.renderer.produce(RenderTask.from_dict(task))
         outcomes = []

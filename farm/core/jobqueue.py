@@ -1,0 +1,88 @@
+"""Several jobs sharing one farm: which job an idle worker serves next.
+
+Jobs are served by priority (a higher integer first), FIFO by submission within a priority,
+but not one job after the other: within the highest priority that has work a worker can take,
+jobs take turns (round-robin), so a small job submitted after a big one is not stuck behind it.
+Inside a job, the tier rules of `TierScheduler` apply (own tier first, then steal from smaller).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from itertools import count
+
+from farm.core.scheduler import TierScheduler
+
+
+@dataclass
+class _QueuedJob:
+    job_id: str
+    priority: int
+    sequence: int
+    scheduler: TierScheduler = field(repr=False)
+
+
+class JobQueue:
+    def __init__(self, tiers_smallest_first: list[str], workers_per_tier: dict[str, int]):
+        self.tiers = list(tiers_smallest_first)
+        self.workers = dict(workers_per_tier)
+        self.jobs: dict[str, _QueuedJob] = {}
+        self._sequence = count()
+        self._last_served: dict[int, int] = {}  # priority -> sequence of the job served last
+
+    def add_job(self, job_id: str, priority: int = 0) -> None:
+        self.jobs[job_id] = _QueuedJob(job_id, priority, next(self._sequence), TierScheduler(self.tiers, self.workers))
+
+    def remove_job(self, job_id: str) -> list[str]:
+        """Drop a job (finished or cancelled); returns its items that were still queued."""
+        queued = self.jobs.pop(job_id, None)
+        if queued is None:
+            return []
+        return [item for queue in queued.scheduler.queues.values() for item in queue]
+
+    def push(self, job_id: str, item_id: str, tier: str, *, front: bool = False) -> None:
+        self.jobs[job_id].scheduler.push(item_id, tier, front=front)
+
+    def take(self, tier: str) -> tuple[str, str, str] | None:
+        """(job_id, item_id, planned tier) for an idle worker of `tier`, or None."""
+        if tier not in self.tiers:
+            return None
+        rank = self.tiers.index(tier)
+        takeable = [job for job in self.jobs.values() if any(job.scheduler.queues[t] for t in self.tiers[: rank + 1])]
+        if not takeable:
+            return None
+        top = max(job.priority for job in takeable)
+        group = sorted((job for job in takeable if job.priority == top), key=lambda job: job.sequence)
+        last = self._last_served.get(top, -1)
+        chosen = next((job for job in group if job.sequence > last), group[0])
+        self._last_served[top] = chosen.sequence
+        item_id, planned = chosen.scheduler.take(tier)
+        return chosen.job_id, item_id, planned
+
+    def worker_gone(self, tier: str) -> list[tuple[str, str]]:
+        """A worker of `tier` is gone; if it was the last one, the (job, item) pairs it orphans."""
+        self.workers[tier] = max(self.workers.get(tier, 0) - 1, 0)
+        orphans = []
+        for job in self.jobs.values():
+            job.scheduler.workers[tier] = self.workers[tier]
+            if self.workers[tier] == 0:
+                orphans += [(job.job_id, item) for item in job.scheduler.queues[tier]]
+                job.scheduler.queues[tier].clear()
+        return orphans
+
+    def has_bigger_tier(self, tier: str) -> bool:
+        return tier in self.tiers and self.tiers.index(tier) < len(self.tiers) - 1
+
+    def queued(self, job_id: str | None = None) -> int:
+        jobs = [self.jobs[job_id]] if job_id is not None else list(self.jobs.values())
+        return sum(len(job.scheduler) for job in jobs if job is not None)
+
+    def queued_by_tier(self) -> dict[str, int]:
+        totals = {tier: 0 for tier in self.tiers}
+        for job in self.jobs.values():
+            for tier, size in job.scheduler.queued().items():
+                totals[tier] += size
+        return totals
+
+    def __len__(self) -> int:
+        return self.queued()
