@@ -204,6 +204,112 @@ def cmd_tiers(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import time
+
+    import ray
+    from ray import serve
+
+    from farm.core.tiers import load_tier_table
+    from farm.runtime.cluster import RayCluster, local_gpu_resources
+    from farm.runtime.coordinator import coordinator_handle
+    from farm.serve.app import build_app
+
+    settings = {"model": args.model or os.environ.get("FARM_MODEL") or "ali-vilab/i2vgen-xl"}
+    if args.output:
+        os.environ["FARM_DEFAULT_OUTPUT"] = args.output
+        settings["default_output"] = args.output
+    local = local_gpu_resources(load_tier_table()) if not (args.address or os.environ.get("RAY_ADDRESS")) else {}
+    with RayCluster(args.address, **local):
+        print(f"starting the job coordinator and render workers (model {settings['model']!r})...", flush=True)
+        coordinator = coordinator_handle(settings)
+        try:
+            ray.get(coordinator.health.remote(), timeout=args.start_timeout)
+        except Exception as error:  # the workers could not load the model, or storage is unusable
+            message = str(error).strip().splitlines()
+            print(f"error: the coordinator did not start: {message[-1] if message else error}", file=sys.stderr)
+            ray.kill(coordinator)
+            return EXIT_CANNOT_RUN
+        serve.start(http_options={"host": args.host, "port": args.port})
+        serve.run(build_app(), name="farm", route_prefix="/", blocking=False)
+        print(f"farm serves on http://{args.host}:{args.port} (docs: /docs, health: /healthz); Ctrl-C stops it", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            print("stopping", file=sys.stderr)
+        finally:
+            if args.address or os.environ.get("RAY_ADDRESS"):
+                serve.delete("farm")  # leave a joined cluster as we found it (the coordinator stays)
+            else:
+                serve.shutdown()
+    return EXIT_OK
+
+
+def _client(args: argparse.Namespace):
+    from farm.client import FarmClient
+
+    return FarmClient(getattr(args, "endpoint", None))
+
+
+def _print_status(status: dict) -> None:
+    counts = status.get("counts") or {}
+    done = counts.get("succeeded", 0) + counts.get("skipped", 0)
+    line = f"{status['id']}  {status['name']}  {status['state']}"
+    if counts:
+        line += f"  {done}/{counts.get('total', 0)} done, {counts.get('failed', 0)} failed"
+    print(line + f"  -> {status.get('output_prefix') or status.get('output')}")
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    client = _client(args)
+    accepted = client.submit(Path(args.manifest))
+    print(accepted["id"])
+    if not args.wait:
+        return EXIT_OK
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
+
+    final = None
+    with Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TextColumn("{task.fields[info]}")) as bar:
+        task = bar.add_task(accepted["id"], total=None, info="")
+        for _event, status in client.events(accepted["id"]):
+            counts = status.get("counts") or {}
+            finished = sum(counts.get(k, 0) for k in ("succeeded", "failed", "skipped", "cancelled"))
+            eta = status.get("eta_seconds")
+            info = f"{counts.get('failed', 0)} failed · {status.get('items_per_minute') or 0:.1f}/min"
+            info += f" · ETA {int(eta)}s" if eta else ""
+            bar.update(task, total=counts.get("total") or status.get("items"), completed=finished, info=info)
+            final = status
+    if final is None:
+        final = client.status(accepted["id"])
+    _print_status(final)
+    return EXIT_OK if final["state"] == "succeeded" else EXIT_FAILED_ITEMS
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    status = _client(args).status(args.job)
+    if args.json:
+        print(json.dumps(status, indent=1))
+    else:
+        _print_status(status)
+    return EXIT_OK
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    page = _client(args).jobs(limit=args.limit)
+    if args.json:
+        print(json.dumps(page, indent=1))
+        return EXIT_OK
+    for status in page["jobs"]:
+        _print_status(status)
+    return EXIT_OK
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    _print_status(_client(args).cancel(args.job))
+    return EXIT_OK
+
+
 def _duration(seconds: float) -> str:
     seconds = int(round(seconds))
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"
@@ -381,6 +487,32 @@ def build_parser() -> argparse.ArgumentParser:
     tiers.add_argument("--node", action="store_true", help="print this node's `ray start` GPU and tier resources")
     tiers.add_argument("--model")
     tiers.set_defaults(func=cmd_tiers)
+
+    serve_parser = commands.add_parser("serve", help="run the HTTP API (Ray Serve) and the job coordinator")
+    serve_parser.add_argument("--host", default="127.0.0.1")
+    serve_parser.add_argument("--port", type=int, default=8000)
+    serve_parser.add_argument("--output", help="default output for jobs that name none (FARM_DEFAULT_OUTPUT)")
+    serve_parser.add_argument("--start-timeout", type=float, default=900.0, help="seconds to wait for the model to load")
+    add_cluster_flags(serve_parser)
+    serve_parser.set_defaults(func=cmd_serve)
+
+    def add_remote(name: str, help_text: str, func):
+        sub = commands.add_parser(name, help=help_text)
+        sub.add_argument("--endpoint", help="the farm's URL (default FARM_ENDPOINT, else http://127.0.0.1:8000)")
+        sub.set_defaults(func=func)
+        return sub
+
+    submit = add_remote("submit", "submit a manifest to a farm service; prints the job id", cmd_submit)
+    submit.add_argument("manifest")
+    submit.add_argument("--wait", action="store_true", help="follow the job with a progress bar until it ends")
+    status = add_remote("status", "a job's state and counts", cmd_status)
+    status.add_argument("job")
+    status.add_argument("--json", action="store_true")
+    jobs = add_remote("jobs", "the farm's jobs, newest first", cmd_jobs)
+    jobs.add_argument("--limit", type=int, default=50)
+    jobs.add_argument("--json", action="store_true")
+    cancel = add_remote("cancel", "cancel a job (committed results stay)", cmd_cancel)
+    cancel.add_argument("job")
 
     demo = commands.add_parser("demo", help="write sample images and a manifest, render them with the tiny model")
     demo.add_argument("--output", default="farm-demo", help="folder for the inputs and videos (default: ./farm-demo)")

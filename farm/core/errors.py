@@ -98,6 +98,14 @@ class ModelUnavailableError(FarmError):
     """The model's weights cannot be found or loaded; nothing can render until this is fixed."""
 
 
+class JobConflictError(FarmError):
+    """A job with the same name and output is still running."""
+
+
+class QueueFullError(FarmError):
+    """The farm has as many queued jobs as the operator allows."""
+
+
 class StorageError(FarmError):
     """Writing or reading results failed, and retrying will not help (credentials, bucket, disk)."""
 

@@ -17,11 +17,11 @@ import io
 import json
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
 from farm.core.errors import ManifestError, ManifestIssue
 from farm.core.ids import derive_item_id, derive_seed, sanitize_id
@@ -58,6 +58,8 @@ ITEM_HELP = {
     "items": "a list of items, each with at least `image` and `prompt`",
     "degrade_order": "a list ordering memory_savers, bigger_tier, resolution, frames (each at most once)",
     "unfit": "degrade (plan cheaper settings on the largest GPU) or reject (fail the item at plan time)",
+    "priority": "an integer from -100 to 100; higher runs first (default 0)",
+    "notify_url": "an https:// URL called once when the job ends (on a host the operator allows)",
     **FIELD_HELP,
 }
 
@@ -84,6 +86,8 @@ class ManifestHeader(BaseModel):
         default=None, min_length=1, max_length=4
     )
     unfit: Literal["degrade", "reject"] | None = None
+    priority: StrictInt | None = Field(default=None, ge=-100, le=100)
+    notify_url: StrictStr | None = Field(default=None, min_length=8, max_length=2048)
     items: list[Any] = Field(min_length=1)
 
 
@@ -135,6 +139,8 @@ class JobSpec:
     format: str | None = None
     degrade_order: tuple[str, ...] = DEFAULT_ORDER
     unfit: str = "degrade"
+    priority: int = 0
+    notify_url: str | None = None
 
     @property
     def total(self) -> int:
@@ -151,6 +157,8 @@ class JobSpec:
             "format": self.format,
             "degrade_order": list(self.degrade_order),
             "unfit": self.unfit,
+            "priority": self.priority,
+            "notify_url": self.notify_url,
             "items": [
                 {
                     "index": item.index,
@@ -208,6 +216,8 @@ class JobSpec:
             format=data.get("format"),
             degrade_order=tuple(data.get("degrade_order") or DEFAULT_ORDER),
             unfit=data.get("unfit", "degrade"),
+            priority=data.get("priority", 0),
+            notify_url=data.get("notify_url"),
         )
 
 
@@ -276,8 +286,13 @@ def parse_manifest(
     skip_invalid: bool = False,
     source: str | None = None,
     env_model: str | None = None,
+    local_images: bool = True,
 ) -> JobSpec:
-    """Validate manifest content. Model precedence: overrides, manifest, `env_model`, default."""
+    """Validate manifest content. Model precedence: overrides, manifest, `env_model`, default.
+
+    With `local_images=False` (the HTTP API) images must be s3:// or http(s):// references,
+    unless `base_dir` is an operator-approved folder: then local paths must stay inside it.
+    """
     overrides = overrides or JobOverrides()
     text = _decode(data, source)
     if fmt in ("yaml", "json"):
@@ -306,7 +321,7 @@ def parse_manifest(
         issues.append(ManifestIssue(f"{list(degrade_order)} repeats a step; " + ITEM_HELP["degrade_order"], field="degrade_order"))
     unfit = overrides.unfit or (header.unfit if header else None) or "degrade"
 
-    items, rejected = _validate_items(raw_items, lines, defaults, overrides.params, base_dir)
+    items, rejected = _validate_items(raw_items, lines, defaults, overrides.params, base_dir, local_images)
     if issues or (rejected and not skip_invalid):
         issues.extend(issue for item in rejected for issue in item.issues)
         raise ManifestError(issues, source)
@@ -320,7 +335,17 @@ def parse_manifest(
         format=fmt,
         degrade_order=tuple(degrade_order),
         unfit=unfit,
+        priority=(header.priority if header and header.priority is not None else 0),
+        notify_url=header.notify_url if header else None,
     )
+
+
+def item_rows(text: str, fmt: Format) -> list[dict]:
+    """The raw items of a JSONL or CSV manifest (to send them on as a JSON manifest)."""
+    items, _, issues = _load_jsonl(text) if fmt == "jsonl" else _load_csv(text)
+    if issues:
+        raise ManifestError(issues)
+    return items
 
 
 # --- reading the formats -------------------------------------------------------------------
@@ -481,7 +506,8 @@ def _validate_items(
     lines: list[int | None],
     defaults: ParamOverrides,
     cli_params: ParamOverrides,
-    base_dir: Path,
+    base_dir: Path | None,
+    local_images: bool = True,
 ) -> tuple[list[JobItem], list[RejectedItem]]:
     items: list[JobItem] = []
     rejected: list[RejectedItem] = []
@@ -505,12 +531,17 @@ def _validate_items(
             spec = ItemSpec.model_validate(raw)
         except ValidationError as exc:
             issues = issues_from_validation(exc, known=ITEM_FIELDS, item_index=index, item_id=raw_id, line=line)
+            image = raw.get("image")
+            if isinstance(image, str) and not any(i.field == "image" for i in issues):
+                extra = _check_image_reference(image) or _check_local(image, base_dir, local_images)
+                if extra:  # report it now too: every error at once
+                    issues.append(replace(extra, item_index=index, item_id=raw_id, line=line))
             rejected.append(RejectedItem(index, raw_id, issues))
             if raw_id:  # so that a later item reusing this id is still reported
                 first_index_of.setdefault(sanitize_id(raw_id), index)
             continue
         issues = []
-        image_issue = _check_image_reference(spec.image)
+        image_issue = _check_image_reference(spec.image) or _check_local(spec.image, base_dir, local_images)
         if image_issue:
             issues.append(image_issue)
         requested = spec.explicit()
@@ -584,14 +615,28 @@ def _check_image_reference(value: str) -> ManifestIssue | None:
     return None
 
 
-def _absolute(value: str, base_dir: Path) -> str:
+def _check_local(value: str, base_dir: Path | None, local_images: bool) -> ManifestIssue | None:
+    """Where local paths are restricted (the HTTP API), keep them inside the approved folder."""
+    if local_images or (_SCHEME.match(value) and value[:7].lower() != "file://"):
+        return None
+    if base_dir is None:
+        return ManifestIssue(
+            "local paths are not accepted here; use s3://BUCKET/KEY or an https:// URL", field="image", value=value
+        )
+    resolved = os.path.realpath(_absolute(value, base_dir))
+    if os.path.commonpath([resolved, os.path.realpath(base_dir)]) != os.path.realpath(base_dir):
+        return ManifestIssue(f"the path leaves the allowed folder {base_dir}", field="image", value=value)
+    return None
+
+
+def _absolute(value: str, base_dir: Path | None) -> str:
     if _SCHEME.match(value) and value[:7].lower() != "file://":
         return value  # s3:// and http(s):// references are read by the worker as they are
     if value[:7].lower() == "file://":
         value = value[7:]
     if value.startswith("~"):
         value = os.path.expanduser(value)
-    return os.path.join(base_dir, value)  # an absolute `value` replaces base_dir
+    return os.path.join(base_dir or "/", value)  # an absolute `value` replaces base_dir
 
 
 def _resolve_local(value: str, base_dir: Path) -> str:

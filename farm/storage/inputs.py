@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
-from farm.core.errors import ImageError
+from farm.core.errors import FarmError, ImageError
 from farm.media.images import ImageLimits, read_image_file
 from farm.storage.config import StorageConfig, UrlFetchConfig
 
@@ -127,51 +127,56 @@ def _resolve(host: str, port: int) -> list[str]:
     return list(dict.fromkeys(info[4][0] for info in infos))
 
 
+def _checked_pool(url: str, current: str, config: UrlFetchConfig, deadline: float):
+    """Check one hop of `url` (scheme, host allowlist, every resolved address) and return a
+    connection pool bound to the checked address, with the request path and Host header."""
+    import urllib3
+
+    parts = urlsplit(current)
+    schemes = ("https", "http") if config.allow_http else ("https",)
+    if parts.scheme not in schemes:
+        raise ImageError(f"{url!r}: {parts.scheme}:// is not allowed (use https://)", "image_refused")
+    host = (parts.hostname or "").lower()
+    if not host or host in METADATA_HOSTS or not host_allowed(host, config.hosts):
+        raise ImageError(f"{url!r}: host {host!r} is not in the allowed hosts", "image_refused")
+    if parts.username or parts.password:
+        raise ImageError(f"{url!r}: credentials in URLs are not allowed", "image_refused")
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    addresses = _resolve(host, port)
+    for address in addresses:
+        refusal = address_refusal(address, config)
+        if refusal:
+            raise ImageError(f"{url!r}: host {host!r} resolves to {refusal} ({address})", "image_refused")
+    remaining = max(deadline - time.monotonic(), 0.1)
+    timeout = urllib3.Timeout(connect=remaining, read=remaining)
+    if parts.scheme == "https":
+        pool = urllib3.HTTPSConnectionPool(
+            addresses[0], port, server_hostname=host, assert_hostname=host, cert_reqs="CERT_REQUIRED",
+            timeout=timeout, retries=False,
+        )
+    else:
+        pool = urllib3.HTTPConnectionPool(addresses[0], port, timeout=timeout, retries=False)
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return pool, path, parts.netloc.rsplit("@", 1)[-1]
+
+
 def fetch_url(url: str, config: UrlFetchConfig, *, max_bytes: int | None = None) -> bytes:
     """GET an image over HTTPS with the operator's host allowlist, address rules and limits."""
     import urllib3
 
     limit = min(max_bytes or config.max_bytes, config.max_bytes)
     deadline = time.monotonic() + config.timeout_s
-    allowed = config.hosts
-    if not allowed:
+    if not config.hosts:
         raise ImageError(
             f"image {url!r}: image URLs are disabled; the operator can allow hosts with FARM_URL_ALLOWED_HOSTS",
             "image_refused",
         )
     current = url
     for _hop in range(config.max_redirects + 1):
-        parts = urlsplit(current)
-        schemes = ("https", "http") if config.allow_http else ("https",)
-        if parts.scheme not in schemes:
-            raise ImageError(f"image {url!r}: {parts.scheme}:// is not allowed (use https://)", "image_refused")
-        host = (parts.hostname or "").lower()
-        if not host or host in METADATA_HOSTS or not host_allowed(host, allowed):
-            raise ImageError(f"image {url!r}: host {host!r} is not in the allowed hosts", "image_refused")
-        if parts.username or parts.password:
-            raise ImageError(f"image {url!r}: credentials in URLs are not allowed", "image_refused")
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        addresses = _resolve(host, port)
-        for address in addresses:
-            refusal = address_refusal(address, config)
-            if refusal:
-                raise ImageError(f"image {url!r}: host {host!r} resolves to {refusal} ({address})", "image_refused")
-        address = addresses[0]
-        remaining = max(deadline - time.monotonic(), 0.1)
-        timeout = urllib3.Timeout(connect=remaining, read=remaining)
-        if parts.scheme == "https":
-            pool = urllib3.HTTPSConnectionPool(
-                address, port, server_hostname=host, assert_hostname=host, cert_reqs="CERT_REQUIRED", timeout=timeout, retries=False
-            )
-        else:
-            pool = urllib3.HTTPConnectionPool(address, port, timeout=timeout, retries=False)
-        path = parts.path or "/"
-        if parts.query:
-            path += "?" + parts.query
+        pool, path, host_header = _checked_pool(url, current, config, deadline)
         try:
             response = pool.urlopen(
-                "GET", path, headers={"Host": parts.netloc.rsplit("@", 1)[-1], "User-Agent": "farm"},
-                redirect=False, preload_content=False,
+                "GET", path, headers={"Host": host_header, "User-Agent": "farm"}, redirect=False, preload_content=False
             )
         except urllib3.exceptions.HTTPError as exc:
             raise ImageError(f"image {url!r}: request failed ({type(exc).__name__})", "image_not_found") from None
@@ -201,3 +206,34 @@ def fetch_url(url: str, config: UrlFetchConfig, *, max_bytes: int | None = None)
         finally:
             response.release_conn()
     raise ImageError(f"image {url!r}: more than {config.max_redirects} redirects", "image_refused")
+
+
+def check_url(url: str, config: UrlFetchConfig) -> None:
+    """Raise FarmError if `url` breaks the allowlist or address rules (for webhooks, at submit)."""
+    if not config.hosts:
+        raise FarmError(f"{url!r}: outgoing URLs are disabled; the operator can allow hosts with FARM_URL_ALLOWED_HOSTS")
+    try:
+        _checked_pool(url, url, config, time.monotonic() + config.timeout_s)
+    except ImageError as error:
+        raise FarmError(str(error)) from None
+
+
+def post_json(url: str, payload: dict, config: UrlFetchConfig) -> int:
+    """POST a JSON body once (webhooks): same allowlist and address rules, no redirects."""
+    import json
+
+    import urllib3
+
+    try:
+        pool, path, host_header = _checked_pool(url, url, config, time.monotonic() + config.timeout_s)
+        response = pool.urlopen(
+            "POST", path, body=json.dumps(payload).encode(), redirect=False,
+            headers={"Host": host_header, "User-Agent": "farm", "Content-Type": "application/json"},
+        )
+    except ImageError as error:
+        raise FarmError(str(error)) from None
+    except urllib3.exceptions.HTTPError as exc:
+        raise FarmError(f"{url!r}: request failed ({type(exc).__name__})") from None
+    if response.status >= 400:
+        raise FarmError(f"{url!r}: HTTP {response.status}")
+    return response.status

@@ -1,0 +1,385 @@
+"""The job coordinator behind `farm serve`: a named, detached Ray actor that owns the queues and
+the render pool, so the HTTP layer holds no job state.
+
+Durability: every job is recorded in a registry (FARM_STATE_URI, a folder or s3:// prefix:
+`jobs/ID.json`), and its validated spec lives in its output (`JOB/spec.json`). The actor is
+restarted by Ray after a crash (`max_restarts=-1`); its workers die with it (they are owned by
+it), and the new incarnation starts new workers, reloads every unfinished job from the registry
+and runs it again: committed items are skipped (their sidecars), so nothing is rendered twice.
+
+Threads: Ray calls (submit, status, ...) run on the actor's thread pool; one admission thread
+checks, scans and plans submitted jobs in order; one dispatch thread drives the engine.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import os
+import queue
+import threading
+import time
+import uuid
+from typing import Any
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from farm import __version__
+from farm.core.errors import FarmError, JobConflictError, QueueFullError, StorageError
+from farm.core.job import FINAL_ITEM_STATES, JobState
+from farm.core.manifest import DEFAULT_MODEL, JobSpec
+from farm.core.tiers import load_tier_table
+from farm.runtime.engine import ActiveJob, Engine, start_workers
+from farm.runtime.executor import JobRecorder, clear_staging, prepare_job, write_job_files
+from farm.storage import open_store
+from farm.storage.base import item_keys, job_record_key, job_spec_key
+
+log = logging.getLogger(__name__)
+
+COORDINATOR_NAME = "farm-coordinator"
+NAMESPACE = "farm"
+FINAL_JOB_STATES = ("succeeded", "partial", "failed", "cancelled")
+
+
+class CoordinatorConfig(BaseSettings):
+    """Operator settings of the service (environment, prefix FARM_)."""
+
+    model_config = SettingsConfigDict(env_prefix="FARM_", extra="ignore", protected_namespaces=())
+
+    model: str = DEFAULT_MODEL
+    state_uri: str = os.path.join(os.path.expanduser("~"), ".cache", "farm", "state")
+    default_output: str = "./farm-output"
+    max_queued_jobs: int = 100
+    faults: str | None = None
+    record_interval_s: float = 2.0
+
+
+class JobRegistry:
+    """One small JSON record per job in the state store; the source of truth after a restart."""
+
+    def __init__(self, store):
+        self.store = store
+
+    def put(self, entry: dict) -> None:
+        self.store.put_bytes(f"jobs/{entry['id']}.json", json.dumps(entry, indent=1).encode(), "application/json")
+
+    def list(self) -> list[dict]:
+        entries = []
+        for info in self.store.list("jobs/"):
+            data = self.store.get_bytes(info.key)
+            if data:
+                try:
+                    entries.append(json.loads(data))
+                except ValueError:
+                    log.warning("unreadable job record %s", info.key)
+        return sorted(entries, key=lambda e: (e.get("submitted_at") or 0, e["id"]))
+
+
+class Coordinator:
+    def __init__(self, settings: dict | None = None):
+        self.config = CoordinatorConfig(**(settings or {}))
+        self.table = load_tier_table()
+        self.registry = JobRegistry(open_store(self.config.state_uri))
+        self.lock = threading.RLock()
+        self.entries: dict[str, dict] = {}  # job id -> registry entry (every job this farm knows)
+        self.states: dict[str, JobState] = {}  # job id -> live state (admitted or finished here)
+        self.finished = collections.OrderedDict()  # job id -> final record summary (bounded)
+        self.pending: queue.Queue[str] = queue.Queue()
+        self.started_at = time.time()
+        import ray
+
+        self.workers = start_workers(self.config.model, ray.cluster_resources(), self.table, faults=self.config.faults)
+        self.engine = Engine(self.workers, self.table)
+        self._reload()
+        threading.Thread(target=self._admit_loop, name="farm-admission", daemon=True).start()
+        threading.Thread(target=self._dispatch_loop, name="farm-dispatch", daemon=True).start()
+
+    # --- submission ---------------------------------------------------------------------------
+
+    def submit(self, spec_data: dict, manifest: tuple[str, bytes] | None = None) -> dict:
+        """Accept a validated job; returns its registry entry. Raises FarmError with the reason."""
+        spec = JobSpec.from_dict(spec_data)
+        if spec.model != self.config.model:
+            raise FarmError(f"this farm renders with model {self.config.model!r}, not {spec.model!r}; omit `model` or use it")
+        with self.lock:
+            waiting = sum(1 for e in self.entries.values() if e["state"] == "queued")
+            if waiting >= self.config.max_queued_jobs:
+                raise QueueFullError(f"{waiting} jobs are already queued (the limit is {self.config.max_queued_jobs}); try later")
+            clash = next(
+                (e for e in self.entries.values()
+                 if e["state"] not in FINAL_JOB_STATES and e["output"] == spec.output and e["name"] == spec.name),
+                None,
+            )
+            if clash:
+                raise JobConflictError(f"job {clash['id']} with the same name and output is not finished yet; wait or cancel it")
+        store = open_store(spec.output)
+        store.check_access(spec.name)
+        write_job_files(store, spec, manifest)
+        entry = {
+            "id": "j-" + uuid.uuid4().hex[:12],
+            "name": spec.name,
+            "output": spec.output,
+            "model": spec.model,
+            "priority": spec.priority,
+            "notify_url": spec.notify_url,
+            "items": spec.total,
+            "state": "queued",
+            "submitted_at": time.time(),
+            "farm_version": __version__,
+        }
+        self.registry.put(entry)
+        with self.lock:
+            self.entries[entry["id"]] = entry
+        self.pending.put(entry["id"])
+        return entry
+
+    def cancel(self, job_id: str) -> dict | None:
+        with self.lock:
+            entry = self.entries.get(job_id)
+            if entry is None:
+                return None
+            if entry["state"] in FINAL_JOB_STATES:
+                return self.status(job_id)
+            entry["cancel_requested"] = True
+            if entry["state"] == "queued" and job_id not in self.states:
+                self._finish_entry(entry, "cancelled", None)
+                return self.status(job_id)
+        self.engine.cancel(job_id)
+        return self.status(job_id)
+
+    # --- views ----------------------------------------------------------------------------------
+
+    def status(self, job_id: str) -> dict | None:
+        with self.lock:
+            entry = self.entries.get(job_id)
+            if entry is None:
+                return None
+            state = self.states.get(job_id)
+            summary = dict(entry)
+            summary.pop("cancel_requested", None)
+            if state is not None:
+                record = state.to_record()
+                summary.update(
+                    state=entry["state"] if entry["state"] in FINAL_JOB_STATES else record["state"],
+                    counts=record["counts"],
+                    started_at=state.started_at,
+                    finished_at=state.finished_at,
+                    items_per_minute=record["items_per_minute"],
+                    eta_seconds=_eta(state),
+                )
+            return summary
+
+    def list_jobs(self, cursor: str | None = None, limit: int = 50) -> dict:
+        with self.lock:
+            ordered = sorted(self.entries.values(), key=lambda e: (e["submitted_at"], e["id"]), reverse=True)
+        if cursor:
+            ids = [e["id"] for e in ordered]
+            ordered = ordered[ids.index(cursor) + 1 :] if cursor in ids else []
+        page = ordered[:limit]
+        return {
+            "jobs": [self.status(e["id"]) for e in page],
+            "next_cursor": page[-1]["id"] if len(ordered) > limit else None,
+        }
+
+    def items(self, job_id: str, state: str | None = None, cursor: int | None = None, limit: int = 100) -> dict | None:
+        with self.lock:
+            job_state = self.states.get(job_id)
+            entry = self.entries.get(job_id)
+        if entry is None:
+            return None
+        if job_state is None:
+            job_state = self._load_state(entry)
+        if job_state is None:
+            return {"items": [], "next_cursor": None}
+        rows = []
+        after = cursor if cursor is not None else -1
+        for item_id, status in sorted(job_state.items.items(), key=lambda pair: pair[1].index):
+            if status.index <= after or (state and status.state != state):
+                continue
+            rows.append({"id": item_id, **status.to_dict()})
+            if len(rows) > limit:
+                break
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return {"items": rows, "next_cursor": rows[-1]["index"] if more else None}
+
+    def video(self, job_id: str, item_id: str, expiry_s: int | None = None) -> dict | None:
+        with self.lock:
+            entry = self.entries.get(job_id)
+        if entry is None:
+            return None
+        store = open_store(entry["output"])
+        keys = item_keys(entry["name"], item_id)
+        if store.head(keys["sidecar"]) is None:
+            return {"committed": False}
+        if entry["output"].startswith("s3://"):
+            return {"committed": True, "url": store.presigned_url(keys["video"], expiry_s)}
+        return {"committed": True, "path": store.location(keys["video"])}
+
+    def health(self) -> dict:
+        storage_ok = True
+        try:
+            self.registry.store.check_access("health")
+        except StorageError:
+            storage_ok = False
+        with self.lock:
+            active = sum(1 for e in self.entries.values() if e["state"] not in FINAL_JOB_STATES)
+        return {
+            "ok": bool(self.engine.workers) and storage_ok,
+            "workers": {w.name: w.tier for w in self.engine.workers},
+            "storage": storage_ok,
+            "active_jobs": active,
+            "model": self.config.model,
+            "uptime_seconds": round(time.time() - self.started_at, 1),
+        }
+
+    def ping(self) -> bool:
+        return True
+
+    # --- admission and dispatch -----------------------------------------------------------------
+
+    def _reload(self) -> None:
+        """After a (re)start: know every job, and queue the unfinished ones again."""
+        try:
+            entries = self.registry.list()
+        except StorageError as error:
+            log.error("cannot read the job registry: %s", error)
+            return
+        for entry in entries:
+            self.entries[entry["id"]] = entry
+            if entry["state"] not in FINAL_JOB_STATES:
+                entry["state"] = "queued"
+                self.pending.put(entry["id"])
+
+    def _admit_loop(self) -> None:
+        while True:
+            job_id = self.pending.get()
+            with self.lock:
+                entry = self.entries[job_id]
+                if entry["state"] in FINAL_JOB_STATES:
+                    continue
+            try:
+                self._admit(entry)
+            except Exception as error:  # the job cannot run; the farm goes on
+                log.exception("job %s cannot start", job_id)
+                with self.lock:
+                    self._finish_entry(entry, "failed", None, message=str(error))
+
+    def _admit(self, entry: dict) -> None:
+        store = open_store(entry["output"])
+        data = store.get_bytes(job_spec_key(entry["name"]))
+        if data is None:
+            raise FarmError(f"the job's spec.json is missing from {entry['output']}")
+        spec = JobSpec.from_dict(json.loads(data), output=entry["output"])
+        state = JobState(spec)
+        recorder = JobRecorder(state, store, self.config.record_interval_s)
+        job = ActiveJob(id=entry["id"], state=state, recorder=recorder, priority=entry.get("priority", 0))
+        job.on_finish = lambda finished: self._job_done(finished, store)
+        plan, decision = prepare_job(self.engine, job, store)
+        with self.lock:
+            self.states[entry["id"]] = state
+            entry["state"] = "running"
+            entry["started_at"] = time.time()
+            self.registry.put(entry)
+        recorder.write(force=True)
+        self.engine.admit(job, plan, decision.replace)
+        if entry.get("cancel_requested"):
+            self.engine.cancel(entry["id"])
+
+    def _dispatch_loop(self) -> None:
+        while True:
+            try:
+                if self.engine.busy():
+                    self.engine.step(0.5)
+                else:
+                    time.sleep(0.2)
+            except Exception:  # keep dispatching; a broken step must not stop the farm
+                log.exception("dispatch step failed")
+                time.sleep(1.0)
+
+    def _job_done(self, job: ActiveJob, store) -> None:
+        clear_staging(store, job.state.spec.name)
+        job.state.finish()
+        job.recorder.close(final=True)
+        with self.lock:
+            entry = self.entries[job.id]
+            final = "cancelled" if entry.get("cancel_requested") else job.state.final_state
+            self._finish_entry(entry, final, job.state)
+        if entry.get("notify_url"):
+            threading.Thread(target=self._notify, args=(entry,), daemon=True).start()
+
+    def _finish_entry(self, entry: dict, state: str, job_state: JobState | None, message: str | None = None) -> None:
+        entry["state"] = state
+        entry["finished_at"] = time.time()
+        if job_state is not None:
+            entry["counts"] = job_state.counts()
+        if message:
+            entry["message"] = message
+        entry.pop("cancel_requested", None)
+        try:
+            self.registry.put(entry)
+        except StorageError as error:
+            log.warning("job record %s not updated: %s", entry["id"], error)
+        if entry.get("notify_url") and job_state is None:
+            threading.Thread(target=self._notify, args=(entry,), daemon=True).start()
+
+    def _notify(self, entry: dict) -> None:
+        from farm.storage.config import UrlFetchConfig
+        from farm.storage.inputs import post_json
+
+        payload = {k: entry.get(k) for k in ("id", "name", "state", "output", "counts", "finished_at", "message")}
+        try:
+            post_json(entry["notify_url"], payload, UrlFetchConfig())
+        except FarmError as error:
+            log.warning("webhook for job %s not delivered: %s", entry["id"], error)
+
+    def _load_state(self, entry: dict) -> JobState | None:
+        """A finished job from an earlier incarnation: rebuild its item states from job.json."""
+        try:
+            store = open_store(entry["output"])
+            spec_data = store.get_bytes(job_spec_key(entry["name"]))
+            record_data = store.get_bytes(job_record_key(entry["name"]))
+        except StorageError:
+            return None
+        if not spec_data:
+            return None
+        state = JobState(JobSpec.from_dict(json.loads(spec_data), output=entry["output"]))
+        record = json.loads(record_data) if record_data else {}
+        for item_id, item in (record.get("items") or {}).items():
+            if item_id in state.items and item.get("state") in FINAL_ITEM_STATES:
+                status = state.items[item_id]
+                status.state, status.reason, status.message = item["state"], item.get("reason"), item.get("message")
+                status.degradations = item.get("degradations", [])
+        return state
+
+
+def _eta(state: JobState) -> float | None:
+    counts = state.counts()
+    done = counts["succeeded"] + counts["failed"]
+    if not state.started_at or not done or state.finished_at:
+        return None
+    rate = done / max(time.time() - state.started_at, 1e-6)
+    return round((counts["queued"] + counts["running"]) / rate, 1)
+
+
+def coordinator_handle(settings: dict | None = None, *, create: bool = True) -> Any:
+    """The running coordinator, or a new one (named, detached, restarted by Ray after a crash)."""
+    import ray
+
+    try:
+        return ray.get_actor(COORDINATOR_NAME, namespace=NAMESPACE)
+    except ValueError:
+        if not create:
+            raise
+    actor_class = ray.remote(Coordinator)
+    return actor_class.options(
+        name=COORDINATOR_NAME,
+        namespace=NAMESPACE,
+        lifetime="detached",
+        get_if_exists=True,
+        max_restarts=-1,
+        max_task_retries=0,  # a submit that may have run is not retried blindly: clients retry
+        max_concurrency=32,
+        num_cpus=0,
+    ).remote(settings)

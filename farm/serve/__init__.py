@@ -1,0 +1,1 @@
+"""The HTTP service: Ray Serve + FastAPI in front of the job coordinator."""

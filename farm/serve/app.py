@@ -1,0 +1,391 @@
+"""The HTTP API: a FastAPI app served by Ray Serve. It validates requests and forwards them to
+the job coordinator actor; it holds no job state of its own.
+
+Routes under /v1 need `Authorization: Bearer <FARM_API_TOKEN>` when that variable is set.
+Limits (FARM_API_*): request body bytes, items per manifest, upload bytes and pixels. Bad input
+is a 4xx with every problem listed, never a 500. Run it with `farm serve`, or with Ray Serve's
+own tooling: `serve run farm.serve.app:app` (KubeRay's RayService uses the same import path).
+"""
+
+
+import asyncio
+import hmac
+import json
+import logging
+import os
+import uuid
+from pathlib import Path
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, RedirectResponse, StreamingResponse
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from farm import __version__
+from farm.core.errors import FarmError, ImageError, JobConflictError, ManifestError, ManifestIssue, QueueFullError
+from farm.core.job import ITEM_STATES
+from farm.core.manifest import JobOverrides, parse_manifest
+from farm.core.params import ASPECTS, PRESETS
+
+log = logging.getLogger(__name__)
+
+YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml")
+FINAL_JOB_STATES = ("succeeded", "partial", "failed", "cancelled")
+
+
+class ApiSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FARM_API_", extra="ignore")
+
+    token: str | None = None  # FARM_API_TOKEN
+    max_body_bytes: int = 64 * 1024 * 1024
+    max_items: int = 10_000
+    max_upload_bytes: int = 50 * 1024 * 1024
+    max_upload_pixels: int = 40_000_000
+    local_base: str | None = None  # a folder on the server whose images manifests may name
+
+
+# --- response models (they make the OpenAPI document precise) ---------------------------------
+
+
+class Accepted(BaseModel):
+    id: str
+    status_url: str
+
+
+class JobStatus(BaseModel):
+    id: str
+    name: str
+    state: str
+    output: str
+    model: str | None = None
+    priority: int = 0
+    items: int | None = None
+    counts: dict[str, int] | None = None
+    items_per_minute: float | None = None
+    eta_seconds: float | None = None
+    submitted_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    message: str | None = None
+    notify_url: str | None = None
+    output_prefix: str | None = None
+
+
+class JobPage(BaseModel):
+    jobs: list[JobStatus]
+    next_cursor: str | None = None
+
+
+class ItemPage(BaseModel):
+    items: list[dict[str, Any]]
+    next_cursor: int | None = None
+
+
+class Problem(BaseModel):
+    detail: str
+    errors: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class CoordinatorClient:
+    """Every call to the coordinator actor goes through here (one place to fake in tests)."""
+
+    def __init__(self, handle=None):
+        self._handle = handle
+
+    @property
+    def handle(self):
+        if self._handle is None:
+            from farm.runtime.coordinator import coordinator_handle
+
+            self._handle = coordinator_handle()
+        return self._handle
+
+    async def call(self, method: str, *args, **kwargs):
+        from ray.exceptions import RayActorError
+
+        try:
+            return await getattr(self.handle, method).remote(*args, **kwargs)
+        except RayActorError:
+            self._handle = None  # it is restarting; look it up again next time
+            raise HTTPException(503, "the job coordinator is restarting; retry in a few seconds") from None
+
+
+def _problem(status: int, detail: str, errors: list[dict] | None = None) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"detail": detail, "errors": errors or []})
+
+
+def create_app(client: CoordinatorClient | None = None, settings: ApiSettings | None = None) -> FastAPI:
+    settings = settings or ApiSettings()
+    client = client or CoordinatorClient()
+    app = FastAPI(
+        title="farm",
+        version=__version__,
+        description="A render farm for image-to-video generation: submit manifests, follow jobs, fetch videos.",
+    )
+
+    def authorize(request: Request) -> None:
+        if not settings.token:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), settings.token.encode()):
+            raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(authorize)])
+    problems = {401: {"model": Problem}, 404: {"model": Problem}, 422: {"model": Problem}}
+
+    async def read_body(request: Request) -> bytes:
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > settings.max_body_bytes:
+            raise HTTPException(413, f"the body is over the {settings.max_body_bytes}-byte limit")
+        chunks, total = [], 0
+        async for chunk in request.stream():
+            total += len(chunk)
+            if total > settings.max_body_bytes:
+                raise HTTPException(413, f"the body is over the {settings.max_body_bytes}-byte limit")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def submit_spec(spec, manifest: tuple[str, bytes]) -> JSONResponse:
+        if spec.total > settings.max_items:
+            return _problem(422, f"the manifest has {spec.total} items; this farm accepts at most {settings.max_items}")
+        if spec.notify_url:
+            from farm.storage.config import UrlFetchConfig
+            from farm.storage.inputs import check_url
+
+            try:
+                await asyncio.to_thread(check_url, spec.notify_url, UrlFetchConfig())
+            except FarmError as error:
+                issue = ManifestIssue(str(error), field="notify_url", value=spec.notify_url)
+                return _problem(422, "invalid notify_url", [issue.to_dict()])
+        try:
+            entry = await client.call("submit", spec.to_dict(), manifest)
+        except HTTPException:
+            raise
+        except QueueFullError as error:
+            return _problem(429, str(error))
+        except JobConflictError as error:
+            return _problem(409, str(error))
+        except FarmError as error:
+            return _problem(422, str(error))
+        return JSONResponse(status_code=202, content={"id": entry["id"], "status_url": f"/v1/jobs/{entry['id']}"})
+
+    def parse(data: bytes, fmt: str, overrides: JobOverrides | None = None, *, local: bool = False):
+        base = Path(settings.local_base) if settings.local_base else None
+        return parse_manifest(
+            data,
+            fmt,  # type: ignore[arg-type]
+            base_dir=base if not local else Path("/"),
+            default_name="job-" + uuid.uuid4().hex[:8],
+            overrides=overrides,
+            env_model=os.environ.get("FARM_MODEL"),
+            local_images=local,
+            source="request body",
+        )
+
+    def default_output(spec_output_given: bool) -> JobOverrides | None:
+        output = os.environ.get("FARM_DEFAULT_OUTPUT")
+        return None if spec_output_given or not output else JobOverrides(output=output)
+
+    @v1.post("/jobs", status_code=202, response_model=Accepted, responses={**problems, 409: {"model": Problem}, 413: {"model": Problem}})
+    async def submit_job(request: Request):
+        """Submit a manifest (JSON, or YAML with Content-Type: application/yaml)."""
+        body = await read_body(request)
+        kind = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+        fmt = "yaml" if kind in YAML_TYPES else "json"
+        if kind not in YAML_TYPES and kind not in ("application/json", "text/json", ""):
+            return _problem(415, f"content type {kind!r} is not accepted; send application/json or application/yaml")
+        try:
+            document_output = _declares_output(body, fmt)
+            spec = parse(body, fmt, default_output(document_output))
+        except ManifestError as error:
+            return _problem(422, f"invalid manifest: {len(error.issues)} error(s)", [i.to_dict() for i in error.issues])
+        return await submit_spec(spec, (f"manifest.{'yaml' if fmt == 'yaml' else 'json'}", body))
+
+    @v1.get("/jobs", response_model=JobPage, responses=problems)
+    async def list_jobs(cursor: str | None = Query(None, max_length=64), limit: int = Query(50, ge=1, le=500)):
+        page = await client.call("list_jobs", cursor, limit)
+        return {"jobs": [_status(j) for j in page["jobs"]], "next_cursor": page["next_cursor"]}
+
+    @v1.get("/jobs/{job_id}", response_model=JobStatus, responses=problems)
+    async def job_status(job_id: str):
+        status = await client.call("status", job_id)
+        if status is None:
+            raise HTTPException(404, f"no job {job_id!r}")
+        return _status(status)
+
+    @v1.get("/jobs/{job_id}/items", response_model=ItemPage, responses=problems)
+    async def job_items(
+        job_id: str,
+        state: Literal[ITEM_STATES] | None = Query(None),  # type: ignore[valid-type]
+        cursor: int | None = Query(None, ge=-1, le=10**9),
+        limit: int = Query(100, ge=1, le=1000),
+    ):
+        page = await client.call("items", job_id, state, cursor, limit)
+        if page is None:
+            raise HTTPException(404, f"no job {job_id!r}")
+        return page
+
+    @v1.get("/jobs/{job_id}/events", responses=problems)
+    async def job_events(job_id: str, request: Request):
+        """Server-sent events: `progress` while the job runs, then one `end`."""
+        first = await client.call("status", job_id)
+        if first is None:
+            raise HTTPException(404, f"no job {job_id!r}")
+
+        async def stream():
+            last = None
+            while True:
+                status = await client.call("status", job_id)
+                payload = json.dumps(_status(status))
+                final = status["state"] in FINAL_JOB_STATES
+                if payload != last or final:
+                    yield f"event: {'end' if final else 'progress'}\ndata: {payload}\n\n"
+                    last = payload
+                if final or await request.is_disconnected():
+                    return
+                await asyncio.sleep(1.0)
+
+        return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    @v1.delete("/jobs/{job_id}", status_code=202, response_model=JobStatus, responses=problems)
+    async def cancel_job(job_id: str):
+        status = await client.call("cancel", job_id)
+        if status is None:
+            raise HTTPException(404, f"no job {job_id!r}")
+        return _status(status)
+
+    @v1.get("/jobs/{job_id}/items/{item_id}/video", responses={**problems, 307: {"description": "redirect to the video"}})
+    async def item_video(job_id: str, item_id: str, expires: int | None = Query(None, ge=1, le=7 * 24 * 3600)):
+        from farm.core.ids import is_safe_id
+
+        if not is_safe_id(item_id):
+            raise HTTPException(404, f"no item {item_id!r}")
+        found = await client.call("video", job_id, item_id, expires)
+        if found is None:
+            raise HTTPException(404, f"no job {job_id!r}")
+        if not found["committed"]:
+            raise HTTPException(404, f"item {item_id!r} has no committed video (yet)")
+        if "url" in found:
+            return RedirectResponse(found["url"], status_code=307)
+        return FileResponse(found["path"], media_type="video/mp4", filename=f"{item_id}.mp4")
+
+    @v1.post("/renders", status_code=202, response_model=Accepted, responses={**problems, 413: {"model": Problem}})
+    async def render_upload(
+        image: UploadFile = File(...),
+        prompt: str = Form(..., min_length=1, max_length=2000),
+        preset: Literal[tuple(PRESETS)] | None = Form(None),  # type: ignore[valid-type]
+        resolution: str | None = Form(None, max_length=8),
+        aspect: Literal[ASPECTS] | None = Form(None),  # type: ignore[valid-type]
+        frames: int | None = Form(None, ge=-(10**6), le=10**6),
+        fps: int | None = Form(None, ge=-(10**6), le=10**6),
+        steps: int | None = Form(None, ge=-(10**6), le=10**6),
+        guidance_scale: float | None = Form(None, ge=-(10**6), le=10**6),
+        negative_prompt: str | None = Form(None, max_length=2000),
+        seed: int | None = Form(None, ge=-(2**63), le=2**63),
+    ):
+        """One image and its parameters, as multipart/form-data: a one-item job."""
+        data = await image.read(settings.max_upload_bytes + 1)
+        if len(data) > settings.max_upload_bytes:
+            return _problem(413, f"the image is over the {settings.max_upload_bytes}-byte limit")
+        from farm.media.images import ImageLimits, prepare_image
+
+        name = image.filename or "upload"
+        try:
+            limits = ImageLimits(max_bytes=settings.max_upload_bytes, max_pixels=settings.max_upload_pixels)
+            prepared = await asyncio.to_thread(prepare_image, data, 64, 64, name="upload", limits=limits)
+        except ImageError as error:
+            issue = ManifestIssue(str(error).replace("upload", name, 1), field="image", value=name)
+            return _problem(422, "the image cannot be used", [issue.to_dict()])
+        values = {
+            "preset": preset, "resolution": resolution, "aspect": aspect, "frames": frames, "fps": fps,
+            "steps": steps, "guidance_scale": guidance_scale, "negative_prompt": negative_prompt, "seed": seed,
+        }
+        item = {"id": "render", "image": "", "prompt": prompt, **{k: v for k, v in values.items() if v is not None}}
+        job_name = "render-" + uuid.uuid4().hex[:10]
+        output = os.environ.get("FARM_DEFAULT_OUTPUT", "./farm-output")
+        try:
+            # Validate the parameters first, with a placeholder image reference.
+            parse(json.dumps({"version": 1, "name": job_name, "items": [{**item, "image": "s3://check/x"}]}).encode(), "json")
+        except ManifestError as error:
+            return _problem(422, "invalid parameters", [i.to_dict() for i in error.issues])
+        extension = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}[prepared.source_format]
+        location = await asyncio.to_thread(_store_upload, output, f"{job_name}/inputs/render.{extension}", data)
+        document = {"version": 1, "name": job_name, "output": output, "items": [{**item, "image": location}]}
+        spec = parse_manifest(
+            json.dumps(document).encode(), "json", base_dir=Path("/"), env_model=os.environ.get("FARM_MODEL"),
+            source="upload",
+        )
+        return await submit_spec(spec, ("manifest.json", json.dumps(document).encode()))
+
+    app.include_router(v1)
+
+    @app.get("/healthz")
+    async def healthz():
+        """Liveness, with the cluster's and the storage's reachability."""
+        try:
+            health = await asyncio.wait_for(client.call("health"), timeout=10)
+        except (HTTPException, asyncio.TimeoutError):
+            return JSONResponse(status_code=503, content={"ok": False, "coordinator": False})
+        return JSONResponse(status_code=200 if health["ok"] else 503, content={**health, "coordinator": True})
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def metrics():
+        """Prometheus text format."""
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return PlainTextResponse(generate_latest().decode(), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def _declares_output(body: bytes, fmt: str) -> bool:
+    """Whether the manifest names its own output (else the farm's default output applies)."""
+    try:
+        if fmt == "json":
+            document = json.loads(body)
+        else:
+            import yaml
+
+            document = yaml.load(body, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506
+    except Exception:  # parse_manifest reports it properly
+        return True
+    return isinstance(document, dict) and bool(document.get("output"))
+
+
+def _store_upload(output: str, key: str, data: bytes) -> str:
+    from farm.storage import open_store
+
+    store = open_store(output)
+    store.put_bytes(key, data, "application/octet-stream")
+    return store.location(key)
+
+
+def _status(status: dict) -> dict:
+    data = {k: v for k, v in status.items() if k in JobStatus.model_fields}
+    data["output_prefix"] = f"{status['output'].rstrip('/')}/{status['name']}/"
+    return data
+
+
+def _serve_deployment():
+    from ray import serve
+
+    @serve.deployment(name="farm-api", num_replicas=1, ray_actor_options={"num_cpus": 0})
+    @serve.ingress(create_app())
+    class FarmAPI:
+        """The Serve replica: nothing but the FastAPI app (job state lives in the coordinator)."""
+
+    return FarmAPI
+
+
+def build_app(args: dict | None = None):
+    """Application builder for `serve run farm.serve.app:build_app` and RayService configs."""
+    return _serve_deployment().bind()
+
+
+def __getattr__(name: str):  # `farm.serve.app:app` without building it at import time
+    if name == "app":
+        return build_app()
+    raise AttributeError(name)
+
