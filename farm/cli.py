@@ -542,7 +542,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INVALID
     except FarmError as error:
         print(f"error: {error}", file=sys.stderr)
-        return EXIT_CANNOT_RUN
+        status = getattr(error, "status", None)  # an HTTP error from a farm service
+        return EXIT_INVALID if status in (400, 413, 415, 422) else EXIT_CANNOT_RUN
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -48,8 +48,9 @@ class FarmClient:
             self.session.headers["Authorization"] = f"Bearer {self.token}"
 
     def _request(self, method: str, path: str, **kwargs) -> requests.Response:
+        kwargs.setdefault("timeout", self.timeout_s)
         try:
-            response = self.session.request(method, self.endpoint + path, timeout=self.timeout_s, **kwargs)
+            response = self.session.request(method, self.endpoint + path, **kwargs)
         except requests.RequestException as exc:
             raise FarmError(f"cannot reach {self.endpoint}: {type(exc).__name__}; check --endpoint / FARM_ENDPOINT") from None
         if response.status_code >= 400:
@@ -90,7 +91,7 @@ class FarmClient:
 
     def events(self, job_id: str) -> Iterator[tuple[str, dict]]:
         """(event, status) pairs from the server-sent event stream, until the job ends."""
-        response = self._request("GET", f"/v1/jobs/{job_id}/events", stream=True, timeout=None)
+        response = self._request("GET", f"/v1/jobs/{job_id}/events", stream=True, timeout=(self.timeout_s, None))
         event = "message"
         for raw in response.iter_lines(decode_unicode=True):
             if raw.startswith("event:"):

@@ -1,0 +1,306 @@
+"""The HTTP API over real HTTP on 127.0.0.1: Ray Serve + FastAPI, the coordinator actor, the tiny
+model, and S3 results on moto's server; plus the remote CLI and an OpenAPI-driven fuzz."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import boto3
+import pytest
+import requests
+import yaml
+
+from conftest import subprocess_env
+from helpers import FAST, encode, pattern
+
+pytestmark = pytest.mark.integration
+
+TOKEN = "test-token-0123456789"
+BUCKET = "renders"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Service:
+    def __init__(self, url: str, s3_endpoint: str, cluster_address: str):
+        self.url = url
+        self.s3_endpoint = s3_endpoint
+        self.address = cluster_address
+        self.session = requests.Session()
+        self.session.headers["Authorization"] = f"Bearer {TOKEN}"
+
+    def s3(self):
+        return boto3.client("s3", endpoint_url=self.s3_endpoint, region_name="us-east-1")
+
+    def submit(self, document: dict, **kwargs) -> requests.Response:
+        return self.session.post(f"{self.url}/v1/jobs", json=document, timeout=60, **kwargs)
+
+    def status(self, job_id: str) -> dict:
+        for _ in range(120):  # 503 while a restarted coordinator comes back
+            response = self.session.get(f"{self.url}/v1/jobs/{job_id}", timeout=30)
+            if response.status_code == 200:
+                return response.json()
+            time.sleep(1)
+        raise AssertionError(response.text)
+
+    def wait(self, job_id: str, timeout: float = 300) -> dict:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            status = self.status(job_id)
+            if status["state"] in ("succeeded", "partial", "failed", "cancelled"):
+                return status
+            time.sleep(1)
+        raise AssertionError(f"job {job_id} did not finish: {status}")
+
+    def sidecars(self, prefix: str) -> dict:
+        pages = self.s3().get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+        return {
+            e["Key"]: e["ETag"] for page in pages for e in page.get("Contents", [])
+            if e["Key"].endswith(".json") and e["Key"].rsplit("/", 1)[-1] not in ("job.json", "spec.json")
+        }
+
+
+@pytest.fixture(scope="module")
+def service(farm_cache, tiny_model_dir, tmp_path_factory):
+    """moto S3, an embedded Ray cluster, the coordinator and the Serve app on 127.0.0.1."""
+    import ray
+    from moto.server import ThreadedMotoServer
+    from ray import serve
+
+    from farm.runtime.cluster import RayCluster
+    from farm.runtime.coordinator import coordinator_handle
+    from farm.serve.app import build_app
+
+    import logging
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's request log
+    s3_port, http_port = free_port(), free_port()
+    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=s3_port, verbose=False)
+    moto.start()
+    s3_endpoint = f"http://127.0.0.1:{s3_port}"
+    env = {
+        "FARM_S3_ENDPOINT_URL": s3_endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "FARM_API_TOKEN": TOKEN,
+        "FARM_MODEL": "tiny",
+        "FARM_STATE_URI": str(tmp_path_factory.mktemp("state")),
+        "FARM_DEFAULT_OUTPUT": f"s3://{BUCKET}/api",
+        "FARM_API_MAX_BODY_BYTES": str(8 * 1024 * 1024),
+    }
+    previous = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)  # the Ray cluster started below hands these to every actor
+    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    client.create_bucket(Bucket=BUCKET)
+    client.create_bucket(Bucket="inputs")
+    for n in range(3):
+        client.put_object(Bucket="inputs", Key=f"img{n}.png", Body=encode(pattern(300 + 40 * n, 240), "PNG"))
+    if ray.is_initialized():
+        ray.shutdown()
+    with RayCluster(num_cpus=2) as cluster:
+        coordinator = coordinator_handle({"model": "tiny"})
+        ray.get(coordinator.health.remote(), timeout=300)
+        serve.start(http_options={"host": "127.0.0.1", "port": http_port})
+        serve.run(build_app(), name="farm", route_prefix="/", blocking=False)
+        url = f"http://127.0.0.1:{http_port}"
+        for _ in range(60):
+            try:
+                if requests.get(f"{url}/healthz", timeout=5).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            time.sleep(1)
+        yield Service(url, s3_endpoint, ray.get_runtime_context().gcs_address)
+        serve.shutdown()
+        ray.kill(coordinator, no_restart=True)
+        del cluster
+    moto.stop()
+    for name, value in previous.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+def manifest(name: str, count: int, **extra) -> dict:
+    items = [{"id": f"i{n}", "image": f"s3://inputs/img{n % 3}.png", "prompt": f"motion {n}"} for n in range(count)]
+    return {"version": 1, "name": name, "defaults": dict(FAST), "items": items, **extra}
+
+
+def test_submit_follow_events_and_fetch_the_video(service):
+    body = yaml.safe_dump(manifest("events", 2))
+    response = service.session.post(
+        f"{service.url}/v1/jobs", data=body, headers={"Content-Type": "application/yaml"}, timeout=60
+    )
+    assert response.status_code == 202, response.text
+    accepted = response.json()
+    assert accepted["status_url"] == f"/v1/jobs/{accepted['id']}"
+    events = []
+    with service.session.get(f"{service.url}{accepted['status_url']}/events", stream=True, timeout=300) as stream:
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        kind = None
+        for line in stream.iter_lines(decode_unicode=True):
+            if line.startswith("event:"):
+                kind = line.split(":", 1)[1].strip()
+            elif line.startswith("data:"):
+                events.append((kind, json.loads(line[5:])))
+                if kind == "end":
+                    break
+    assert events[-1][0] == "end" and events[-1][1]["state"] == "succeeded"
+    status = service.status(accepted["id"])
+    assert status["counts"]["succeeded"] == 2 and status["output_prefix"] == f"s3://{BUCKET}/api/events/"
+    items = service.session.get(f"{service.url}/v1/jobs/{accepted['id']}/items", timeout=30).json()
+    assert [i["state"] for i in items["items"]] == ["succeeded", "succeeded"]
+    video = service.session.get(f"{service.url}/v1/jobs/{accepted['id']}/items/i0/video", allow_redirects=False, timeout=30)
+    assert video.status_code == 307 and "X-Amz-Signature=" in video.headers["location"]
+    data = requests.get(video.headers["location"], timeout=30).content
+    assert data[4:8] == b"ftyp"
+    missing = service.session.get(f"{service.url}/v1/jobs/{accepted['id']}/items/nope/video", timeout=30)
+    assert missing.status_code == 404
+
+
+def test_the_remote_cli_and_plain_curl(service, tmp_path):
+    path = tmp_path / "cli.yaml"
+    path.write_text(yaml.safe_dump(manifest("cli", 2)))
+    env = subprocess_env(FARM_ENDPOINT=service.url, FARM_API_TOKEN=TOKEN)
+    run = subprocess.run([sys.executable, "-m", "farm", "submit", str(path), "--wait"], capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    job_id = run.stdout.strip().splitlines()[0]
+    assert job_id.startswith("j-") and "succeeded" in run.stdout
+    status = subprocess.run([sys.executable, "-m", "farm", "status", job_id, "--json"], capture_output=True, text=True, env=env)
+    assert json.loads(status.stdout)["state"] == "succeeded"
+    jobs = subprocess.run([sys.executable, "-m", "farm", "jobs"], capture_output=True, text=True, env=env)
+    assert job_id in jobs.stdout
+    curl = shutil.which("curl")
+    if curl:  # the README's curl line
+        out = subprocess.run(
+            [curl, "-s", "-H", f"Authorization: Bearer {TOKEN}", f"{service.url}/v1/jobs/{job_id}"],
+            capture_output=True, text=True, check=True,
+        )
+        assert json.loads(out.stdout)["state"] == "succeeded"
+    bad = subprocess.run([sys.executable, "-m", "farm", "status", job_id], capture_output=True, text=True, env={**env, "FARM_API_TOKEN": "wrong"})
+    assert bad.returncode != 0 and "401" in bad.stderr
+
+
+def test_every_v1_route_needs_the_token(service):
+    spec = requests.get(f"{service.url}/openapi.json", timeout=30).json()
+    routes = [(method, path) for path, ops in spec["paths"].items() if path.startswith("/v1") for method in ops]
+    assert len(routes) >= 8
+    for method, path in routes:
+        url = service.url + path.replace("{job_id}", "j-x").replace("{item_id}", "x")
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
+            response = requests.request(method.upper(), url, headers=headers, timeout=30)
+            assert response.status_code == 401, (method, path, headers, response.status_code)
+    assert requests.get(f"{service.url}/healthz", timeout=30).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "body, content_type, status, needles",
+    [
+        (b"version: 1\nitems: [\n", "application/yaml", 422, ["invalid YAML at line"]),
+        (json.dumps({"version": 1, "items": [{"image": "s3://inputs/img0.png", "prompt": "p", "frames": 99, "colour": 1}]}).encode(),
+         "application/json", 422, ["frames", "colour"]),
+        (json.dumps({"version": 1, "items": [{"image": "/etc/passwd", "prompt": "p"}]}).encode(), "application/json", 422, ["local paths"]),
+        (json.dumps({"version": 1, "items": [{"image": "s3://inputs/img0.png", "prompt": "p"}], "notify_url": "http://169.254.169.254/x"}).encode(),
+         "application/json", 422, ["notify_url"]),
+        (b"<xml/>", "application/xml", 415, ["content type"]),
+        (b"x" * (9 * 1024 * 1024), "application/json", 413, ["limit"]),
+        (b"{}", "application/json", 422, ["version"]),
+    ],
+    ids=["yaml-syntax", "range-and-unknown", "local-path", "ssrf-webhook", "content-type", "too-big", "empty"],
+)
+def test_invalid_submissions_are_4xx_with_every_error(service, body, content_type, status, needles):
+    response = service.session.post(f"{service.url}/v1/jobs", data=body, headers={"Content-Type": content_type}, timeout=60)
+    assert response.status_code == status, response.text[:500]
+    text = response.text
+    for needle in needles:
+        assert needle in text
+
+
+def test_10001_items_are_over_the_limit_and_10000_are_accepted(service):
+    too_many = service.submit(manifest("big", 10_001))
+    assert too_many.status_code == 422 and "at most 10000" in too_many.text
+    accepted = service.submit(manifest("big", 10_000))
+    assert accepted.status_code == 202, accepted.text
+    job_id = accepted.json()["id"]
+    cancelled = service.session.delete(f"{service.url}/v1/jobs/{job_id}", timeout=60)
+    assert cancelled.status_code == 202
+    final = service.wait(job_id, timeout=300)
+    assert final["state"] == "cancelled" and final["counts"]["cancelled"] > 9_000
+
+
+def test_cancel_mid_job_keeps_what_is_committed(service):
+    job_id = service.submit(manifest("cancel", 6)).json()["id"]
+    deadline = time.time() + 300
+    while time.time() < deadline and not service.sidecars("api/cancel/"):
+        time.sleep(0.5)
+    response = service.session.delete(f"{service.url}/v1/jobs/{job_id}", timeout=60)
+    assert response.status_code == 202
+    final = service.wait(job_id)
+    counts = final["counts"]
+    assert final["state"] == "cancelled"
+    assert counts["succeeded"] >= 1 and counts["cancelled"] >= 1
+    assert counts["succeeded"] + counts["cancelled"] + counts["running"] == 6
+    assert len(service.sidecars("api/cancel/")) == counts["succeeded"]
+
+
+def test_killing_the_coordinator_mid_job_renders_nothing_twice(service):
+    import ray
+
+    job_id = service.submit(manifest("durable", 6)).json()["id"]
+    deadline = time.time() + 300
+    while time.time() < deadline and not service.sidecars("api/durable/"):
+        time.sleep(0.5)
+    before = service.sidecars("api/durable/")
+    assert 1 <= len(before) < 6
+    from farm.runtime.coordinator import COORDINATOR_NAME, NAMESPACE
+
+    ray.kill(ray.get_actor(COORDINATOR_NAME, namespace=NAMESPACE), no_restart=False)  # Ray restarts it
+    final = service.wait(job_id, timeout=600)
+    assert final["state"] == "succeeded", final
+    after = service.sidecars("api/durable/")
+    assert len(after) == 6
+    for key, etag in before.items():
+        assert after[key] == etag, f"{key} was rendered again"
+    record = json.loads(service.s3().get_object(Bucket=BUCKET, Key="api/durable/job.json")["Body"].read())
+    assert record["counts"]["skipped"] == len(before) and record["counts"]["succeeded"] == 6 - len(before)
+
+
+def test_an_upload_is_a_one_item_job(service):
+    files = {"image": ("still.png", encode(pattern(320, 200), "PNG"), "image/png")}
+    data = {"prompt": "a slow pan", "resolution": "256", "frames": "8", "steps": "10", "aspect": "16:9"}
+    response = service.session.post(f"{service.url}/v1/renders", files=files, data=data, timeout=60)
+    assert response.status_code == 202, response.text
+    final = service.wait(response.json()["id"])
+    assert final["state"] == "succeeded" and final["counts"]["succeeded"] == 1
+    bad = service.session.post(
+        f"{service.url}/v1/renders", files={"image": ("x.png", b"not an image", "image/png")}, data={"prompt": "p"}, timeout=60
+    )
+    assert bad.status_code == 422 and "not a recognisable image" in bad.text
+    wrong = service.session.post(f"{service.url}/v1/renders", files=files, data={"prompt": "p", "frames": "99"}, timeout=60)
+    assert wrong.status_code == 422 and "frames" in wrong.text
+
+
+def test_openapi_fuzz_finds_no_server_errors(service):
+    schemathesis = shutil.which("schemathesis") or os.path.join(os.path.dirname(sys.executable), "schemathesis")
+    result = subprocess.run(
+        [
+            schemathesis, "run", f"{service.url}/openapi.json",
+            "--checks", "not_a_server_error",
+            "--header", f"Authorization: Bearer {TOKEN}",
+            "--max-examples", "25",
+            "--generation-deterministic",
+            "--exclude-path", "/v1/jobs/{job_id}/events",
+        ],
+        capture_output=True, text=True, timeout=900, env=subprocess_env(),
+    )
+    assert result.returncode == 0, result.stdout[-4000:]
