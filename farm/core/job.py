@@ -271,10 +271,10 @@ class JobState:
     @property
     def final_state(self) -> str:
         counts = self.counts()
+        if counts[QUEUED] or counts[RUNNING]:  # a cancelled job is still finishing its running items
+            return "running" if self.started_at else "queued"
         if self.cancelled:
             return "cancelled"
-        if counts[QUEUED] or counts[RUNNING]:
-            return "running" if self.started_at else "queued"
         if counts[FAILED] == 0:
             return "succeeded"
         if counts[SUCCEEDED] + counts[SKIPPED] == 0:

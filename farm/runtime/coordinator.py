@@ -142,7 +142,8 @@ class Coordinator:
             if entry["state"] in FINAL_JOB_STATES:
                 return self.status(job_id)
             entry["cancel_requested"] = True
-            if entry["state"] == "queued" and job_id not in self.states:
+            if job_id not in self.states:  # not admitted yet: nothing ran, everything is dropped
+                entry["counts"] = {"total": entry.get("items", 0), "cancelled": entry.get("items", 0)}
                 self._finish_entry(entry, "cancelled", None)
                 return self.status(job_id)
         self.engine.cancel(job_id)
@@ -278,14 +279,15 @@ class Coordinator:
         job.on_finish = lambda finished: self._job_done(finished, store)
         plan, decision = prepare_job(self.engine, job, store)
         with self.lock:
+            if entry["state"] in FINAL_JOB_STATES:  # cancelled while it was being prepared
+                recorder.close(final=False)
+                return
             self.states[entry["id"]] = state
             entry["state"] = "running"
             entry["started_at"] = time.time()
             self.registry.put(entry)
         recorder.write(force=True)
         self.engine.admit(job, plan, decision.replace)
-        if entry.get("cancel_requested"):
-            self.engine.cancel(entry["id"])
 
     def _dispatch_loop(self) -> None:
         while True:
