@@ -188,7 +188,13 @@ def create_app(client: CoordinatorClient | None = None, settings: ApiSettings | 
         output = os.environ.get("FARM_DEFAULT_OUTPUT")
         return None if spec_output_given or not output else JobOverrides(output=output)
 
-    @v1.post("/jobs", status_code=202, response_model=Accepted, responses={**problems, 409: {"model": Problem}, 413: {"model": Problem}})
+    @v1.post(
+        "/jobs",
+        status_code=202,
+        response_model=Accepted,
+        responses={**problems, 409: {"model": Problem}, 413: {"model": Problem}, 415: {"model": Problem}, 429: {"model": Problem}},
+        openapi_extra={"requestBody": _manifest_body()},
+    )
     async def submit_job(request: Request):
         """Submit a manifest (JSON, or YAML with Content-Type: application/yaml)."""
         body = await read_body(request)
@@ -338,6 +344,24 @@ def create_app(client: CoordinatorClient | None = None, settings: ApiSettings | 
         return PlainTextResponse(generate_latest().decode(), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def _manifest_body() -> dict:
+    """The request body of POST /v1/jobs in the OpenAPI document: manifest v1 as JSON or YAML."""
+    from farm.core.manifest import ItemSpec, ManifestHeader
+
+    schema = ManifestHeader.model_json_schema(ref_template="#/$defs/{model}")
+    schema["properties"]["items"] = {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/ItemSpec"}}
+    schema.setdefault("$defs", {})["ItemSpec"] = ItemSpec.model_json_schema(ref_template="#/$defs/{model}")
+    nested = schema["$defs"]["ItemSpec"].pop("$defs", {})
+    schema["$defs"].update(nested)
+    return {
+        "required": True,
+        "content": {
+            "application/json": {"schema": schema},
+            "application/yaml": {"schema": {"type": "string", "description": "the same manifest, in YAML"}},
+        },
+    }
 
 
 def _declares_output(body: bytes, fmt: str) -> bool:

@@ -303,4 +303,5 @@ def test_openapi_fuzz_finds_no_server_errors(service):
         ],
         capture_output=True, text=True, timeout=900, env=subprocess_env(),
     )
+    print(result.stdout[-3000:])
     assert result.returncode == 0, result.stdout[-4000:]
