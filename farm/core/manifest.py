@@ -179,13 +179,21 @@ class JobSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, output: str | None = None) -> JobSpec:
+        shared: dict[str, RenderParams] = {}  # items with equal parameters share one object
+
+        def params(values: dict) -> RenderParams:
+            key = json.dumps(values, sort_keys=True)
+            if key not in shared:
+                shared[key] = RenderParams.model_validate(values)
+            return shared[key]
+
         items = [
             JobItem(
                 index=entry["index"],
                 id=entry["id"],
                 image=entry["image"],
                 prompt=entry["prompt"],
-                params=RenderParams.model_validate(entry["params"]),
+                params=params(entry["params"]),
                 requested=entry["requested"],
                 line=entry.get("line"),
                 given_id=entry.get("given_id"),

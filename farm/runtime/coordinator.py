@@ -238,6 +238,11 @@ class Coordinator:
     def ping(self) -> bool:
         return True
 
+    def memory_bytes(self) -> int:
+        """This process's resident memory now (for capacity measurements)."""
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
     # --- admission and dispatch -----------------------------------------------------------------
 
     def _reload(self) -> None:

@@ -185,13 +185,11 @@ class Engine:
                 if item_plan.rejected:
                     job.state.fail(item_plan.item_id, "no_fitting_tier", item_plan.rejected)
                     continue
-                job.extras[item_plan.item_id] = {
-                    "settings": item_plan.settings.to_dict(),
-                    "planned_tier": item_plan.tier,
-                    "degradations": [d.to_dict() for d in item_plan.degradations],
-                    "estimate_gib": round(item_plan.estimate.total_gib, 2) if item_plan.estimate else None,
-                    "replace_etag": (replace_etags or {}).get(item_plan.item_id),
-                }
+                # The plan itself, shared by identical items: a job of 100,000 items keeps
+                # one small dict per item, and the task fields are built when it is sent.
+                job.extras[item_plan.item_id] = {"plan": item_plan}
+                if replace_etags and item_plan.item_id in replace_etags:
+                    job.extras[item_plan.item_id]["replace_etag"] = replace_etags[item_plan.item_id]
                 self.queue.push(job.id, item_plan.item_id, item_plan.tier)
             job.state.start()
             self._finish_if_done(job)
@@ -255,16 +253,17 @@ class Engine:
     def _send(self, worker: Worker, job_id: str, item_id: str, *, new_attempt: bool = True, allow_bigger: bool = True) -> None:
         job = self.jobs[job_id]
         extras = job.extras[item_id]
+        plan = extras["plan"]
         task = job.state.task_for(
             item_id,
             job_id=job_id,
-            settings=extras["settings"],
-            planned_tier=extras["planned_tier"],
-            degradations=list(extras["degradations"]),
+            settings=extras["settings"] if "settings" in extras else plan.settings.to_dict(),
+            planned_tier=plan.tier,
+            degradations=list(extras["degradations"]) if "degradations" in extras else [d.to_dict() for d in plan.degradations],
             ooms=list(extras.get("ooms", ())),
             bigger_tier_available=allow_bigger and self.queue.has_bigger_tier(worker.tier),
-            estimate_gib=extras["estimate_gib"],
-            replace_etag=extras["replace_etag"],
+            estimate_gib=round(plan.estimate.total_gib, 2) if plan.estimate else None,
+            replace_etag=extras.get("replace_etag"),
         )
         job.state.mark_running(item_id, worker.name, worker.tier, new_attempt=new_attempt)
         self.in_flight[worker.actor.render.remote(task.to_dict())] = (worker, job_id, item_id)
@@ -315,7 +314,7 @@ class Engine:
         for lost_job, lost_item in sorted(lost):
             job = self.jobs.get(lost_job)
             if job is not None and job.state.worker_lost(lost_item, message) and not job.state.cancelled:
-                self.queue.push(lost_job, lost_item, job.extras[lost_item]["planned_tier"], front=True)
+                self.queue.push(lost_job, lost_item, job.extras[lost_item]["plan"].tier, front=True)
         self.probing[worker.actor.info.remote()] = worker  # restarted by Ray, or gone for good
         self._finish_finished_jobs()
 
@@ -369,11 +368,7 @@ class Engine:
             if item_plan.rejected:
                 job.state.fail(item_id, "no_fitting_tier", item_plan.rejected)
                 continue
-            job.extras[item_id].update(
-                settings=item_plan.settings.to_dict(),
-                planned_tier=item_plan.tier,
-                degradations=[d.to_dict() for d in item_plan.degradations],
-            )
+            job.extras[item_id] = {"plan": item_plan, **{k: v for k, v in job.extras[item_id].items() if k == "replace_etag"}}
             job.state.mark_planned(item_id, item_plan.tier)
             self.queue.push(job_id, item_id, item_plan.tier)
 

@@ -96,6 +96,10 @@ def service(farm_cache, tiny_model_dir, tmp_path_factory):
         "FARM_STATE_URI": str(tmp_path_factory.mktemp("state")),
         "FARM_DEFAULT_OUTPUT": f"s3://{BUCKET}/api",
         "FARM_API_MAX_BODY_BYTES": str(8 * 1024 * 1024),
+        # Webhooks to the test's own server on 127.0.0.1 (development-only loopback permission).
+        "FARM_URL_ALLOWED_HOSTS": "127.0.0.1",
+        "FARM_URL_ALLOW_LOOPBACK": "true",
+        "FARM_URL_ALLOW_HTTP": "true",
     }
     previous = {name: os.environ.get(name) for name in env}
     os.environ.update(env)  # the Ray cluster started below hands these to every actor
@@ -181,12 +185,21 @@ def test_the_remote_cli_and_plain_curl(service, tmp_path):
     jobs = subprocess.run([sys.executable, "-m", "farm", "jobs"], capture_output=True, text=True, env=env)
     assert job_id in jobs.stdout
     curl = shutil.which("curl")
-    if curl:  # the README's curl line
-        out = subprocess.run(
-            [curl, "-s", "-H", f"Authorization: Bearer {TOKEN}", f"{service.url}/v1/jobs/{job_id}"],
+    if curl:  # the README's curl lines: submit YAML, follow the status, download the video
+        auth = ["-H", f"Authorization: Bearer {TOKEN}"]
+        posted = subprocess.run(
+            [curl, "-s", *auth, "-H", "Content-Type: application/yaml", "--data-binary", f"@{path}", f"{service.url}/v1/jobs"],
             capture_output=True, text=True, check=True,
         )
+        curl_job = json.loads(posted.stdout)["id"]
+        service.wait(curl_job)
+        out = subprocess.run([curl, "-s", *auth, f"{service.url}/v1/jobs/{curl_job}"], capture_output=True, text=True, check=True)
         assert json.loads(out.stdout)["state"] == "succeeded"
+        video = tmp_path / "clip.mp4"
+        subprocess.run(
+            [curl, "-s", "-L", *auth, "-o", str(video), f"{service.url}/v1/jobs/{curl_job}/items/i0/video"], check=True
+        )
+        assert video.read_bytes()[4:8] == b"ftyp"
     bad = subprocess.run([sys.executable, "-m", "farm", "status", job_id], capture_output=True, text=True, env={**env, "FARM_API_TOKEN": "wrong"})
     assert bad.returncode != 0 and "401" in bad.stderr
 
@@ -305,3 +318,36 @@ def test_openapi_fuzz_finds_no_server_errors(service):
     )
     print(result.stdout[-3000:])
     assert result.returncode == 0, result.stdout[-4000:]
+
+
+def test_a_webhook_is_called_once_when_the_job_ends(service):
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    received = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+        job_id = service.submit(manifest("hooked", 1, notify_url=url)).json()["id"]
+        final = service.wait(job_id)
+        deadline = time.time() + 30
+        while not received and time.time() < deadline:
+            time.sleep(0.2)
+        time.sleep(1)
+        assert len(received) == 1, received
+        assert received[0]["id"] == job_id and received[0]["state"] == final["state"] == "succeeded"
+        assert received[0]["counts"]["succeeded"] == 1
+    finally:
+        server.shutdown()
+        server.server_close()
