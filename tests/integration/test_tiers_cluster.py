@@ -29,27 +29,18 @@ def images(tmp_path):
 def test_mixed_manifest_runs_on_the_planned_tiers_and_the_big_tier_steals(tmp_path, gpu_cluster):
     cluster = gpu_cluster("12g", "12g", "24g", "80g")
     images(tmp_path)
-    items = [{"id": f"small-{n}", "image": "a.png", "prompt": "p", "resolution": 256, "frames": 8} for n in range(6)]
-    items += [{"id": f"mid-{n}", "image": "a.png", "prompt": "p", "resolution": 512, "frames": 8} for n in range(2)]
-    items += [
-        # 10.8 GiB: over the 12g budget, and 16g is absent, so 24g.
-        {"id": "long", "image": "a.png", "prompt": "p", "resolution": 512, "frames": 24},
-        # 1024p without guidance (half the activations, cheap on a CPU); decoding 4 frames at 1024x1024
-        # at once makes it 12.0 GiB, so 24g as well.
-        {"id": "large", "image": "a.png", "prompt": "p", "resolution": 1024, "frames": 8, "guidance_scale": 1.0},
-    ]
+    items = [{"id": f"small-{n}", "image": "a.png", "prompt": "p", "resolution": 256, "frames": 8} for n in range(4)]
+    items.append({"id": "mid-0", "image": "a.png", "prompt": "p", "resolution": 512, "frames": 8})
+    # 1024p without guidance (half the activations, cheap on a CPU); decoding 4 frames at 1024x1024
+    # at once makes it 12.0 GiB: over the 12g budget, and 16g is absent, so 24g.
+    items.append({"id": "large", "image": "a.png", "prompt": "p", "resolution": 1024, "frames": 8, "guidance_scale": 1.0})
     spec = load_manifest(write_manifest(tmp_path, items, name="mixed", output=str(tmp_path / "out")))
     state = run_job(spec, RunOptions(address=cluster.address))
     assert state.final_state == "succeeded", state.failures()
 
     record = json.loads((tmp_path / "out" / "mixed" / "job.json").read_text())
     planned = {item_id: entry["planned_tier"] for item_id, entry in record["items"].items()}
-    assert planned == {
-        **{f"small-{n}": "12g" for n in range(6)},
-        **{f"mid-{n}": "12g" for n in range(2)},
-        "long": "24g",
-        "large": "24g",
-    }
+    assert planned == {**{f"small-{n}": "12g" for n in range(4)}, "mid-0": "12g", "large": "24g"}
     assert record["plan"]["cluster"] == {"12g": 2, "24g": 1, "80g": 1}
     rank = {"12g": 0, "24g": 1, "80g": 2}
     ran_on = {}
@@ -61,9 +52,9 @@ def test_mixed_manifest_runs_on_the_planned_tiers_and_the_big_tier_steals(tmp_pa
         assert tier["simulated"] and tier["budget_gib"] is not None
         assert not sidecar["degradations"]
         ran_on[item_id] = tier["ran_on"]
-    assert len(ran_on) == 10
+    assert len(ran_on) == 6
     assert any(t == "80g" for t in ran_on.values()), "the idle 80g worker took small items"
-    assert ran_on["long"] in ("24g", "80g") and ran_on["large"] in ("24g", "80g")
+    assert ran_on["large"] in ("24g", "80g")
 
 
 def test_without_an_80g_node_big_items_finish_degraded_or_fail_with_never(tmp_path, gpu_cluster):
