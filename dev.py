@@ -90,6 +90,21 @@ def ensure_project() -> None:
     stamp.write_text(digest)
 
 
+def ensure_prometheus() -> None:
+    """The metrics tests run a real Prometheus (Debian's package); install it when missing."""
+    if shutil.which("prometheus") and shutil.which("promtool"):
+        return
+    apt = shutil.which("apt-get")
+    if not apt or os.geteuid() != 0:
+        log("prometheus is not installed and cannot be installed here; its tests will be skipped")
+        return
+    log("installing Debian's prometheus package for the metrics tests")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    if subprocess.run([apt, "install", "-y", "-q", "--no-install-recommends", "prometheus"], env=env).returncode != 0:
+        subprocess.run([apt, "update", "-q"], env=env)
+        subprocess.run([apt, "install", "-y", "-q", "--no-install-recommends", "prometheus"], env=env)
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] not in ("demo", "test", "setup"):
         print(__doc__)
@@ -105,6 +120,7 @@ def main(argv: list[str]) -> int:
     os.chdir(ROOT)
     if command == "demo":
         return subprocess.call([str(BIN / "farm"), "demo", *rest])
+    ensure_prometheus()
     return subprocess.call([str(PYTHON), "-m", "pytest", *rest])
 
 

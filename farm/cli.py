@@ -328,11 +328,24 @@ def _execute(spec, args: argparse.Namespace, manifest: Path | None = None) -> in
         manifest=(manifest.name, manifest.read_bytes()) if manifest else None,
         reporter=ConsoleReporter(),
     )
+    metrics_server = None
+    if getattr(args, "metrics_port", None):
+        from farm.metrics import FarmMetrics
+
+        options.metrics = FarmMetrics()
+        metrics_server = options.metrics.serve(args.metrics_port, args.metrics_host)
+        print(f"metrics on http://{args.metrics_host}:{args.metrics_port}/metrics", file=sys.stderr)
     try:
         state = run_job(spec, options)
     except FarmError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_CANNOT_RUN
+    finally:
+        if metrics_server is not None:
+            import time
+
+            time.sleep(args.metrics_linger)  # let Prometheus scrape the final figures
+            metrics_server.shutdown()
     print_summary(state, open_store(spec.output).location(job_record_key(spec.name)))
     counts = state.counts()
     return EXIT_OK if counts["failed"] == 0 else EXIT_FAILED_ITEMS
@@ -447,6 +460,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--name", help="job name (default: the manifest's `name`, else its file name)")
     run.add_argument("--skip-invalid", action="store_true", help="run the valid items, report invalid ones as failed")
     run.add_argument("--force", action="store_true", help="render even items whose identical result is committed")
+    run.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port while the job runs")
+    run.add_argument("--metrics-host", default="127.0.0.1", help="address for --metrics-port (default 127.0.0.1)")
+    run.add_argument("--metrics-linger", type=float, default=0.0, help="keep serving metrics this many seconds after the job")
     add_cluster_flags(run)
     _add_param_flags(run)
     run.set_defaults(func=cmd_run)

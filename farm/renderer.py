@@ -238,6 +238,12 @@ class ItemRenderer:
             model=task.model,
             model_config_sha256=self.adapter.config_sha256,
         )
+        if self.simulated is not None:  # the simulated card's peak, not the CPU process's
+            width, height = settings.size
+            generation.peak_memory_bytes = self.simulated.peak_bytes(
+                width, height, settings.frames, settings.savers, params.guidance_scale > 1
+            )
+            generation.memory_kind = "simulated_card_estimate"
         sidecar = self._sidecar(
             task, image, source.fingerprint, digest, generation, settings, degradations, ooms, timings, warnings, sizes
         )
@@ -250,6 +256,7 @@ class ItemRenderer:
             settings=settings.to_dict(),
             timings={k: round(v, 4) for k, v in timings.items()},
             peak_memory_bytes=generation.peak_memory_bytes,
+            memory_kind=generation.memory_kind,
             frames=int(generation.frames.shape[0]),
         )
         return Produced(task, scratch, files, sidecar, outcome, started)

@@ -126,6 +126,7 @@ class ItemOutcome:
     ooms: list[dict[str, Any]] = field(default_factory=list)
     frames: int | None = None
     upload_bytes: int | None = None
+    memory_kind: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -76,6 +76,12 @@ class SimulatedCard:
         if self.card.budget_bytes is not None and weights > self.card.budget_bytes:
             self._raise("loading the model", weights)
 
+    def peak_bytes(self, width: int, height: int, frames: int, savers, guidance: bool) -> int:
+        """What the simulated card's allocator would have peaked at for this render."""
+        return estimate_vram(
+            self.profile, width, height, frames, dtype_bytes=self.dtype_bytes, savers=savers, guidance=guidance
+        ).total_bytes
+
     def check_render(self, width: int, height: int, frames: int, savers, guidance: bool) -> None:
         estimate = estimate_vram(
             self.profile, width, height, frames, dtype_bytes=self.dtype_bytes, savers=savers, guidance=guidance
@@ -133,3 +139,19 @@ def release_memory(device: str) -> None:
         import torch
 
         torch.cuda.empty_cache()
+
+
+def device_memory(adapter, card: CardInfo | None) -> dict:
+    """{"used", "total"} bytes for a worker: its CUDA device, its simulated card (the resident
+    fp16 weights), or, on a CPU worker, the process's resident memory and the host's RAM."""
+    if adapter is not None and adapter.device.startswith("cuda"):
+        import torch
+
+        device = torch.device(adapter.device)
+        return {"used": int(torch.cuda.memory_allocated(device)), "total": card.card_bytes if card else None}
+    if card is not None and card.simulated and adapter is not None:
+        profile = adapter.profile
+        return {"used": profile.total_params * 2 + profile.overhead_bytes, "total": card.card_bytes}
+    with open("/proc/self/statm") as handle:
+        rss = int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    return {"used": rss, "total": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")}

@@ -89,8 +89,12 @@ class Coordinator:
         self.started_at = time.time()
         import ray
 
+        from farm.metrics import FarmMetrics
+
+        self.metrics = FarmMetrics()
+        self.metrics.tier_budgets({t.name: t.budget_bytes for t in self.table.tiers})
         self.workers = start_workers(self.config.model, ray.cluster_resources(), self.table, faults=self.config.faults)
-        self.engine = Engine(self.workers, self.table)
+        self.engine = Engine(self.workers, self.table, self.metrics)
         self._reload()
         threading.Thread(target=self._admit_loop, name="farm-admission", daemon=True).start()
         threading.Thread(target=self._dispatch_loop, name="farm-dispatch", daemon=True).start()
@@ -238,6 +242,19 @@ class Coordinator:
     def ping(self) -> bool:
         return True
 
+    def metrics_text(self) -> bytes:
+        """Prometheus text format of every farm series (served by the API at /metrics)."""
+        self._publish_jobs()
+        self.engine.publish()
+        return self.metrics.text()
+
+    def _publish_jobs(self) -> None:
+        with self.lock:
+            counts: dict[str, int] = {}
+            for entry in self.entries.values():
+                counts[entry["state"]] = counts.get(entry["state"], 0) + 1
+        self.metrics.job_states(counts)
+
     def memory_bytes(self) -> int:
         """This process's resident memory now (for capacity measurements)."""
         with open("/proc/self/statm") as handle:
@@ -301,6 +318,7 @@ class Coordinator:
                     self.engine.step(0.5)
                 else:
                     time.sleep(0.2)
+                self._publish_jobs()
             except Exception:  # keep dispatching; a broken step must not stop the farm
                 log.exception("dispatch step failed")
                 time.sleep(1.0)

@@ -143,9 +143,10 @@ def count_tiers(workers: list[Worker]) -> dict[str, int]:
 
 
 class Engine:
-    def __init__(self, workers: list[Worker], table: TierTable):
+    def __init__(self, workers: list[Worker], table: TierTable, metrics=None):
         self.workers = list(workers)
         self.table = table
+        self.metrics = metrics  # a farm.metrics.FarmMetrics, or None
         counts = count_tiers(self.workers)
         tiers = [CPU_TIER] if set(counts) == {CPU_TIER} else table.ordered(counts)
         self.queue = JobQueue(tiers, counts)
@@ -201,8 +202,11 @@ class Engine:
             if job is None:
                 return False
             job.state.cancelled = True
-            for item_id in self.queue.remove_job(job_id):
+            dropped = self.queue.remove_job(job_id)
+            for item_id in dropped:
                 job.state.mark_cancelled(item_id)
+            if self.metrics is not None and dropped:
+                self.metrics.items.labels("cancelled", "none", job.state.spec.model).inc(len(dropped))
             self._finish_if_done(job)
             return True
 
@@ -235,6 +239,29 @@ class Engine:
             for job in list(self.jobs.values()):
                 if job.recorder is not None:
                     job.recorder.write()
+            self.publish()
+
+    def publish(self) -> None:
+        """Queue, in-flight and worker gauges (the counters are updated as outcomes arrive)."""
+        if self.metrics is None:
+            return
+        with self.lock:
+            in_flight: dict[str, int] = {}
+            for worker, _job, item in self.in_flight.values():
+                if item is not None:
+                    in_flight[worker.tier] = in_flight.get(worker.tier, 0) + 1
+            for worker in self.workers:
+                uploads = len(self.uploading.get(worker.name, ()))
+                if uploads:
+                    in_flight[worker.tier] = in_flight.get(worker.tier, 0) + uploads
+            busy = {w.name for w, _, _ in self.in_flight.values()}
+            states: dict[tuple[str, str], int] = {}
+            for worker in self.workers:
+                key = (worker.tier, "busy" if worker.name in busy else "idle")
+                states[key] = states.get(key, 0) + 1
+            for worker in self.probing.values():
+                states[(worker.tier, "lost")] = states.get((worker.tier, "lost"), 0) + 1
+            self.metrics.engine_state(queued=self.queue.queued_by_tier(), in_flight=in_flight, workers=states)
 
     def _fill(self) -> None:
         # Smallest tiers choose first, so big workers only steal what small ones cannot take now.
@@ -284,6 +311,9 @@ class Engine:
                 failure = ItemOutcome.failure(item_id, "render_error", str(exc).splitlines()[-1], job_id=job_id)
                 reply["outcomes"].append(failure.to_dict())
         self.uploading[worker.name] = {tuple(pending) for pending in reply["pending"]}
+        memory = reply.get("memory")
+        if memory and self.metrics is not None:
+            self.metrics.worker_memory(worker.name, worker.tier, memory.get("used"), memory.get("total"))
         escalated = None
         for data in reply["outcomes"]:
             outcome = ItemOutcome.from_dict(data)
@@ -303,6 +333,8 @@ class Engine:
             return
         job.state.record(outcome)
         job.reporter.item_finished(job.state, outcome.item_id, outcome)
+        if self.metrics is not None:
+            self.metrics.outcome(outcome, job.state.spec.model)
 
     def _worker_died(self, worker: Worker, job_id: str | None, item_id: str | None, reason: str) -> None:
         """Requeue what the worker held: the item it was rendering and its unfinished uploads."""

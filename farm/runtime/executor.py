@@ -47,6 +47,7 @@ class RunOptions:
     tiers: TierTable | None = None
     force: bool = False  # render items even when an identical result is committed
     manifest: tuple[str, bytes] | None = None  # (file name, bytes) of the manifest as submitted
+    metrics: object | None = None  # a farm.metrics.FarmMetrics to update while the job runs
     reporter: ProgressReporter = field(default_factory=NullReporter)
 
 
@@ -139,6 +140,8 @@ def prepare_job(
     decision = scan_committed(store, spec, model_config_sha256=engine.model_config_sha256, force=force)
     for item_id, why in decision.skip.items():
         job.state.mark_skipped(item_id, why)
+    if engine.metrics is not None and decision.skip:
+        engine.metrics.items.labels("skipped", "none", spec.model).inc(len(decision.skip))
     todo = replace(spec, items=[i for i in spec.items if i.id not in decision.skip], rejected=[])
     plan = plan_job(todo, engine.shape, engine.table)
     job.state.workers = engine.worker_infos()
@@ -168,7 +171,10 @@ def run_job(spec: JobSpec, options: RunOptions | None = None) -> JobState:
                 cpu_workers=options.workers, cpu_threads=options.cpu_threads, faults=options.faults,
             )
             try:
-                engine = Engine(workers, table)
+                engine = Engine(workers, table, options.metrics)
+                if options.metrics is not None:
+                    options.metrics.tier_budgets({t.name: t.budget_bytes for t in table.tiers})
+                    options.metrics.job_states({"running": 1})
                 job = ActiveJob(id=spec.name, state=state, recorder=recorder, reporter=options.reporter)
                 plan, decision = prepare_job(engine, job, store, force=options.force)
                 options.reporter.started(state, [w.info for w in workers])
@@ -176,10 +182,13 @@ def run_job(spec: JobSpec, options: RunOptions | None = None) -> JobState:
                     recorder.write(force=True)
                 engine.admit(job, plan, decision.replace)
                 engine.run_until_done()
+                engine.publish()
             finally:
                 stop_workers(workers)
         clear_staging(store, spec.name)
         state.finish()
+        if options.metrics is not None:
+            options.metrics.job_states({state.final_state: 1})
     finally:
         # A re-run that found everything committed changes no object, job record included.
         unchanged = had_record and not state.worked and not spec.rejected

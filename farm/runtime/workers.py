@@ -105,14 +105,22 @@ class RenderWorkerImpl:
         else:
             self.commits.submit(produced)  # blocks while the upload queue is full
         outcomes += self.commits.finished()
-        return {"outcomes": [o.to_dict() for o in outcomes], "pending": self.commits.pending()}
+        return self._reply(outcomes)
 
     def flush(self) -> dict:
         """Wait for this worker's uploads; same shape as `render`."""
         if self.renderer is None:
             return {"outcomes": [], "pending": []}
-        outcomes = self.commits.flush()
-        return {"outcomes": [o.to_dict() for o in outcomes], "pending": self.commits.pending()}
+        return self._reply(self.commits.flush())
+
+    def _reply(self, outcomes) -> dict:
+        return {"outcomes": [o.to_dict() for o in outcomes], "pending": self.commits.pending(), "memory": self.memory()}
+
+    def memory(self) -> dict:
+        """Device memory in use and in total: CUDA's figures, the simulated card's, or the host's."""
+        from farm.models.memory import device_memory
+
+        return device_memory(self.adapter, self.card)
 
 
 # max_restarts: a worker process that dies (segfault, host OOM killer) comes back and reloads.

@@ -338,10 +338,11 @@ def create_app(client: CoordinatorClient | None = None, settings: ApiSettings | 
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics():
-        """Prometheus text format."""
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+        """Prometheus text format: the farm's series, counted by the coordinator."""
+        from prometheus_client import CONTENT_TYPE_LATEST
 
-        return PlainTextResponse(generate_latest().decode(), media_type=CONTENT_TYPE_LATEST)
+        text = await client.call("metrics_text")
+        return PlainTextResponse(text.decode(), media_type=CONTENT_TYPE_LATEST)
 
     return app
 

@@ -1,0 +1,115 @@
+"""Prometheus metrics of the farm (prometheus-client), counted in one place: the engine's process.
+
+Every figure comes from what the engine itself sees: item outcomes (each processed exactly once,
+so a restarted worker can never count an item twice), its queues, its workers' replies (which
+carry each worker's memory), and its jobs. Workers keep no counters of their own. Labels have
+few values (tier, model, outcome, reason, resolution, step, state, worker); never a job or item
+id. Meaning, labels and units of every series: docs/metrics.md.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
+from prometheus_client.exposition import start_http_server
+
+disable_created_metrics()  # no `*_created` series: they only add cardinality here
+
+GIB = 1024**3
+RENDER_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600)
+MEMORY_BUCKETS = tuple(gib * GIB for gib in (1, 2, 4, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64, 80))
+UPLOAD_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+JOB_STATES = ("queued", "running", "succeeded", "partial", "failed", "cancelled")
+WORKER_STATES = ("idle", "busy", "lost")
+
+
+class FarmMetrics:
+    """The farm's series, in a registry of their own (so tests and processes do not collide)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None):
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.items = Counter("farm_items", "Items that reached a final state", ["outcome", "tier", "model"], registry=r)
+        self.failures = Counter("farm_item_failures", "Failed items by reason", ["reason", "tier"], registry=r)
+        self.frames = Counter("farm_frames_rendered", "Video frames rendered", ["tier", "model"], registry=r)
+        self.render_seconds = Histogram(
+            "farm_render_seconds", "Wall time of one rendered item (read to committed)",
+            ["tier", "model", "resolution"], buckets=RENDER_BUCKETS, registry=r,
+        )
+        self.queue = Gauge("farm_queue_items", "Items waiting, by the tier they are planned for", ["tier"], registry=r)
+        self.in_flight = Gauge("farm_items_in_flight", "Items being rendered or uploaded", ["tier"], registry=r)
+        self.memory_peak = Histogram(
+            "farm_gpu_memory_peak_bytes", "Peak device memory of one render", ["tier"], buckets=MEMORY_BUCKETS, registry=r,
+        )
+        self.memory_used = Gauge("farm_gpu_memory_used_bytes", "Device memory in use by a worker", ["worker", "tier"], registry=r)
+        self.memory_total = Gauge("farm_gpu_memory_total_bytes", "Device memory of a worker's card", ["worker", "tier"], registry=r)
+        self.memory_budget = Gauge("farm_tier_budget_bytes", "Usable memory budget of a tier", ["tier"], registry=r)
+        self.ooms = Counter("farm_oom", "Out-of-memory errors during renders", ["tier", "resolution"], registry=r)
+        self.degradations = Counter("farm_degradations", "Degrade-ladder steps taken", ["step"], registry=r)
+        self.upload_bytes = Counter("farm_storage_upload_bytes", "Bytes of results uploaded", registry=r)
+        self.upload_seconds = Histogram(
+            "farm_storage_upload_seconds", "Time to upload and commit one item's results", buckets=UPLOAD_BUCKETS, registry=r,
+        )
+        self.workers = Gauge("farm_workers", "Render workers by tier and state", ["tier", "state"], registry=r)
+        self.jobs = Gauge("farm_jobs", "Jobs by state", ["state"], registry=r)
+        self._lock = threading.Lock()
+
+    # --- from the engine ------------------------------------------------------------------------
+
+    def outcome(self, outcome, model: str) -> None:
+        """One final item outcome (succeeded, failed, skipped); called exactly once per item."""
+        tier = outcome.tier or "none"
+        self.items.labels(outcome.status, tier, model).inc()
+        if outcome.status == "failed":
+            self.failures.labels(outcome.reason or "unknown", tier).inc()
+        for oom in outcome.ooms:
+            self.ooms.labels(oom.get("tier") or tier, str(oom.get("resolution"))).inc()
+        for step in outcome.degradations:
+            self.degradations.labels(step.get("step", "unknown")).inc()
+        if outcome.status != "succeeded":
+            return
+        resolution = str((outcome.settings or {}).get("resolution", "unknown"))
+        self.frames.labels(tier, model).inc(outcome.frames or 0)
+        self.render_seconds.labels(tier, model, resolution).observe(outcome.seconds)
+        if outcome.peak_memory_bytes:
+            self.memory_peak.labels(tier).observe(outcome.peak_memory_bytes)
+        if outcome.upload_bytes:
+            self.upload_bytes.inc(outcome.upload_bytes)
+        upload = (outcome.timings or {}).get("upload")
+        if upload is not None:
+            self.upload_seconds.observe(upload)
+
+    def engine_state(self, *, queued: dict[str, int], in_flight: dict[str, int], workers: dict[tuple[str, str], int]) -> None:
+        for tier, count in queued.items():
+            self.queue.labels(tier).set(count)
+        for tier in set(queued) | set(in_flight):
+            self.in_flight.labels(tier).set(in_flight.get(tier, 0))
+        tiers = {tier for tier, _ in workers}
+        for tier in tiers:
+            for state in WORKER_STATES:
+                self.workers.labels(tier, state).set(workers.get((tier, state), 0))
+
+    def worker_memory(self, worker: str, tier: str, used: int | None, total: int | None) -> None:
+        if used is not None:
+            self.memory_used.labels(worker, tier).set(used)
+        if total is not None:
+            self.memory_total.labels(worker, tier).set(total)
+
+    def tier_budgets(self, budgets: dict[str, int]) -> None:
+        for tier, budget in budgets.items():
+            self.memory_budget.labels(tier).set(budget)
+
+    def job_states(self, counts: dict[str, int]) -> None:
+        for state in JOB_STATES:
+            self.jobs.labels(state).set(counts.get(state, 0))
+
+    # --- exposure -------------------------------------------------------------------------------
+
+    def text(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def serve(self, port: int, host: str = "127.0.0.1"):
+        """Expose /metrics on host:port (a thread); returns the server (shut it down when done)."""
+        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        return server
