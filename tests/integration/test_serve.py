@@ -170,6 +170,10 @@ def test_submit_follow_events_and_fetch_the_video(service):
     assert data[4:8] == b"ftyp"
     missing = service.session.get(f"{service.url}/v1/jobs/{accepted['id']}/items/nope/video", timeout=30)
     assert missing.status_code == 404
+    metrics = requests.get(f"{service.url}/metrics", timeout=30).text  # the coordinator's series
+    succeeded = [line for line in metrics.splitlines() if line.startswith("farm_items_total{") and 'outcome="succeeded"' in line]
+    assert succeeded and sum(float(line.rsplit(" ", 1)[1]) for line in succeeded) >= 2
+    assert 'farm_jobs{state="succeeded"}' in metrics and "farm_render_seconds_bucket" in metrics
 
 
 def test_the_remote_cli_and_plain_curl(service, tmp_path):
