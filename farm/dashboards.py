@@ -172,12 +172,19 @@ def queries(dashboard: dict) -> list[tuple[str, str]]:
     return [(panel["title"], target["expr"]) for panel in dashboard["panels"] for target in panel["targets"]]
 
 
+ROOT = Path(__file__).resolve().parent.parent
+# dashboards/ for Grafana provisioning; a copy next to the Kubernetes monitoring component
+# (kustomize only reads files below a kustomization's own folder).
+OUTPUTS = (ROOT / "dashboards", ROOT / "k8s" / "components" / "monitoring" / "dashboards")
+
+
 def main(argv: list[str]) -> int:
-    folder = Path(argv[0]) if argv else Path(__file__).resolve().parent.parent / "dashboards"
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in DASHBOARDS:
-        (folder / name).write_text(render(name))
-        print(f"wrote {folder / name}")
+    folders = [Path(argv[0])] if argv else list(OUTPUTS)
+    for folder in folders:
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in DASHBOARDS:
+            (folder / name).write_text(render(name))
+            print(f"wrote {folder / name}")
     return 0
 
 
