@@ -68,7 +68,7 @@ def test_a_job_with_good_and_bad_items_in_process(tmp_path, ray_cluster):
 
 def test_two_workers_share_a_job(tmp_path, ray_cluster):
     (tmp_path / "a.png").write_bytes(encode(pattern(256, 256), "PNG"))
-    items = [{"id": f"i{n}", "image": "a.png", "prompt": f"p{n}"} for n in range(6)]
+    items = [{"id": f"i{n}", "image": "a.png", "prompt": f"p{n}"} for n in range(4)]
     spec = load_manifest(write_manifest(tmp_path, items, name="pair", output=str(tmp_path / "out")))
     state = run_job(spec, RunOptions(workers=2, cpu_threads=1))
     assert state.final_state == "succeeded"
