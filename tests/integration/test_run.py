@@ -204,3 +204,4 @@ def test_a_rerun_to_a_local_folder_renders_nothing_and_touches_nothing(tmp_path,
     assert {p.name: (p.stat().st_mtime_ns, p.stat().st_size) for p in folder.iterdir()} == before
     (tmp_path / "a.png").write_bytes(encode(pattern(256, 250), "PNG"))  # the image changes: both redo
     assert run_job(spec, RunOptions()).counts()["succeeded"] == 2
+    assert run_job(spec, RunOptions(force=True)).counts()["succeeded"] == 2  # --force renders all again
