@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+import boto3  # noqa: E402
+import requests  # noqa: E402
+
+from helpers import encode, pattern  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -93,3 +99,125 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update(extra)
     return env
+
+
+# --- the HTTP service, for tests/integration/test_serve.py and tests/chaos -------------------
+
+TOKEN = "test-token-0123456789"
+BUCKET = "renders"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Service:
+    def __init__(self, url: str, s3_endpoint: str, cluster_address: str):
+        self.url = url
+        self.s3_endpoint = s3_endpoint
+        self.address = cluster_address
+        self.session = requests.Session()
+        self.session.headers["Authorization"] = f"Bearer {TOKEN}"
+
+    def s3(self):
+        return boto3.client("s3", endpoint_url=self.s3_endpoint, region_name="us-east-1")
+
+    def submit(self, document: dict, **kwargs) -> requests.Response:
+        return self.session.post(f"{self.url}/v1/jobs", json=document, timeout=60, **kwargs)
+
+    def status(self, job_id: str) -> dict:
+        for _ in range(120):  # 503 while a restarted coordinator comes back
+            response = self.session.get(f"{self.url}/v1/jobs/{job_id}", timeout=30)
+            if response.status_code == 200:
+                return response.json()
+            time.sleep(1)
+        raise AssertionError(response.text)
+
+    def wait(self, job_id: str, timeout: float = 300) -> dict:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            status = self.status(job_id)
+            if status["state"] in ("succeeded", "partial", "failed", "cancelled"):
+                return status
+            time.sleep(1)
+        raise AssertionError(f"job {job_id} did not finish: {status}")
+
+    def sidecars(self, prefix: str) -> dict:
+        pages = self.s3().get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+        return {
+            e["Key"]: e["ETag"] for page in pages for e in page.get("Contents", [])
+            if e["Key"].endswith(".json") and e["Key"].rsplit("/", 1)[-1] not in ("job.json", "spec.json", "manifest.json")
+        }
+
+
+@pytest.fixture(scope="module")
+def service(farm_cache, tiny_model_dir, tmp_path_factory):
+    """moto S3, an embedded Ray cluster, the coordinator and the Serve app on 127.0.0.1."""
+    import ray
+    from moto.server import ThreadedMotoServer
+    from ray import serve
+
+    from farm.runtime.cluster import RayCluster
+    from farm.runtime.coordinator import coordinator_handle
+    from farm.serve.app import build_app
+
+    import logging
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's request log
+    s3_port, http_port = free_port(), free_port()
+    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=s3_port, verbose=False)
+    moto.start()
+    s3_endpoint = f"http://127.0.0.1:{s3_port}"
+    env = {
+        "FARM_S3_ENDPOINT_URL": s3_endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "FARM_API_TOKEN": TOKEN,
+        "FARM_MODEL": "tiny",
+        "FARM_STATE_URI": str(tmp_path_factory.mktemp("state")),
+        "FARM_DEFAULT_OUTPUT": f"s3://{BUCKET}/api",
+        "FARM_API_MAX_BODY_BYTES": str(8 * 1024 * 1024),
+        # Webhooks to the test's own server on 127.0.0.1 (development-only loopback permission).
+        "FARM_URL_ALLOWED_HOSTS": "127.0.0.1",
+        "FARM_URL_ALLOW_LOOPBACK": "true",
+        "FARM_URL_ALLOW_HTTP": "true",
+    }
+    previous = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)  # the Ray cluster started below hands these to every actor
+    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    client.create_bucket(Bucket=BUCKET)
+    client.create_bucket(Bucket="inputs")
+    for n in range(3):
+        client.put_object(Bucket="inputs", Key=f"img{n}.png", Body=encode(pattern(300 + 40 * n, 240), "PNG"))
+    if ray.is_initialized():
+        ray.shutdown()
+    with RayCluster(num_cpus=2) as cluster:
+        coordinator = coordinator_handle({"model": "tiny"})
+        ray.get(coordinator.health.remote(), timeout=300)
+        serve.start(http_options={"host": "127.0.0.1", "port": http_port})
+        serve.run(build_app(), name="farm", route_prefix="/", blocking=False)
+        url = f"http://127.0.0.1:{http_port}"
+        for _ in range(60):
+            try:
+                if requests.get(f"{url}/healthz", timeout=5).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            time.sleep(1)
+        yield Service(url, s3_endpoint, ray.get_runtime_context().gcs_address)
+        serve.shutdown()
+        ray.kill(coordinator, no_restart=True)
+        del cluster
+    moto.stop()
+    for name, value in previous.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -33,6 +34,9 @@ from farm.core.tiers import CPU_TIER, ClusterShape, TierTable, tiers_in_resource
 from farm.core.vram import profile_for_model
 
 log = logging.getLogger(__name__)
+
+# How long a dead worker may take to come back (Ray restarts it and it reloads the model).
+PROBE_TIMEOUT_S = float(os.environ.get("FARM_WORKER_RESTART_TIMEOUT_S", "180"))
 
 
 class NullReporter:
@@ -155,6 +159,7 @@ class Engine:
         self.in_flight: dict[Any, tuple[Worker, str | None, str | None]] = {}  # ref -> (worker, job, item)
         self.uploading: dict[str, set[tuple[str, str]]] = {w.name: set() for w in workers}
         self.probing: dict[Any, Worker] = {}
+        self.probe_started: dict[Any, float] = {}
         self.lock = threading.RLock()
 
     # --- views ------------------------------------------------------------------------------
@@ -231,6 +236,9 @@ class Engine:
             refs = list(self.in_flight) + list(self.probing)
         ready, _ = ray.wait(refs, num_returns=1, timeout=timeout)
         with self.lock:
+            # A worker whose node is gone may wait forever for resources to restart on: give up.
+            now = time.monotonic()
+            ready += [ref for ref in self.probing if ref not in ready and now - self.probe_started[ref] > PROBE_TIMEOUT_S]
             for ref in ready:
                 if ref in self.probing:
                     self._probed(ref)
@@ -347,7 +355,9 @@ class Engine:
             job = self.jobs.get(lost_job)
             if job is not None and job.state.worker_lost(lost_item, message) and not job.state.cancelled:
                 self.queue.push(lost_job, lost_item, job.extras[lost_item]["plan"].tier, front=True)
-        self.probing[worker.actor.info.remote()] = worker  # restarted by Ray, or gone for good
+        probe = worker.actor.info.remote()  # restarted by Ray, or gone for good
+        self.probing[probe] = worker
+        self.probe_started[probe] = time.monotonic()
         self._finish_finished_jobs()
 
     def _escalate(self, worker: Worker, outcome: ItemOutcome) -> None:
@@ -370,15 +380,20 @@ class Engine:
         import ray
 
         worker = self.probing.pop(ref)
+        self.probe_started.pop(ref, None)
         try:
-            info = ray.get(ref)
-        except Exception:
+            info = ray.get(ref, timeout=0.1)
+        except Exception:  # dead, or not back within PROBE_TIMEOUT_S
             info = {"ok": False}
         if info.get("ok"):
             worker.info = info
             self.idle.append(worker)
             return
         log.warning("worker %s is gone", worker.name)
+        try:
+            ray.kill(worker.actor, no_restart=True)  # stop Ray from restarting it somewhere later
+        except Exception:
+            pass
         self.workers.remove(worker)
         self.uploading.pop(worker.name, None)
         orphans = self.queue.worker_gone(worker.tier)
