@@ -18,10 +18,9 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import boto3  # noqa: E402
-import requests  # noqa: E402
-
-from helpers import encode, pattern  # noqa: E402
+import boto3
+import requests
+from helpers import encode, pattern
 
 
 @pytest.fixture(scope="session")
@@ -157,6 +156,8 @@ class Service:
 @pytest.fixture(scope="module")
 def service(farm_cache, tiny_model_dir, tmp_path_factory):
     """moto S3, an embedded Ray cluster, the coordinator and the Serve app on 127.0.0.1."""
+    import logging
+
     import ray
     from moto.server import ThreadedMotoServer
     from ray import serve
@@ -164,8 +165,6 @@ def service(farm_cache, tiny_model_dir, tmp_path_factory):
     from farm.runtime.cluster import RayCluster
     from farm.runtime.coordinator import coordinator_handle
     from farm.serve.app import build_app
-
-    import logging
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's request log
     s3_port, http_port = free_port(), free_port()
@@ -221,3 +220,18 @@ def service(farm_cache, tiny_model_dir, tmp_path_factory):
             os.environ[name] = value
 
 
+
+
+@pytest.fixture
+def chaos_report():
+    """tests/chaos: record a scenario's audit (asserts 0 lost, 0 duplicated) for the summary table."""
+    import chaoskit  # tests/chaos is on sys.path once one of its modules is imported
+
+    return chaoskit.record
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The fault-injection table, when tests/chaos ran (see tests/chaos/chaoskit.py)."""
+    chaoskit = sys.modules.get("chaoskit")
+    if chaoskit is not None:
+        chaoskit.print_report(terminalreporter)

@@ -53,7 +53,7 @@ ITEM_HELP = {
     "version": f"the number {MANIFEST_VERSION}",
     "name": "the job's name, used as the output folder",
     "model": "a Hugging Face id, a local diffusers folder, or `tiny`",
-    "output": "a local folder for the results",
+    "output": "where results go: a local folder (relative to the manifest) or s3://BUCKET/PREFIX",
     "defaults": "a mapping of parameters applied to every item",
     "items": "a list of items, each with at least `image` and `prompt`",
     "degrade_order": "a list ordering memory_savers, bigger_tier, resolution, frames (each at most once)",
@@ -648,6 +648,9 @@ def _absolute(value: str, base_dir: Path | None) -> str:
 
 
 def _resolve_local(value: str, base_dir: Path) -> str:
+    """A relative local path is relative to the manifest; URIs (s3://...) are kept as written."""
+    if "://" in value:
+        return value
     path = Path(value).expanduser()
     return str(path if path.is_absolute() else base_dir / path)
 

@@ -47,6 +47,11 @@ def test_yaml_manifest_resolves_paths_defaults_and_ids():
     assert dog.requested == {"frames": 24, "aspect": "16:9"}
 
 
+def test_an_s3_output_in_the_manifest_is_kept_as_written():
+    assert parse({**BASIC, "output": "s3://renders/spring"}).output == "s3://renders/spring"
+    assert parse({**BASIC, "output": "out/./x"}).output == "/data/manifests/out/x"
+
+
 def test_json_manifest_is_equivalent():
     assert [i.id for i in parse(BASIC, "json").items] == [i.id for i in parse(BASIC).items]
 
