@@ -13,6 +13,9 @@ import json
 import re
 
 MAX_ID_LENGTH = 100
+# A job's own files live beside its items' (JOB/job.json, JOB/spec.json, JOB/manifest.json), so
+# these names cannot be item ids. Derived ids always end in a hash and never collide.
+RESERVED_ITEM_IDS = ("job", "spec", "manifest")
 _HASH_CHARS = 8
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _SAFE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")

@@ -24,7 +24,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
 from farm.core.errors import ManifestError, ManifestIssue
-from farm.core.ids import derive_item_id, derive_seed, sanitize_id
+from farm.core.ids import RESERVED_ITEM_IDS, derive_item_id, derive_seed, sanitize_id
 from farm.core.ladder import DEFAULT_ORDER
 from farm.core.params import FIELD_HELP, PARAM_FIELDS, ParamOverrides, RenderParams, resolve_params
 
@@ -560,7 +560,15 @@ def _validate_items(
         if params is None:
             params = params_cache[cache_key] = resolve_params(defaults, cli_params, spec)
         item_id = sanitize_id(spec.id) if spec.id is not None else derive_item_id(spec.image, spec.prompt, requested)
-        if item_id in first_index_of:
+        if item_id in RESERVED_ITEM_IDS:
+            issues.append(
+                ManifestIssue(
+                    f"id {item_id!r} is reserved for the job's own files ({item_id}.json); choose another id",
+                    field="id",
+                    value=spec.id,
+                )
+            )
+        elif item_id in first_index_of:
             first = first_index_of[item_id]
             what = "id" if spec.id is not None else "image, prompt and parameters (so the same derived id)"
             issues.append(

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from typing import Iterator, Protocol
 
 CONTENT_TYPES = {"video": "video/mp4", "thumbnail": "image/jpeg", "sidecar": "application/json"}
-JOB_FILES = ("job.json", "spec.json")
+JOB_FILES = ("job.json", "spec.json", "manifest.json")
+
 STAGING = ".staging"
 
 

@@ -109,6 +109,14 @@ def test_duplicate_ids_after_sanitizing_are_errors():
     assert len(issues) == 1 and issues[0].item_index == 1
 
 
+@pytest.mark.parametrize("reserved", ["job", "spec", "manifest"])
+def test_ids_of_the_job_files_are_reserved(reserved):
+    items = [{"id": reserved, "image": "x.png", "prompt": "p"}, {"id": "fine", "image": "y.png", "prompt": "p"}]
+    issues = errors_of({"version": 1, "items": items})
+    assert len(issues) == 1 and issues[0].item_index == 0 and issues[0].field == "id"
+    assert f"{reserved!r} is reserved" in issues[0].message and "choose another id" in issues[0].message
+
+
 def test_identical_items_without_ids_are_duplicates():
     items = [{"image": "x.png", "prompt": "p"}, {"image": "x.png", "prompt": "p"}]
     issues = errors_of({"version": 1, "items": items})
