@@ -1,0 +1,217 @@
+"""BENCHMARK ONLY: a render worker that does not render. It sleeps, then commits a canned clip.
+
+`SleepRenderWorker` is a Ray actor with the interface farm's engine expects from
+`farm.runtime.workers.RenderWorker` (`info`, `render`, `flush`, with the same reply shapes), used
+by `benchmarks/scale.py` to measure farm's scheduling on dozens of simulated GPUs without a model.
+It lives in `benchmarks/` on purpose: nothing in `farm/` imports it, `start_workers` cannot start
+it, and no manifest, flag or setting can select it. Everything it writes says so (the sidecar's
+`renderer` field, its `device`, its model id).
+
+Per task it sleeps `frames * seconds_per_frame / speed`, where `speed` is its node's simulated
+GPU speed (`FARM_BENCH_SPEED` in the node's environment; the tier comes from `FARM_GPU_VRAM_GB`,
+exactly as for a simulated farm worker). Then it hands the item to farm's real commit path
+(`farm.renderer.BackgroundCommits` -> `ItemRenderer.commit` -> `farm.storage.commit.commit_item`:
+staging uploads, conditional sidecar, promotion), so storage and the background-upload protocol
+(outcomes arriving with the next reply, `flush` at the end) are exercised as in production.
+
+The tiny MP4 (and its JPEG thumbnail) is encoded ONCE per actor with `farm.media.video.encode_mp4`
+and the same file is committed for every item: running ffmpeg for each of thousands of items on
+a 2-core machine would measure ffmpeg, not scheduling. No torch, no diffusers: 64 of these must
+fit on 2 cores.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import tempfile
+import threading
+import time
+
+import numpy as np
+import ray
+
+from farm import __version__
+from farm.core.job import SUCCEEDED, ItemOutcome, RenderTask
+from farm.core.tiers import load_tier_table
+from farm.core.vram import I2VGENXL_PROFILE
+from farm.media.video import encode_mp4, write_thumbnail
+from farm.models.memory import detect_card, device_memory
+from farm.renderer import BackgroundCommits, ItemRenderer, Produced
+from farm.storage.config import StorageConfig
+
+LABEL = "BENCHMARK ONLY: benchmarks/sleep_worker.py sleeps instead of rendering"
+SPEED_ENV = "FARM_BENCH_SPEED"
+CLIP_FRAMES, CLIP_SIZE, CLIP_FPS = 8, 64, 8
+
+
+class _SleepAdapter:
+    """The few attributes of a model adapter that ItemRenderer and the engine read."""
+
+    profile = I2VGENXL_PROFILE  # the simulated card's memory figures, as for a simulated farm worker
+    device = "benchmark-sleep"
+    load_seconds = 0.0
+    config_sha256 = "benchmark-sleep-renderer"
+
+    def describe(self) -> dict:
+        return {"id": "benchmark-sleep", "source": LABEL, "config_sha256": self.config_sha256, "dtype": None}
+
+
+class _CannedClip:
+    """`Produced.scratch`: the clip is shared by every item of this actor, nothing to remove per item."""
+
+    def cleanup(self) -> None:
+        pass
+
+
+class _TimedRenderer(ItemRenderer):
+    """farm's ItemRenderer, its commit timestamped (wall clock) for the benchmark's makespan."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.commit_log: list[tuple[str, str, float]] = []  # (item, status, when)
+        self._log_lock = threading.Lock()
+
+    def commit(self, produced: Produced) -> ItemOutcome:
+        outcome = super().commit(produced)
+        with self._log_lock:
+            self.commit_log.append((outcome.item_id, outcome.status, time.time()))
+        return outcome
+
+
+class SleepRenderWorkerImpl:
+    """BENCHMARK ONLY (see the module docstring): sleeps `frames * seconds_per_frame / speed`."""
+
+    def __init__(self, name: str, seconds_per_frame: float, advertised_tier: str | None = None, scratch: str | None = None):
+        self.name = name
+        self.seconds_per_frame = float(seconds_per_frame)
+        self.speed = float(os.environ.get(SPEED_ENV, "1"))
+        self.card = detect_card("cpu", load_tier_table(), advertised_tier)  # FARM_GPU_VRAM_GB -> tier
+        self.adapter = _SleepAdapter()
+        self.renderer = _TimedRenderer(self.adapter, worker_name=name, card=self.card)
+        self.commits = BackgroundCommits(self.renderer, StorageConfig().upload_queue)
+        self.folder = tempfile.mkdtemp(prefix="farm-bench-clip-", dir=scratch)  # scratch: removed by the caller
+        self.files = {"video": os.path.join(self.folder, "video.mp4"), "thumbnail": os.path.join(self.folder, "thumb.jpg")}
+        x = np.arange(CLIP_SIZE)
+        frames = np.empty((CLIP_FRAMES, CLIP_SIZE, CLIP_SIZE, 3), np.uint8)
+        for f in range(CLIP_FRAMES):  # a moving gradient: a valid, visibly non-empty clip
+            frames[f, :, :, 0] = (x[None, :] * 4 + f * 16) % 256
+            frames[f, :, :, 1] = (x[:, None] * 4) % 256
+            frames[f, :, :, 2] = 128
+        encode_mp4(frames, self.files["video"], CLIP_FPS)
+        write_thumbnail(frames[0], self.files["thumbnail"])
+        self.sizes = {name: os.path.getsize(path) for name, path in self.files.items()}
+        # (kind, item_id, received, sleep_start, sleep_end, returned): wall clock, for scale.py
+        self.events: list[tuple] = []
+
+    # --- the RenderWorker interface ------------------------------------------------------------
+
+    def info(self, measure_memory: bool = False) -> dict:
+        context = ray.get_runtime_context()
+        info = {
+            "name": self.name,
+            "ok": True,
+            "error": None,
+            "device": self.adapter.device,
+            "model": self.adapter.describe(),
+            "load_seconds": 0.0,
+            "card": self.card.to_dict(),
+            "tier": self.card.tier,
+            "node_id": context.get_node_id(),
+            "pid": os.getpid(),
+            "memory_baseline_bytes": 0,
+            "benchmark_only": LABEL,
+            "speed": self.speed,
+            "seconds_per_frame": self.seconds_per_frame,
+            "torch_imported": "torch" in sys.modules or "diffusers" in sys.modules,
+        }
+        if measure_memory:
+            info["memory_allocated_bytes"] = 0
+        return info
+
+    def render(self, task: dict) -> dict:
+        """Sleep for the item, queue its commit; {"outcomes", "pending", "memory"} as RenderWorker."""
+        received, started = time.time(), time.perf_counter()
+        task_obj = RenderTask.from_dict(task)
+        settings = dict(task_obj.settings)
+        frames = int(settings["frames"])
+        seconds = frames * self.seconds_per_frame / self.speed
+        sleep_start = time.time()
+        time.sleep(seconds)
+        sleep_end = time.time()
+        outcome = ItemOutcome(
+            item_id=task_obj.item_id,
+            status=SUCCEEDED,
+            settings=settings,
+            timings={"sleep": round(seconds, 4)},
+            frames=frames,
+            memory_kind="benchmark-sleep",
+        )
+        sidecar = self._sidecar(task_obj, settings, frames, seconds)
+        self.commits.submit(Produced(task_obj, _CannedClip(), dict(self.files), sidecar, outcome, started))
+        reply = self._reply(self.commits.finished())
+        self.events.append(("render", task_obj.item_id, received, sleep_start, sleep_end, time.time()))
+        return reply
+
+    def flush(self) -> dict:
+        received = time.time()
+        reply = self._reply(self.commits.flush())
+        self.events.append(("flush", None, received, received, received, time.time()))
+        return reply
+
+    def _reply(self, outcomes) -> dict:
+        return {"outcomes": [o.to_dict() for o in outcomes], "pending": self.commits.pending(), "memory": self.memory()}
+
+    def memory(self) -> dict:
+        return device_memory(self.adapter, self.card)
+
+    # --- for the benchmark only --------------------------------------------------------------
+
+    def timeline(self) -> dict:
+        """What happened on this worker: calls, commits, and the process's resident memory."""
+        with open("/proc/self/statm") as handle:
+            rss = int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        return {"name": self.name, "events": list(self.events), "commits": list(self.renderer.commit_log), "rss": rss}
+
+    def reset(self) -> None:
+        self.commits.flush()
+        self.events.clear()
+        self.renderer.commit_log.clear()
+
+    def _sidecar(self, task: RenderTask, settings: dict, frames: int, seconds: float) -> dict:
+        return {
+            "farm_version": __version__,
+            "renderer": LABEL,
+            "status": SUCCEEDED,
+            "job": task.job_name,
+            "item_id": task.item_id,
+            "item_index": task.item_index,
+            "prompt": task.prompt,
+            "image": task.image,
+            "requested": task.requested,
+            "effective": settings,
+            "seed": task.seed,
+            "model": self.adapter.describe(),
+            "device": {"type": self.adapter.device, "worker": self.name, "host": platform.node()},
+            "tier": {"planned": task.planned_tier, "ran_on": self.card.tier, "simulated": True, "speed": self.speed},
+            "timings_seconds": {"sleep": round(seconds, 4)},
+            "outputs": {
+                "video": f"{task.item_id}.mp4",
+                "thumbnail": f"{task.item_id}.jpg",
+                "bytes": dict(self.sizes),
+                "video_bytes": self.sizes["video"],
+                "frames": CLIP_FRAMES,
+                "requested_frames": frames,
+                "width": CLIP_SIZE,
+                "height": CLIP_SIZE,
+                "fps": CLIP_FPS,
+                "codec": "h264",
+                "pix_fmt": "yuv420p",
+            },
+            "attempt": task.attempt,
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+
+
+SleepRenderWorker = ray.remote(max_restarts=0, max_task_retries=0)(SleepRenderWorkerImpl)
