@@ -169,6 +169,20 @@ def write_manifest(path: Path, name: str, items: list[dict], settings: Settings)
     return path
 
 
+def bench_inputs(name: str, count: int, settings: Settings) -> tuple[Path, list[dict], Path]:
+    """A scratch folder (removed at exit) with `count` stills, their manifest (bench.json) and the
+    items as JSON (items.json, for the baselines); the tiny model built first, outside any timing."""
+    import atexit
+
+    tiny_model_folder()
+    work = Path(tempfile.mkdtemp(prefix=f"farm-bench-{name}-"))
+    atexit.register(shutil.rmtree, work, True)
+    items = write_items(work / "inputs", count)
+    manifest = write_manifest(work / "bench.json", "bench", items, settings)
+    (work / "items.json").write_text(json.dumps(items))
+    return work, items, manifest
+
+
 def farm_command() -> list[str]:
     """The `farm` console script of this interpreter's environment."""
     script = Path(sys.executable).with_name("farm")

@@ -19,7 +19,6 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -27,6 +26,7 @@ from pathlib import Path
 from common import (
     BarePipeline,
     add_render_flags,
+    bench_inputs,
     machine_line,
     match_ray_priority,
     paired_ratio,
@@ -39,8 +39,6 @@ from common import (
     steady_rate,
     tiny_model_folder,
     wait_for_quiet,
-    write_items,
-    write_manifest,
 )
 
 
@@ -69,11 +67,7 @@ def main() -> None:
         bare_child(*args.bare_child)
         return
     settings = settings_from(args)
-    tiny_model_folder()  # built once, outside the timings
-    work = Path(tempfile.mkdtemp(prefix="farm-bench-overhead-"))
-    items = write_items(work / "inputs", args.items)
-    manifest = write_manifest(work / "bench.json", "bench", items, settings)
-    (work / "items.json").write_text(json.dumps(items))
+    work, items, manifest = bench_inputs("overhead", args.items, settings)
 
     # per run: (wall, steady rate, launch to first item, first to last, last to exit, model load)
     rows: dict[str, list[tuple]] = {"farm": [], "bare": []}

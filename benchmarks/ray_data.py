@@ -20,13 +20,13 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 from common import (
     add_render_flags,
+    bench_inputs,
     machine_line,
     paired_ratio,
     parse_settings,
@@ -37,8 +37,6 @@ from common import (
     steady_rate,
     tiny_model_folder,
     wait_for_quiet,
-    write_items,
-    write_manifest,
 )
 
 
@@ -107,11 +105,7 @@ def main() -> None:
         ray_data_child(*args.child)
         return
     settings = settings_from(args)
-    tiny_model_folder()  # built once, outside the timings
-    work = Path(tempfile.mkdtemp(prefix="farm-bench-raydata-"))
-    items = write_items(work / "inputs", args.items)
-    manifest = write_manifest(work / "bench.json", "bench", items, settings)
-    (work / "items.json").write_text(json.dumps(items))
+    work, items, manifest = bench_inputs("raydata", args.items, settings)
 
     rows: dict[str, list[tuple]] = {"farm": [], "ray_data": []}  # per run: (wall, steady rate, launch to first item)
     for run in range(args.repeats):

@@ -21,7 +21,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -29,15 +28,13 @@ from common import (
     BENCHMARKS,
     add_render_flags,
     bench_env,
+    bench_inputs,
     machine_line,
     paired_ratio,
     run_farm,
     same_videos,
     settings_from,
-    tiny_model_folder,
     wait_for_quiet,
-    write_items,
-    write_manifest,
 )
 
 
@@ -68,10 +65,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     settings = settings_from(args)
-    tiny_model_folder()  # built once, outside the timings
-    work = Path(tempfile.mkdtemp(prefix="farm-bench-seeds-"))
-    items = write_items(work / "inputs", args.items)
-    manifest = write_manifest(work / "bench.json", "bench", items, settings)
+    work, items, manifest = bench_inputs("seeds", args.items, settings)
 
     farm_times, seeds_times, per_process = [], [], []
     for run in range(args.repeats):

@@ -15,10 +15,23 @@ LOOPBACK = "127.0.0.1"
 NAMESPACE = "farm"
 
 
+# For the embedded cluster only (a joined cluster keeps its operator's settings). farm starts
+# its render actors itself, so Ray's idle pre-started workers are never used, and nothing reads
+# Ray's internal metrics there (farm exports its own); both cost CPU next to the render, which on
+# a CPU node shares the cores with torch. Each stays overridable from the environment.
+EMBEDDED_RAY_SETTINGS = {
+    "RAY_enable_worker_prestart": "0",
+    "RAY_prestart_worker_first_driver": "0",
+    "RAY_enable_metrics_collection": "0",
+}
+
+
 def prepare_local_environment() -> None:
     """Environment for a loopback-only Ray; must run before `ray` is first imported."""
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    for name, value in EMBEDDED_RAY_SETTINGS.items():
+        os.environ.setdefault(name, value)
 
 
 def local_gpu_resources(table) -> dict:

@@ -48,8 +48,9 @@ class OutputStore(Protocol):
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]: ...
 
-    def promote(self, source: str, target: str) -> ObjectInfo:
-        """Move `source` to `target` (replacing it), as atomically as the backend allows."""
+    def promote(self, source: str, target: str, *, size: int | None = None) -> ObjectInfo:
+        """Move `source` to `target` (replacing it), as atomically as the backend allows.
+        `size`, when the caller knows it, lets a backend skip inspecting the source."""
         ...
 
     def delete(self, key: str) -> None: ...

@@ -42,8 +42,7 @@ def commit_item(
     staging = staging_keys(job_name, item_id, token)
     final = item_keys(job_name, item_id)
     sidecar["commit"] = {"token": token, "staging": staging}
-    for name in OUTPUTS:
-        store.put_file(staging[name], files[name], CONTENT_TYPES[name])
+    staged = {name: store.put_file(staging[name], files[name], CONTENT_TYPES[name]) for name in OUTPUTS}
     body = json.dumps(sidecar, indent=2).encode()
     try:
         info = store.put_bytes(
@@ -53,7 +52,7 @@ def commit_item(
         for name in OUTPUTS:
             _forget(store, staging[name])
         return CommitResult(committed=False)
-    outputs = {name: store.promote(staging[name], final[name]) for name in OUTPUTS}
+    outputs = {name: store.promote(staging[name], final[name], size=staged[name].size) for name in OUTPUTS}
     return CommitResult(committed=True, sidecar=info, outputs=outputs)
 
 

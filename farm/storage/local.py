@@ -127,7 +127,7 @@ class LocalStore:
             if path.is_file() and not path.name.endswith((".tmp", ".lock")):
                 yield self._info(path.relative_to(self.root).as_posix(), path)
 
-    def promote(self, source: str, target: str) -> ObjectInfo:
+    def promote(self, source: str, target: str, *, size: int | None = None) -> ObjectInfo:
         destination = self._path(target)
         try:
             os.replace(self._path(source), destination)

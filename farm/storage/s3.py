@@ -15,6 +15,7 @@ Credentials come from boto3's standard chain and never appear in messages.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import time
 from typing import Callable, Iterator, TypeVar
@@ -25,6 +26,7 @@ from farm.storage.config import StorageConfig
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+SINGLE_COPY_LIMIT_BYTES = 5 * 1024**3  # CopyObject copies objects up to 5 GiB in one request
 
 TRANSIENT_CODES = {
     "InternalError",
@@ -153,26 +155,36 @@ class S3Store:
         return with_retries(operation, what, self.config.retry_window_s)
 
     def put_file(self, key: str, local_path: str, content_type: str = "") -> ObjectInfo:
+        size = os.path.getsize(local_path)
+        if size < self.config.multipart_threshold_bytes:
+            # The single PutObject the transfer manager would send, minus its thread pool, and the
+            # PUT's own ETag instead of a HEAD afterwards: one request per file.
+            with open(local_path, "rb") as handle:
+                return self._put_object(key, handle.read(), content_type, {})
         full = self._key(key)
         extra = {"ContentType": content_type} if content_type else {}
         self._run(
             lambda: self.client.upload_file(local_path, self.bucket, full, ExtraArgs=extra, Config=self.transfer),
             f"upload s3://{self.bucket}/{full}",
         )
-        return self.head(key) or ObjectInfo(key, "", 0)
+        return self.head(key) or ObjectInfo(key, "", size)  # a multipart upload's ETag comes from the server
 
     def put_bytes(
         self, key: str, data: bytes, content_type: str = "", *, if_none_match: bool = False, if_match: str | None = None
     ) -> ObjectInfo:
-        full = self._key(key)
-        arguments = {"Bucket": self.bucket, "Key": full, "Body": data}
-        if content_type:
-            arguments["ContentType"] = content_type
+        conditions = {}
         if self.config.conditional_writes:
             if if_none_match:
-                arguments["IfNoneMatch"] = "*"
+                conditions["IfNoneMatch"] = "*"
             elif if_match is not None:
-                arguments["IfMatch"] = if_match
+                conditions["IfMatch"] = if_match
+        return self._put_object(key, data, content_type, conditions)
+
+    def _put_object(self, key: str, data: bytes, content_type: str, conditions: dict) -> ObjectInfo:
+        full = self._key(key)
+        arguments = {"Bucket": self.bucket, "Key": full, "Body": data, **conditions}
+        if content_type:
+            arguments["ContentType"] = content_type
         response = self._run(lambda: self.client.put_object(**arguments), f"write s3://{self.bucket}/{full}")
         return ObjectInfo(key, response.get("ETag", "").strip('"'), len(data))
 
@@ -219,12 +231,20 @@ class S3Store:
             for entry in page.get("Contents", []):
                 yield ObjectInfo(entry["Key"][strip:], entry["ETag"].strip('"'), int(entry["Size"]))
 
-    def promote(self, source: str, target: str) -> ObjectInfo:
+    def promote(self, source: str, target: str, *, size: int | None = None) -> ObjectInfo:
+        """Server-side copy, then delete the source. With the size known and within CopyObject's
+        5 GiB limit, one CopyObject (its response has the ETag); otherwise the transfer manager's
+        managed copy (HEAD, then CopyObject or a multipart copy) and a HEAD of the result."""
         src, dst = self._key(source), self._key(target)
-        self._run(
-            lambda: self.client.copy({"Bucket": self.bucket, "Key": src}, self.bucket, dst, Config=self.transfer),
-            f"copy s3://{self.bucket}/{src} to {dst}",
-        )
+        what = f"copy s3://{self.bucket}/{src} to {dst}"
+        if size is not None and size <= SINGLE_COPY_LIMIT_BYTES:
+            response = self._run(
+                lambda: self.client.copy_object(CopySource={"Bucket": self.bucket, "Key": src}, Bucket=self.bucket, Key=dst),
+                what,
+            )
+            self.delete(source)
+            return ObjectInfo(target, response["CopyObjectResult"]["ETag"].strip('"'), size)
+        self._run(lambda: self.client.copy({"Bucket": self.bucket, "Key": src}, self.bucket, dst, Config=self.transfer), what)
         self.delete(source)
         return self.head(target) or ObjectInfo(target, "", 0)
 

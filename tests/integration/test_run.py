@@ -38,6 +38,17 @@ def test_ray_is_bound_to_loopback(ray_cluster):
             assert local.startswith(("127.0.0.1:", "[::ffff:127.0.0.1]:")), line
 
 
+
+def test_the_embedded_cluster_runs_no_idle_workers_next_to_the_renders(ray_cluster):
+    """Ray pre-starts idle Python workers that farm never uses; each costs CPU beside torch."""
+    import time
+
+    import psutil
+
+    time.sleep(2)  # Ray pre-starts (when enabled) right after the driver registers
+    idle = [p.pid for p in psutil.process_iter(["cmdline"]) if (p.info["cmdline"] or [""])[0].startswith("ray::IDLE")]
+    assert not idle, f"idle Ray workers running: {idle}"
+
 def test_a_job_with_good_and_bad_items_in_process(tmp_path, ray_cluster):
     (tmp_path / "good.png").write_bytes(encode(pattern(300, 200), "PNG"))
     (tmp_path / "corrupt.jpg").write_bytes(encode(noise(300, 300), "JPEG")[:3000])

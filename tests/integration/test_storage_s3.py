@@ -269,6 +269,29 @@ def test_two_racing_commits_of_one_item_have_one_winner(tmp_path, s3, monkeypatc
     assert not stale.committed, "a replace based on an old version must lose"
 
 
+def test_a_commit_costs_seven_requests_and_keeps_each_object_intact(tmp_path, s3, monkeypatch):
+    """Two staging PUTs, the conditional sidecar PUT, then per output one CopyObject and one
+    DELETE: no HEADs. The ETags and sizes it reports are the server's."""
+    for name, value in s3.env().items():
+        monkeypatch.setenv(name, value)
+    store = S3Store(f"s3://{BUCKET}/lean", StorageConfig())
+    sent = []
+    store.client.meta.events.register("before-send.s3", lambda request, **_: sent.append((request.method, request.url)))
+    video, thumb = tmp_path / "v.mp4", tmp_path / "t.jpg"
+    video.write_bytes(os.urandom(300_000))
+    thumb.write_bytes(os.urandom(20_000))
+    result = commit_item(store, "job", "item", {"video": str(video), "thumbnail": str(thumb)}, {"status": "succeeded"}, token="t1")
+    assert result.committed
+    assert [method for method, _ in sent] == ["PUT", "PUT", "PUT", "PUT", "DELETE", "PUT", "DELETE"], sent
+    client = s3.client()
+    for name, key, path, content_type in (("video", "lean/job/item.mp4", video, "video/mp4"), ("thumbnail", "lean/job/item.jpg", thumb, "image/jpeg")):
+        head = client.head_object(Bucket=BUCKET, Key=key)
+        assert head["ETag"].strip('"') == result.outputs[name].etag and head["ContentLength"] == result.outputs[name].size
+        assert head["ContentType"] == content_type
+        assert client.get_object(Bucket=BUCKET, Key=key)["Body"].read() == path.read_bytes()
+    assert not list(store.list("job/.staging/"))
+
+
 def test_presigned_urls_download_the_video(tmp_path, s3, monkeypatch):
     for name, value in s3.env(FARM_S3_PRESIGN_EXPIRY_S="120").items():
         monkeypatch.setenv(name, value)
