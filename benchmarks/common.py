@@ -91,6 +91,14 @@ def add_render_flags(parser, *, items: int, steps: int = 20) -> None:
                         help="before each run, wait up to this many seconds for the CPUs to be idle (shared machines)")
     parser.add_argument("--bare-nice", type=int, default=RAY_WORKER_NICENESS,
                         help="CPU niceness of the non-Ray baselines (default: Ray's for its workers, 15)")
+    parser.add_argument("--torch-threads", type=int, default=None,
+                        help="torch threads on every side (default: all CPUs); fewer leaves cores to the rest, as on a GPU node")
+
+
+def apply_thread_flag(args) -> None:
+    """--torch-threads for both sides: farm's CPU workers and the baselines read FARM_CPU_THREADS."""
+    if args.torch_threads:
+        os.environ["FARM_CPU_THREADS"] = str(args.torch_threads)
 
 
 def settings_from(args) -> Settings:
@@ -113,11 +121,13 @@ def match_ray_priority() -> None:
 
 
 def bench_env(nice: int | None = None) -> dict[str, str]:
-    """Environment for every child process: offline, no usage reporting, loopback-only Ray."""
+    """Environment for every child process: offline, no usage reporting, loopback-only Ray, and
+    OMP_NUM_THREADS=1, which Ray sets in any one-CPU actor: every side's torch starts from the same
+    OpenMP setting, then takes its thread count from torch.set_num_threads."""
     env = dict(os.environ)
     if nice is not None:
         env["FARM_BENCH_NICE"] = str(nice)
-    env.update(HF_HUB_OFFLINE="1", RAY_USAGE_STATS_ENABLED="0", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
+    env.update(HF_HUB_OFFLINE="1", RAY_USAGE_STATS_ENABLED="0", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", OMP_NUM_THREADS="1")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(BENCHMARKS), env.get("PYTHONPATH")) if p)
     return env
 
@@ -318,7 +328,7 @@ class BarePipeline:
         from diffusers.utils import logging as diffusers_logging
 
         diffusers_logging.set_verbosity_error()
-        torch.set_num_threads(threads or os.cpu_count())
+        torch.set_num_threads(threads or int(os.environ.get("FARM_CPU_THREADS") or 0) or os.cpu_count())
         started = time.perf_counter()
         self.pipe = I2VGenXLPipeline.from_pretrained(str(folder), dtype=torch.float32)
         self.pipe.set_progress_bar_config(disable=True)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -26,6 +27,7 @@ from pathlib import Path
 from common import (
     BarePipeline,
     add_render_flags,
+    apply_thread_flag,
     bench_inputs,
     machine_line,
     match_ray_priority,
@@ -66,6 +68,7 @@ def main() -> None:
     if args.bare_child:
         bare_child(*args.bare_child)
         return
+    apply_thread_flag(args)
     settings = settings_from(args)
     work, items, manifest = bench_inputs("overhead", args.items, settings)
 
@@ -96,7 +99,7 @@ def main() -> None:
     end_to_end = paired_ratio(column["bare"][0], column["farm"][0])  # wall times: bare / farm = throughput farm / bare
     steady = paired_ratio(column["farm"][1], column["bare"][1])
     print(f"{n} items, {settings.resolution}x{settings.resolution}, {settings.frames} frames, {settings.steps} steps, "
-          f"1 worker, torch threads = CPUs; medians of {args.repeats} runs (farm/bare: median of per-run ratios)")
+          f"1 worker, torch threads {os.environ.get('FARM_CPU_THREADS') or os.cpu_count()}; medians of {args.repeats} runs (farm/bare: median of per-run ratios)")
     print(f"{'':36} {'farm run':>9} {'bare loop':>10} {'farm/bare':>10}")
     print(f"{'end to end, items/min':36} {n / farm[0] * 60:9.2f} {n / bare[0] * 60:10.2f} {end_to_end:9.3f}x")
     print(f"{'steady state, items/min':36} {farm[1] * 60:9.2f} {bare[1] * 60:10.2f} {steady:9.3f}x")

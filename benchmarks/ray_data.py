@@ -26,6 +26,7 @@ from pathlib import Path
 
 from common import (
     add_render_flags,
+    apply_thread_flag,
     bench_inputs,
     machine_line,
     paired_ratio,
@@ -104,6 +105,7 @@ def main() -> None:
     if args.child:
         ray_data_child(*args.child)
         return
+    apply_thread_flag(args)
     settings = settings_from(args)
     work, items, manifest = bench_inputs("raydata", args.items, settings)
 

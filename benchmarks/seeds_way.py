@@ -27,6 +27,7 @@ from pathlib import Path
 from common import (
     BENCHMARKS,
     add_render_flags,
+    apply_thread_flag,
     bench_env,
     bench_inputs,
     machine_line,
@@ -64,6 +65,7 @@ def main() -> None:
     add_render_flags(parser, items=6)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    apply_thread_flag(args)
     settings = settings_from(args)
     work, items, manifest = bench_inputs("seeds", args.items, settings)
 
