@@ -293,6 +293,30 @@ def paired_ratio(numerators: list[float], denominators: list[float]) -> float:
     return statistics.median(a / b for a, b in zip(numerators, denominators))
 
 
+def alternate_runs(repeats: int, quiet_wait_s: float, sides: dict) -> dict[str, list[tuple]]:
+    """Run each side (name -> a callable returning one row) once per repeat, the order reversed
+    on every other repeat. A row starts (wall s, steady items/s, launch to first item s)."""
+    rows: dict[str, list[tuple]] = {name: [] for name in sides}
+    names = list(sides)
+    for run in range(repeats):
+        for name in names if run % 2 == 0 else names[::-1]:
+            note = wait_for_quiet(quiet_wait_s)
+            rows[name].append(sides[name]())
+            wall, rate, first = rows[name][-1][:3]
+            print(f"  run {run + 1} {name}: {wall:.1f} s, first item after {first:.1f} s, {rate * 60:.2f} items/min "
+                  f"steady; {note}", file=sys.stderr)
+    return rows
+
+
+def compare(rows: dict[str, list[tuple]], farm: str, baseline: str) -> tuple[dict[str, list[float]], float, float]:
+    """(median of each row field per side, farm / baseline end to end, farm / baseline steady)."""
+    medians = {name: [statistics.median(column) for column in zip(*runs)] for name, runs in rows.items()}
+    walls = {name: [row[0] for row in runs] for name, runs in rows.items()}
+    rates = {name: [row[1] for row in runs] for name, runs in rows.items()}
+    # Throughput ratio end to end = the baseline's wall time / farm's.
+    return medians, paired_ratio(walls[baseline], walls[farm]), paired_ratio(rates[farm], rates[baseline])
+
+
 def phases(started: float, done_times: list[float], ended: float) -> tuple[float, float, float]:
     """(launch to first item done, first to last item done, last item done to exit), seconds."""
     return done_times[0] - started, done_times[-1] - done_times[0], ended - done_times[-1]

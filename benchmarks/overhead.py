@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -27,11 +26,12 @@ from pathlib import Path
 from common import (
     BarePipeline,
     add_render_flags,
+    alternate_runs,
     apply_thread_flag,
     bench_inputs,
+    compare,
     machine_line,
     match_ray_priority,
-    paired_ratio,
     parse_settings,
     phases,
     run_child,
@@ -40,7 +40,6 @@ from common import (
     settings_from,
     steady_rate,
     tiny_model_folder,
-    wait_for_quiet,
 )
 
 
@@ -72,32 +71,28 @@ def main() -> None:
     settings = settings_from(args)
     work, items, manifest = bench_inputs("overhead", args.items, settings)
 
-    # per run: (wall, steady rate, launch to first item, first to last, last to exit, model load)
-    rows: dict[str, list[tuple]] = {"farm": [], "bare": []}
     shares: list[dict[str, float]] = []  # farm's CPUs in use by process group, first to last commit
-    for run in range(args.repeats):
-        for kind in ("farm", "bare") if run % 2 == 0 else ("bare", "farm"):
-            note = wait_for_quiet(args.quiet_wait)
-            if kind == "farm":
-                farm = run_farm(manifest, work / "farm-out", workers=1, cpu_profile=True)
-                started, done, ended, load = farm.started, farm.commits, farm.ended, farm.load_s
-                if farm.cpu:
-                    shares.append({k: v / (done[-2] - done[0]) for k, v in farm.cpu.items()})
-            else:
-                arguments = ["--bare-child", str(work / "items.json"), str(work / "bare-out"), json.dumps(asdict(settings))]
-                child = run_child("overhead.py", arguments, nice=args.bare_nice)
-                started, done, ended, load = child["started"], child["done"], child["ended"], child["load_s"]
-            rows[kind].append((ended - started, steady_rate(done), *phases(started, done, ended), load))
-            wall, rate, first, _, _, _ = rows[kind][-1]
-            print(f"  run {run + 1} {kind}: {wall:.1f} s, first item after {first:.1f} s, {rate * 60:.2f} items/min "
-                  f"steady; {note}", file=sys.stderr)
+
+    # A row: (wall, steady rate, launch to first item, first to last, last to exit, model load).
+    def farm_side() -> tuple:
+        farm = run_farm(manifest, work / "farm-out", workers=1, cpu_profile=True)
+        if farm.cpu:
+            shares.append({k: v / (farm.commits[-2] - farm.commits[0]) for k, v in farm.cpu.items()})
+        return row(farm.started, farm.commits, farm.ended, farm.load_s)
+
+    def bare_side() -> tuple:
+        arguments = ["--bare-child", str(work / "items.json"), str(work / "bare-out"), json.dumps(asdict(settings))]
+        child = run_child("overhead.py", arguments, nice=args.bare_nice)
+        return row(child["started"], child["done"], child["ended"], child["load_s"])
+
+    def row(started: float, done: list[float], ended: float, load: float) -> tuple:
+        return (ended - started, steady_rate(done), *phases(started, done, ended), load)
+
+    rows = alternate_runs(args.repeats, args.quiet_wait, {"farm": farm_side, "bare": bare_side})
     identical = same_videos(work / "farm-out" / "bench", work / "bare-out", [item["id"] for item in items])
 
-    med = {kind: [statistics.median(r[i] for r in rows[kind]) for i in range(6)] for kind in rows}
+    med, end_to_end, steady = compare(rows, "farm", "bare")
     farm, bare, n = med["farm"], med["bare"], args.items
-    column = {kind: list(zip(*rows[kind])) for kind in rows}
-    end_to_end = paired_ratio(column["bare"][0], column["farm"][0])  # wall times: bare / farm = throughput farm / bare
-    steady = paired_ratio(column["farm"][1], column["bare"][1])
     print(f"{n} items, {settings.resolution}x{settings.resolution}, {settings.frames} frames, {settings.steps} steps, "
           f"1 worker, torch threads {os.environ.get('FARM_CPU_THREADS') or os.cpu_count()}; medians of {args.repeats} runs (farm/bare: median of per-run ratios)")
     print(f"{'':36} {'farm run':>9} {'bare loop':>10} {'farm/bare':>10}")

@@ -18,18 +18,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
-import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 from common import (
     add_render_flags,
+    alternate_runs,
     apply_thread_flag,
     bench_inputs,
+    compare,
     machine_line,
-    paired_ratio,
     parse_settings,
     run_child,
     run_farm,
@@ -37,7 +36,6 @@ from common import (
     settings_from,
     steady_rate,
     tiny_model_folder,
-    wait_for_quiet,
 )
 
 
@@ -109,31 +107,23 @@ def main() -> None:
     settings = settings_from(args)
     work, items, manifest = bench_inputs("raydata", args.items, settings)
 
-    rows: dict[str, list[tuple]] = {"farm": [], "ray_data": []}  # per run: (wall, steady rate, launch to first item)
-    for run in range(args.repeats):
-        for kind in ("farm", "ray_data") if run % 2 == 0 else ("ray_data", "farm"):
-            note = wait_for_quiet(args.quiet_wait)
-            if kind == "farm":
-                farm = run_farm(manifest, work / "farm-out", workers=args.workers)
-                started, done, ended = farm.started, farm.commits, farm.ended
-            else:
-                arguments = ["--child", str(work / "items.json"), str(work / "ray-data-out"), json.dumps(asdict(settings)),
-                             str(args.workers)]
-                child = run_child("ray_data.py", arguments)
-                if child["rows"] != args.items:
-                    raise RuntimeError(f"Ray Data returned {child['rows']} rows for {args.items} items")
-                started, done, ended = child["started"], child["done"], child["ended"]
-            rows[kind].append((ended - started, steady_rate(done), done[0] - started))
-            wall, rate, first = rows[kind][-1]
-            print(f"  run {run + 1} {kind}: {wall:.1f} s, first item after {first:.1f} s, {rate * 60:.2f} items/min "
-                  f"steady; {note}", file=sys.stderr)
+    # A row: (wall, steady rate, launch to first item).
+    def farm_side() -> tuple:
+        farm = run_farm(manifest, work / "farm-out", workers=args.workers)
+        return farm.wall_s, steady_rate(farm.commits), farm.commits[0] - farm.started
+
+    def ray_data_side() -> tuple:
+        arguments = ["--child", str(work / "items.json"), str(work / "ray-data-out"), json.dumps(asdict(settings)), str(args.workers)]
+        child = run_child("ray_data.py", arguments)
+        if child["rows"] != args.items:
+            raise RuntimeError(f"Ray Data returned {child['rows']} rows for {args.items} items")
+        return child["ended"] - child["started"], steady_rate(child["done"]), child["done"][0] - child["started"]
+
+    rows = alternate_runs(args.repeats, args.quiet_wait, {"farm": farm_side, "ray_data": ray_data_side})
     identical = same_videos(work / "farm-out" / "bench", work / "ray-data-out", [i["id"] for i in items])
 
-    med = {kind: [statistics.median(r[i] for r in rows[kind]) for i in range(3)] for kind in rows}
+    med, end_to_end, steady = compare(rows, "farm", "ray_data")
     farm, data, n = med["farm"], med["ray_data"], args.items
-    column = {kind: list(zip(*rows[kind])) for kind in rows}
-    end_to_end = paired_ratio(column["ray_data"][0], column["farm"][0])  # wall times: Ray Data / farm
-    steady = paired_ratio(column["farm"][1], column["ray_data"][1])
     print(f"{n} items, {settings.resolution}x{settings.resolution}, {settings.frames} frames, {settings.steps} steps, "
           f"{args.workers} worker(s); medians of {args.repeats} runs (farm/Ray Data: median of per-run ratios)")
     print(f"{'':30} {'farm run':>9} {'Ray Data':>9} {'farm/Ray Data':>14}")
