@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 from common import median_seconds
+from validate_manifest import write_images
 
 RESOLUTIONS = (256, 512, 768, 1024)
 FRAMES = (8, 16, 24, 32)
@@ -48,6 +49,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "bench.json"
         write_manifest(path, args.items)
+        write_images(Path(tmp))
         farm = [sys.executable, "-m", "farm"]
         validate = median_seconds([*farm, "validate", str(path)], args.repeats)
         table = median_seconds([*farm, "plan", str(path), "--gpus", args.gpus], args.repeats)

@@ -44,7 +44,15 @@ def make_items(count: int) -> list[dict]:
     return items
 
 
+def write_images(folder: Path) -> None:
+    """The 50 files the items name: validate checks that local images exist (not what they hold)."""
+    (folder / "images").mkdir(exist_ok=True)
+    for n in range(50):
+        (folder / "images" / f"{n:02d}.jpg").write_bytes(b"\xff\xd8\xff")
+
+
 def write_manifests(folder: Path, count: int) -> dict[str, Path]:
+    write_images(folder)
     items = make_items(count)
     document = {"version": 1, "name": "bench", "model": "tiny", "defaults": {"resolution": 256}, "items": items}
     paths = {fmt: folder / f"bench.{fmt}" for fmt in ("yaml", "json", "jsonl", "csv")}

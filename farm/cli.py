@@ -1,8 +1,11 @@
 """The `farm` command line: run, render, validate, demo.
 
 Exit codes: 0 every item succeeded; 1 some items failed; 2 invalid manifest or arguments
-(nothing rendered); 3 the job could not start (model weights or output storage unavailable,
-Ray unreachable). Heavy imports (torch, ray, diffusers) happen only in commands that render.
+(nothing rendered; for the remote commands also an unknown job); 3 the job could not start
+(model weights or output storage unavailable, a render worker could not start, Ray or the farm
+service unreachable); 128+N stopped by signal N before the end (130 Ctrl-C, 143 SIGTERM): what
+committed stays, `farm resume` renders the rest. Heavy imports (torch, ray, diffusers) happen
+only in commands that render.
 """
 
 from __future__ import annotations
@@ -82,45 +85,39 @@ def _print_manifest_error(error: ManifestError) -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    """Every error at once, local images included: one that cannot be opened is an error of its
+    item here (`farm run` would fail that item and render the others)."""
+    from farm.core.errors import excerpt
+
     try:
-        spec = load_manifest(args.manifest, _job_overrides(args), env_model=os.environ.get("FARM_MODEL"))
+        spec = load_manifest(args.manifest, _job_overrides(args), env_model=os.environ.get("FARM_MODEL"), check_files=True)
     except ManifestError as error:
         if args.json:
             print(json.dumps({"valid": False, "errors": [i.to_dict() for i in error.issues]}, indent=1))
         else:
             _print_manifest_error(error)
         return EXIT_INVALID
-    missing = [item for item in spec.items if not os.path.isfile(item.image)]
     if args.json:
         print(
             json.dumps(
-                {
-                    "valid": True,
-                    "name": spec.name,
-                    "model": spec.model,
-                    "output": spec.output,
-                    "items": len(spec.items),
-                    "missing_images": [{"item_index": i.index, "item_id": i.id, "image": i.image} for i in missing],
-                },
+                {"valid": True, "name": spec.name, "model": spec.model, "output": spec.output, "items": len(spec.items)},
                 indent=1,
             )
         )
     else:
-        print(f"{args.manifest}: valid, {len(spec.items)} items, job {spec.name!r}, model {spec.model!r}")
-        for item in missing[:MAX_LISTED_WARNINGS]:
-            print(f"warning: items[{item.index}] (id {item.id!r}): image not found: {item.image}", file=sys.stderr)
-        if len(missing) > MAX_LISTED_WARNINGS:
-            more = len(missing) - MAX_LISTED_WARNINGS
-            print(f"warning: {more} more items with missing images (use --json for the full list)", file=sys.stderr)
+        print(f"{args.manifest}: valid, {len(spec.items)} items, job {spec.name!r}, model {excerpt(spec.model)}")
     return EXIT_OK
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    from farm.core.errors import excerpt
     from farm.core.planner import plan_job
     from farm.core.tiers import CPU_TIER, ClusterShape, load_tier_table, parse_gpus
 
     try:
-        spec = load_manifest(args.manifest, _job_overrides(args), skip_invalid=True, env_model=os.environ.get("FARM_MODEL"))
+        spec = load_manifest(
+            args.manifest, _job_overrides(args), skip_invalid=True, env_model=os.environ.get("FARM_MODEL"), check_files=True
+        )
     except ManifestError as error:
         _print_manifest_error(error)
         return EXIT_INVALID
@@ -161,6 +158,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
     rejected = sum(1 for p in plan.items if p.rejected)
     degraded = sum(1 for p in plan.items if p.degradations)
     out.write(f"\n{len(plan.items)} items, {degraded} with planned degradations, {rejected} rejected, {len(spec.rejected)} invalid\n")
+    if spec.rejected:
+        out.write("invalid items (not planned; `farm run` reports them as failed):\n")
+        for invalid in spec.rejected[:MAX_LISTED_WARNINGS]:
+            named = f" (id {excerpt(invalid.id)})" if invalid.id else ""
+            out.write(f"  items[{invalid.index}]{named}: {invalid.message}\n")
+        if len(spec.rejected) > MAX_LISTED_WARNINGS:
+            out.write(f"  and {len(spec.rejected) - MAX_LISTED_WARNINGS} more (--json lists them all)\n")
     if plan.makespan_seconds is not None:
         out.write(
             f"estimated makespan {_duration(plan.makespan_seconds)} (ideal {_duration(plan.ideal_seconds)}; "
@@ -205,45 +209,70 @@ def cmd_tiers(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import time
+    from farm.runtime.cluster import prepare_local_environment
 
+    embedded = not (args.address or os.environ.get("RAY_ADDRESS"))
+    if embedded:
+        prepare_local_environment()  # before `ray` is first imported: Ray reads it at import
     import ray
     from ray import serve
 
     from farm.core.tiers import load_tier_table
     from farm.runtime.cluster import RayCluster, local_gpu_resources
     from farm.runtime.coordinator import coordinator_handle
+    from farm.runtime.stopping import StopRequest, grace_seconds
     from farm.serve.app import build_app
 
     settings = {"model": args.model or os.environ.get("FARM_MODEL") or "ali-vilab/i2vgen-xl"}
-    if args.output:
-        os.environ["FARM_DEFAULT_OUTPUT"] = args.output
-        settings["default_output"] = args.output
-    local = local_gpu_resources(load_tier_table()) if not (args.address or os.environ.get("RAY_ADDRESS")) else {}
+    output = args.output or os.environ.get("FARM_DEFAULT_OUTPUT")
+    if output:
+        # Absolute, since the coordinator and the API replica do not run in this folder; and
+        # in the environment, which the embedded cluster's actors inherit.
+        output = output if "://" in output else os.path.abspath(os.path.expanduser(output))
+        os.environ["FARM_DEFAULT_OUTPUT"] = output
+        settings["default_output"] = output
+    stop = StopRequest("running renders")
+    stop.install()
+    local = local_gpu_resources(load_tier_table()) if embedded else {}
     with RayCluster(args.address, **local):
+        stop.install()  # again: ray.init replaced the SIGTERM handler
         print(f"starting the job coordinator and render workers (model {settings['model']!r})...", flush=True)
         coordinator = coordinator_handle(settings)
         try:
             ray.get(coordinator.health.remote(), timeout=args.start_timeout)
         except Exception as error:  # the workers could not load the model, or storage is unusable
-            message = str(error).strip().splitlines()
-            print(f"error: the coordinator did not start: {message[-1] if message else error}", file=sys.stderr)
+            print(f"error: the coordinator did not start: {_remote_cause(error)}", file=sys.stderr)
             ray.kill(coordinator)
             return EXIT_CANNOT_RUN
         serve.start(http_options={"host": args.host, "port": args.port})
         serve.run(build_app(), name="farm", route_prefix="/", blocking=False)
         print(f"farm serves on http://{args.host}:{args.port} (docs: /docs, health: /healthz); Ctrl-C stops it", flush=True)
+        at_once = False
         try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            print("stopping", file=sys.stderr)
-        finally:
-            if args.address or os.environ.get("RAY_ADDRESS"):
-                serve.delete("farm")  # leave a joined cluster as we found it (the coordinator stays)
-            else:
-                serve.shutdown()
+            while not stop.event.wait(1.0):
+                pass
+        except KeyboardInterrupt:  # a second signal: no grace period
+            at_once = True
+        print("stopping: the API no longer takes requests", file=sys.stderr, flush=True)
+        if not embedded:
+            serve.delete("farm")  # leave a joined cluster as we found it (the coordinator stays)
+            return EXIT_OK
+        serve.shutdown()
+        if not at_once:  # the coordinator goes with the embedded cluster: let running items finish
+            try:
+                drained = ray.get(coordinator.drain.remote(grace_seconds()), timeout=grace_seconds() + 30)
+                print(f"stopped: {drained['handed_back']} running item(s) handed back; unfinished jobs resume "
+                      "at the next start", file=sys.stderr, flush=True)
+            except Exception as error:
+                print(f"warning: the coordinator did not stop cleanly: {_remote_cause(error)}", file=sys.stderr)
     return EXIT_OK
+
+
+def _remote_cause(error: BaseException) -> str:
+    """The last line of what went wrong, without Ray's remote traceback."""
+    cause = getattr(error, "cause", None) or error
+    lines = str(cause).strip().splitlines()
+    return lines[-1] if lines else type(cause).__name__
 
 
 def _client(args: argparse.Namespace):
@@ -315,18 +344,22 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"
 
 
-def _execute(spec, args: argparse.Namespace, manifest: Path | None = None) -> int:
+def _execute(spec, args: argparse.Namespace, manifest: Path | None = None, *, show_summary: bool = True) -> int:
     from farm.console import ConsoleReporter, print_summary
     from farm.runtime.executor import RunOptions, run_job
+    from farm.runtime.stopping import StopRequest
     from farm.storage import open_store
     from farm.storage.base import job_record_key
 
+    stop = StopRequest()
+    stop.install()
     options = RunOptions(
         address=args.address,
         workers=args.workers,
         force=getattr(args, "force", False),
         manifest=(manifest.name, manifest.read_bytes()) if manifest else None,
         reporter=ConsoleReporter(),
+        stop=stop,
     )
     metrics_server = None
     if getattr(args, "metrics_port", None):
@@ -346,7 +379,14 @@ def _execute(spec, args: argparse.Namespace, manifest: Path | None = None) -> in
 
             time.sleep(args.metrics_linger)  # let Prometheus scrape the final figures
             metrics_server.shutdown()
-    print_summary(state, open_store(spec.output).location(job_record_key(spec.name)))
+    store = open_store(spec.output)
+    if show_summary:
+        print_summary(state, store.location(spec.name), store.location(job_record_key(spec.name)))
+    if state.interrupted:
+        left = sum(1 for status in state.items.values() if status.state == "queued")
+        print(f"stopped before the end: {left} item(s) not rendered; finish with "
+              f"`farm resume {store.location(spec.name)}`", file=sys.stderr)
+        return stop.exit_code
     counts = state.counts()
     return EXIT_OK if counts["failed"] == 0 else EXIT_FAILED_ITEMS
 
@@ -398,6 +438,10 @@ def cmd_render(args: argparse.Namespace) -> int:
     if target.suffix.lower() != ".mp4":
         print(f"error: -o {target}: the output must end in .mp4", file=sys.stderr)
         return EXIT_INVALID
+    if not image.is_file():
+        what = "not found" if not image.exists() else "not a regular file"
+        print(f"error: image {args.image}: {what}; check the path", file=sys.stderr)
+        return EXIT_INVALID
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".farm-render-", dir=target.parent))
     try:
@@ -411,7 +455,7 @@ def cmd_render(args: argparse.Namespace) -> int:
             _print_manifest_error(error)
             return EXIT_INVALID
         args.workers = 1
-        code = _execute(spec, args)
+        code = _execute(spec, args, show_summary=False)  # its results folder is the temporary one
         produced = staging / "render"
         for suffix in (".mp4", ".jpg", ".json"):
             source = produced / f"{spec.items[0].id}{suffix}"
@@ -559,7 +603,9 @@ def main(argv: list[str] | None = None) -> int:
     except FarmError as error:
         print(f"error: {error}", file=sys.stderr)
         status = getattr(error, "status", None)  # an HTTP error from a farm service
-        return EXIT_INVALID if status in (400, 413, 415, 422) else EXIT_CANNOT_RUN
+        # 4xx but 401/403/429: the request was wrong (an unknown job, an invalid manifest), not
+        # the farm unreachable; those, and 5xx, mean it could not be done now.
+        return EXIT_INVALID if status and 400 <= status < 500 and status not in (401, 403, 429) else EXIT_CANNOT_RUN
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

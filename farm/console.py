@@ -3,24 +3,11 @@ and the end-of-job summary table."""
 
 from __future__ import annotations
 
-import time
-
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from farm.core.job import FAILED, SKIPPED, SUCCEEDED, ItemOutcome, JobState
-
-
-def _rate_and_eta(state: JobState) -> tuple[float | None, float | None]:
-    counts = state.counts()
-    done = counts[SUCCEEDED] + counts[FAILED]
-    if not state.started_at or done == 0:
-        return None, None
-    elapsed = time.time() - state.started_at
-    rate = done / elapsed
-    remaining = counts["queued"] + counts["running"]
-    return rate * 60, remaining / rate if rate > 0 else None
 
 
 def _format_eta(seconds: float | None) -> str:
@@ -57,7 +44,7 @@ class ConsoleReporter:
 
     def _stats(self, state: JobState) -> str:
         counts = state.counts()
-        rate, eta = _rate_and_eta(state)
+        rate, eta = state.throughput(counts)
         rate_text = f"{rate:.1f}/min" if rate is not None else "-/min"
         return (
             f"{counts[SUCCEEDED] + counts[SKIPPED]} done, {counts[FAILED]} failed, {counts['total']} total · "
@@ -84,7 +71,7 @@ class ConsoleReporter:
             self.progress.stop()
 
 
-def print_summary(state: JobState, record_location: str, console: Console | None = None) -> None:
+def print_summary(state: JobState, results_location: str, record_location: str, console: Console | None = None) -> None:
     console = console or Console()
     counts = state.counts()
     record = state.to_record()
@@ -115,4 +102,4 @@ def print_summary(state: JobState, record_location: str, console: Console | None
         f"rendered {counts[SUCCEEDED]} new, {counts[SKIPPED]} already committed, {counts[FAILED]} failed",
         highlight=False,
     )
-    console.print(f"results: {state.spec.output}/{state.spec.name}/   job record: {record_location}", highlight=False)
+    console.print(f"results: {results_location}   job record: {record_location}", highlight=False)

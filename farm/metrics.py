@@ -20,7 +20,7 @@ GIB = 1024**3
 RENDER_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600)
 MEMORY_BUCKETS = tuple(gib * GIB for gib in (1, 2, 4, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64, 80))
 UPLOAD_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
-JOB_STATES = ("queued", "running", "succeeded", "partial", "failed", "cancelled")
+JOB_STATES = ("queued", "running", "succeeded", "partial", "failed", "cancelled", "interrupted")
 WORKER_STATES = ("idle", "busy", "lost")
 
 
@@ -53,6 +53,9 @@ class FarmMetrics:
         )
         self.workers = Gauge("farm_workers", "Render workers by tier and state", ["tier", "state"], registry=r)
         self.jobs = Gauge("farm_jobs", "Jobs by state", ["state"], registry=r)
+        self.skipped_records = Gauge(
+            "farm_job_records_skipped", "Files in the job registry skipped as unreadable or not job records", registry=r,
+        )
         self._lock = threading.Lock()
 
     # --- from the engine ------------------------------------------------------------------------

@@ -169,7 +169,7 @@ class ItemRenderer:
         timings: dict[str, float] = {"load": round(self.adapter.load_seconds, 3)}
 
         t0 = time.perf_counter()
-        source = read_input(task.image, self.image_limits)
+        source = read_input(task.image, self.image_limits, root=task.image_root)
         data = source.data
         prepared: dict[tuple[int, int], PreparedImage] = {}
         timings["read"] = time.perf_counter() - t0

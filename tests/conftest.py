@@ -115,10 +115,11 @@ def free_port() -> int:
 
 
 class Service:
-    def __init__(self, url: str, s3_endpoint: str, cluster_address: str):
+    def __init__(self, url: str, s3_endpoint: str, cluster_address: str, local: Path):
         self.url = url
         self.s3_endpoint = s3_endpoint
         self.address = cluster_address
+        self.local = local  # an allowed local output (holding the state folder) and the local image base
         self.session = requests.Session()
         self.session.headers["Authorization"] = f"Bearer {TOKEN}"
 
@@ -171,6 +172,13 @@ def service(farm_cache, tiny_model_dir, tmp_path_factory):
     moto = ThreadedMotoServer(ip_address="127.0.0.1", port=s3_port, verbose=False)
     moto.start()
     s3_endpoint = f"http://127.0.0.1:{s3_port}"
+    local = tmp_path_factory.mktemp("service-local")
+    (local / "images").mkdir()
+    (local / "images" / "still.png").write_bytes(encode(pattern(320, 240), "PNG"))
+    # A file in the registry that is not a job record (as a job writing into the state folder
+    # would leave): the service must start anyway and report it.
+    (local / "state" / "jobs").mkdir(parents=True)
+    (local / "state" / "jobs" / "spec.json").write_text('{"spec_version": 1, "name": "jobs", "items": []}')
     env = {
         "FARM_S3_ENDPOINT_URL": s3_endpoint,
         "AWS_ACCESS_KEY_ID": "testing",
@@ -178,8 +186,12 @@ def service(farm_cache, tiny_model_dir, tmp_path_factory):
         "AWS_DEFAULT_REGION": "us-east-1",
         "FARM_API_TOKEN": TOKEN,
         "FARM_MODEL": "tiny",
-        "FARM_STATE_URI": str(tmp_path_factory.mktemp("state")),
+        "FARM_STATE_URI": str(local / "state"),
         "FARM_DEFAULT_OUTPUT": f"s3://{BUCKET}/api",
+        "FARM_API_ALLOWED_OUTPUTS": f"s3://{BUCKET}/api,{local}",
+        "FARM_API_LOCAL_BASE": str(local / "images"),
+        "FARM_API_MAX_STREAMS_PER_CLIENT": "110",
+        "FARM_API_MAX_STREAMS": "300",
         "FARM_API_MAX_BODY_BYTES": str(8 * 1024 * 1024),
         # Webhooks to the test's own server on 127.0.0.1 (development-only loopback permission).
         "FARM_URL_ALLOWED_HOSTS": "127.0.0.1",
@@ -208,7 +220,7 @@ def service(farm_cache, tiny_model_dir, tmp_path_factory):
             except requests.RequestException:
                 pass
             time.sleep(1)
-        yield Service(url, s3_endpoint, ray.get_runtime_context().gcs_address)
+        yield Service(url, s3_endpoint, ray.get_runtime_context().gcs_address, local)
         serve.shutdown()
         ray.kill(coordinator, no_restart=True)
         del cluster

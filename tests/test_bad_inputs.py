@@ -65,7 +65,7 @@ MANIFESTS = [
     ("wrong type: boolean for a number", "json", doc(item(steps=True)), "steps", "true is not allowed"),
     ("negative number", "json", doc(item(steps=-5)), "steps", "from 10 to 100"),
     ("huge number", "json", doc(item(frames=10**30)), "frames", "from 8 to 32"),
-    ("not a number (NaN)", "yaml", "version: 1\nitems:\n  - {image: a.png, prompt: p, guidance_scale: .nan}\n", "guidance_scale", "from 1 to 20"),
+    ("not a number (NaN)", "yaml", "version: 1\nitems:\n  - {image: a.png, prompt: p, guidance_scale: .nan}\n", "guidance_scale", "NaN is not a number; use a number from 1 to 20"),
     ("negative seed", "json", doc(item(seed=-1)), "seed", "from 0 to"),
     ("resolution not offered", "json", doc(item(resolution="4k")), "resolution", "256, 512, 768 or 1024"),
     ("NUL in an image path", "json", doc(item(image="a\u0000.png")), "image", "control characters"),
@@ -73,6 +73,46 @@ MANIFESTS = [
     ("csv with more cells than the header", "csv", "image,prompt\na.png,p,extra\n", None, "cells"),
     ("jsonl with a broken line", "jsonl", '{"image": "a.png", "prompt": "p"}\n{not json\n', None, "invalid JSON"),
     ("unknown degrade order step", "json", json.dumps({"version": 1, "degrade_order": ["teleport"], "items": [item()]}), "degrade_order", ""),
+    # duplicate keys: YAML and JSON keep the last value silently; a manifest says which line repeats
+    ("duplicate key (YAML)", "yaml", "version: 1\nitems:\n  - image: a.png\n    prompt: p\n    prompt: q\n", "prompt", "key 'prompt' appears twice in this mapping (lines 4 and 5); keep one"),
+    ("duplicate key in defaults (YAML)", "yaml", "version: 1\ndefaults:\n  frames: 8\n  frames: 16\nitems: [{image: a.png, prompt: p}]\n", "defaults", "key 'frames' appears twice in this mapping (lines 3 and 4)"),
+    ("duplicate key, nested deeper (YAML)", "yaml", "version: 1\nitems:\n  - image: a.png\n    prompt: p\n    extra:\n      a: 1\n      a: 2\n", "extra", "key 'a' appears twice in this mapping (lines 6 and 7)"),
+    ("duplicate top-level key (YAML)", "yaml", "version: 1\nversion: 1\nitems: [{image: a.png, prompt: p}]\n", "version", "(lines 1 and 2)"),
+    ("duplicate key (JSON)", "json", '{"version": 1,\n "items": [{"image": "a.png",\n  "prompt": "p",\n  "prompt": "q"}]}', "prompt", "key 'prompt' appears twice in this mapping (lines 3 and 4)"),
+    ("duplicate top-level key (JSON)", "json", '{"version": 1, "items": [{"image": "a.png", "prompt": "p"}],\n"items": []}', "items", "key 'items' appears twice"),
+    ("duplicate key in defaults (JSON)", "json", '{"version": 1, "defaults": {"steps": 20, "steps": 30}, "items": [{"image": "a.png", "prompt": "p"}]}', "defaults", "key 'steps' appears twice"),
+    ("duplicate key (JSONL)", "jsonl", '{"image": "a.png", "prompt": "p"}\n{"image": "b.png", "prompt": "p", "prompt": "q"}\n', "prompt", "key 'prompt' appears twice"),
+    ("duplicate key, nested (JSONL)", "jsonl", '{"image": "a.png", "prompt": "p", "x": {"k": 1, "k": 2}}\n', "x", "key 'k' appears twice"),
+    # numbers that are not finite, in every spelling
+    ("NaN (JSON)", "json", '{"version": 1, "items": [{"image": "a.png", "prompt": "p", "guidance_scale": NaN}]}', "guidance_scale", "NaN is not a number; use a number from 1 to 20"),
+    ("Infinity (JSON)", "json", '{"version": 1, "items": [{"image": "a.png", "prompt": "p", "guidance_scale": Infinity}]}', "guidance_scale", "Infinity is not a finite number"),
+    ("-Infinity (JSON)", "json", '{"version": 1, "items": [{"image": "a.png", "prompt": "p", "steps": -Infinity}]}', "steps", "-Infinity is not a finite number"),
+    ("1e400 overflows to infinity (JSON)", "json", '{"version": 1, "items": [{"image": "a.png", "prompt": "p", "guidance_scale": 1e400}]}', "guidance_scale", "like 1e400"),
+    ("NaN in defaults (JSON)", "json", '{"version": 1, "defaults": {"guidance_scale": NaN}, "items": [{"image": "a.png", "prompt": "p"}]}', "defaults", "NaN is not a number"),
+    ("NaN in an unknown field (JSON)", "json", '{"version": 1, "items": [{"image": "a.png", "prompt": "p", "x": [NaN]}]}', "x", "NaN is not a number; use a finite number"),
+    ("NaN (JSONL)", "jsonl", '{"image": "a.png", "prompt": "p", "guidance_scale": NaN}\n', "guidance_scale", "NaN is not a number"),
+    (".inf (YAML)", "yaml", "version: 1\nitems:\n  - {image: a.png, prompt: p, guidance_scale: .inf}\n", "guidance_scale", "Infinity is not a finite number"),
+    ("-.inf (YAML)", "yaml", "version: 1\nitems:\n  - {image: a.png, prompt: p, frames: -.inf}\n", "frames", "-Infinity is not a finite number"),
+    ("big exponent (YAML)", "yaml", "version: 1\nitems:\n  - {image: a.png, prompt: p, guidance_scale: 1.0e+400}\n", "guidance_scale", "Infinity is not a finite number"),
+    ("1e400 (CSV)", "csv", "image,prompt,guidance_scale\na.png,p,1e400\n", "guidance_scale", "Infinity is not a finite number"),
+    ("integer too long to convert (JSON)", "json", '{"version": 1, "items": [{"image": "a.png", "prompt": "p", "frames": ' + "9" * 5000 + "}]}", None, "a number has 5000 digits"),
+    ("integer too long to convert (JSONL)", "jsonl", '{"image": "a.png", "prompt": "p", "frames": ' + "9" * 5000 + "}\n", None, "a number has 5000 digits"),
+    # lone surrogates: not valid Unicode, cannot be written as UTF-8
+    ("lone surrogate in a value", "json", '{"version": 1, "items": [{"image": "a.png", "prompt": "p\\ud800"}]}', "prompt", "lone surrogate (\\ud800)"),
+    ("lone surrogate in a key", "json", '{"version": 1, "items": [{"image": "a.png", "prompt": "p", "\\udc00": 1}]}', None, "the key '\\udc00' contains a lone surrogate"),
+    ("lone surrogate in the job name", "json", '{"version": 1, "name": "n\\udfff", "items": [{"image": "a.png", "prompt": "p"}]}', "name", "lone surrogate"),
+    ("lone surrogate in an image path", "json", '{"version": 1, "items": [{"image": "a\\ud800.png", "prompt": "p"}]}', "image", "lone surrogate"),
+    ("lone surrogate (JSONL)", "jsonl", '{"image": "a.png", "prompt": "\\ud83d"}\n', "prompt", "lone surrogate"),
+    ("lone surrogate in text (YAML)", "yaml", "version: 1\nitems:\n  - {image: a.png, prompt: p\ud800}\n", None, "lone surrogate"),
+    # huge values are echoed as an excerpt
+    ("huge prompt", "json", doc(item(prompt="x" * 1_000_000)), "prompt", "(1000000 characters)"),
+    ("huge unknown field name", "json", doc(item(**{"k" * 1_000_000: 1})), None, "unknown field 'kkkk"),
+    ("huge id", "json", doc(item(id="i" * 1_000_000)), "id", "(1000000 characters)"),
+    ("huge image scheme", "json", doc(item(image="x" * 4000 + "://h/a.png")), "image", "(4000 characters):// images are not supported"),
+    ("huge CSV header cell", "csv", "image,prompt," + "c" * 100_000 + "\na.png,p,x\n", None, "unknown field 'cccc"),
+    # items that are not mappings, and YAML's other containers
+    ("null item", "yaml", "version: 1\nitems: [~]\n", None, "not null"),
+    ("aliases inside !!omap", "yaml", "a: &a [1, 2]\nversion: 1\nitems: !!omap [{x: *a}, {y: *a}]\n", None, "anchors and aliases"),
 ]
 
 
@@ -87,6 +127,20 @@ def test_bad_manifests_are_rejected_with_a_clear_error(case, fmt, content, field
         assert any((i.field or "").split(".")[0] == field for i in issues), text
     assert fragment in text, text
     assert all(i.message for i in issues)
+
+
+def test_every_issue_of_the_corpus_is_short_and_strict_json():
+    """What `farm validate --json` and the HTTP API send back: never NaN, never a lone surrogate
+    (it cannot be encoded), never a megabyte echoed back."""
+    for case, fmt, content, _field, _fragment in MANIFESTS:
+        with pytest.raises(ManifestError) as caught:
+            parse_manifest(content, fmt, base_dir=Path("/data"))
+        for issue in caught.value.issues:
+            text = json.dumps(issue.to_dict(), allow_nan=False, ensure_ascii=False)
+            text.encode("utf-8")
+            str(issue).encode("utf-8")
+            assert len(text) < 2000 and len(str(issue)) < 2000, (case, len(text))
+        str(caught.value).encode("utf-8")
 
 
 def test_path_traversal_in_ids_never_escapes_the_output():

@@ -8,7 +8,17 @@ in job records and metric labels, so it must come from a small fixed set.
 
 from __future__ import annotations
 
+import math
+import reprlib
 from dataclasses import dataclass
+
+# Users' values are echoed in messages, job records and HTTP answers, cut to an excerpt: a 1 MB
+# prompt or a 60 MB manifest line must not come back whole.
+EXCERPT_CHARS = 80
+VALUE_CHARS = 200  # a string `value` in `ManifestIssue.to_dict()`
+MAX_MESSAGE_CHARS = 500
+MAX_FIELD_CHARS = 200
+MAX_ITEM_ID_CHARS = 100
 
 
 class FarmError(Exception):
@@ -27,6 +37,14 @@ class ManifestIssue:
     item_id: str | None = None
     value: object = None
     line: int | None = None
+
+    def __post_init__(self) -> None:
+        # A safety net: whatever a caller interpolated, the issue stays short and encodable.
+        object.__setattr__(self, "message", clip(self.message, MAX_MESSAGE_CHARS))
+        if isinstance(self.field, str):
+            object.__setattr__(self, "field", clip(self.field, MAX_FIELD_CHARS))
+        if isinstance(self.item_id, str):
+            object.__setattr__(self, "item_id", clip(self.item_id, MAX_ITEM_ID_CHARS))
 
     @property
     def location(self) -> str:
@@ -60,10 +78,92 @@ class ManifestIssue:
 
 
 def _jsonable(value: object) -> object:
-    if value is None or isinstance(value, (bool, int, float, str)):
+    """`value` as strict JSON (no NaN, no lone surrogates), cut to an excerpt."""
+    if value is None or isinstance(value, bool):
         return value
-    text = repr(value)
-    return text if len(text) <= 200 else text[:197] + "..."
+    if isinstance(value, int):
+        return value if -(2**63) <= value < 2**63 else excerpt(value)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else excerpt(value)
+    if isinstance(value, str):
+        return clip(value, VALUE_CHARS)
+    return excerpt(value, VALUE_CHARS)
+
+
+def clip(text: str, limit: int) -> str:
+    """`text` in at most `limit` characters, "... (N characters)" ending it when cut, with lone
+    surrogates written as escapes (so that it always encodes as UTF-8)."""
+    if len(text) > limit:
+        suffix = f"... ({len(text)} characters)"
+        text = text[: max(limit - len(suffix), 0)] + suffix
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            text = text.encode("utf-8", "backslashreplace").decode("utf-8")[:limit]
+    return text
+
+
+def excerpt(value: object, limit: int = EXCERPT_CHARS) -> str:
+    """A short, printable rendering of a user-supplied value for a message.
+
+    Strings are quoted like `repr` (control characters and lone surrogates escaped, so the result
+    always encodes as UTF-8); numbers, booleans and null as in JSON (`NaN`, `Infinity`, `true`);
+    lists and mappings show their first elements. A cut excerpt ends with "..." and the
+    original length. The work is bounded too: a 60 MB value is never copied or rendered whole.
+    """
+    if isinstance(value, str):
+        return _excerpt_str(value, limit)
+    text = _Excerpt(limit).repr(value)
+    if isinstance(value, (list, tuple, dict, set, frozenset)) and len(text) > limit:
+        text = f"{text[:limit]}... ({len(value)} items)"
+    return text
+
+
+def _excerpt_str(value: str, limit: int) -> str:
+    head = value[:limit]
+    shown = repr(head)
+    while len(shown) > 2 * limit + 2 and len(head) > 1:  # escapes can make repr 10x longer
+        head = head[: len(head) // 2]
+        shown = repr(head)
+    return shown if len(head) == len(value) else f"{shown}... ({len(value)} characters)"
+
+
+class _Excerpt(reprlib.Repr):
+    """reprlib's bounded rendering (few elements, few levels), with JSON's scalar spellings."""
+
+    def __init__(self, limit: int):
+        super().__init__()
+        self.maxlevel = 3
+        self.maxdict = self.maxlist = self.maxtuple = self.maxset = self.maxfrozenset = 6
+        self.maxstring = self.maxother = self.maxlong = limit
+
+    def repr_str(self, x: str, level: int) -> str:
+        return _excerpt_str(x, self.maxstring)
+
+    def repr_bool(self, x: bool, level: int) -> str:
+        return "true" if x else "false"
+
+    def repr_NoneType(self, x: None, level: int) -> str:  # noqa: N802 - reprlib's naming
+        return "null"
+
+    def repr_float(self, x: float, level: int) -> str:
+        if math.isnan(x):
+            return "NaN"
+        if math.isinf(x):
+            return "Infinity" if x > 0 else "-Infinity"
+        return repr(x)
+
+    def repr_int(self, x: int, level: int) -> str:
+        try:
+            text = repr(x)
+        except ValueError:  # more digits than Python converts (sys.get_int_max_str_digits)
+            return f"<an integer of {x.bit_length()} bits>"
+        return text if len(text) <= self.maxlong else text[: self.maxlong] + f"... ({len(text)} digits)"
+
+    def repr_bytes(self, x: bytes, level: int) -> str:
+        shown = repr(x[: self.maxstring])
+        return shown if len(x) <= self.maxstring else f"{shown}... ({len(x)} bytes)"
 
 
 class ManifestError(FarmError):
@@ -92,6 +192,19 @@ class ImageError(ItemError):
     """The input image is missing, unreadable, of an unsupported format, or too large."""
 
     reason = "image_invalid"
+
+
+class ImageFileError(ImageError):
+    """A local image file that cannot be opened safely (missing, not a regular file, reached through
+    a symbolic link, outside the allowed folder). `problem` says why in a few words, for messages
+    that name the path themselves (a manifest issue)."""
+
+    def __init__(self, message: str, reason: str = "image_not_found", problem: str = ""):
+        super().__init__(message, reason)
+        self.problem = problem
+
+    def __reduce__(self):  # pickled whole (Ray sends errors between processes)
+        return type(self), (str(self), self.reason, self.problem)
 
 
 class ModelUnavailableError(FarmError):

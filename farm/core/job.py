@@ -20,6 +20,7 @@ from farm.core.manifest import JobItem, JobSpec
 from farm.core.params import RenderParams
 
 MAX_ATTEMPTS = 3
+MIN_RATE_WINDOW_S = 5.0
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, SKIPPED = "queued", "running", "succeeded", "failed", "skipped"
 CANCELLED = "cancelled"
@@ -68,6 +69,7 @@ class RenderTask:
     estimate_gib: float | None = None
     replace_etag: str | None = None  # the committed sidecar this render may replace (changed inputs, --force)
     attempt: int = 1
+    image_root: str | None = None  # a local image must lie inside this folder when the worker opens it
 
     @classmethod
     def for_item(cls, spec: JobSpec, item: JobItem, attempt: int = 1, **plan: Any) -> RenderTask:
@@ -86,6 +88,7 @@ class RenderTask:
             seed=item.seed,
             degrade_order=tuple(spec.degrade_order),
             attempt=attempt,
+            image_root=spec.image_root,
             **plan,
         )
 
@@ -177,6 +180,7 @@ class JobState:
         self.started_at: float | None = None
         self.finished_at: float | None = None
         self.cancelled = False
+        self.interrupted = False  # stopped by a signal before the end (`farm resume` finishes it)
         self.items: dict[str, ItemStatus] = {}
         self._items_by_id = {item.id: item for item in spec.items}
         for item in spec.items:
@@ -245,6 +249,12 @@ class JobState:
         status.state, status.reason, status.message = FAILED, "worker_lost", message
         return False
 
+    def hand_back(self, item_id: str) -> None:
+        """A running item that was stopped before it committed: queued again, nothing counted."""
+        status = self.items[item_id]
+        if status.state == RUNNING:
+            status.state, status.worker = QUEUED, None
+
     def fail_remaining(self, reason: str, message: str) -> None:
         for status in self.items.values():
             if status.state in (QUEUED, RUNNING):
@@ -273,6 +283,8 @@ class JobState:
     def final_state(self) -> str:
         counts = self.counts()
         if counts[QUEUED] or counts[RUNNING]:  # a cancelled job is still finishing its running items
+            if self.interrupted:
+                return "interrupted"
             return "running" if self.started_at else "queued"
         if self.cancelled:
             return "cancelled"
@@ -281,6 +293,22 @@ class JobState:
         if counts[SUCCEEDED] + counts[SKIPPED] == 0:
             return "failed"
         return "partial"
+
+    def throughput(self, counts: dict[str, int] | None = None) -> tuple[float | None, float | None]:
+        """(rendered items per minute, seconds left), or None while unknown.
+
+        Only rendered items count: an item that fails at once (a missing image) or was committed
+        by an earlier run says nothing about render speed, and counting it gave rates like
+        25,000/min. Unknown until the first item has rendered; the window is at least
+        `MIN_RATE_WINDOW_S`, so a first item finishing right after the start is no spike.
+        """
+        counts = counts or self.counts()
+        if not self.started_at or not counts[SUCCEEDED]:
+            return None, None
+        elapsed = max((self.finished_at or self._clock()) - self.started_at, MIN_RATE_WINDOW_S)
+        rate = counts[SUCCEEDED] / elapsed
+        left = counts[QUEUED] + counts[RUNNING]
+        return round(rate * 60, 3), (round(left / rate, 1) if left and not self.finished_at else None)
 
     def failures(self) -> list[tuple[str, ItemStatus]]:
         failed = [(item_id, s) for item_id, s in self.items.items() if s.state == FAILED]
@@ -292,7 +320,7 @@ class JobState:
         end = self.finished_at or now
         elapsed = end - self.started_at if self.started_at else 0.0
         counts = self.counts()
-        finished = counts[SUCCEEDED] + counts[FAILED]
+        rate, eta = self.throughput(counts)
         ordered = sorted(self.items.items(), key=lambda pair: pair[1].index)
         return {
             "farm_version": __version__,
@@ -307,7 +335,8 @@ class JobState:
             "finished_at": _iso(self.finished_at),
             "updated_at": _iso(now),
             "elapsed_seconds": round(elapsed, 3),
-            "items_per_minute": round(finished / elapsed * 60, 3) if elapsed > 0 else None,
+            "items_per_minute": rate,
+            "eta_seconds": eta,
             "workers": self.workers,
             "plan": self.plan,
             "items": {item_id: status.to_dict() for item_id, status in ordered},

@@ -6,6 +6,10 @@ are JPEG, PNG and WEBP, recognised by content, not by extension. EXIF orientatio
 every mode (palette, RGBA, grayscale, CMYK, 16-bit) becomes 8-bit RGB, the image is center
 cropped to the target aspect and resized with Lanczos. A source smaller than the target is
 upscaled with a warning rather than refused.
+
+Local files are opened as `farm.core.localfiles.open_image_file` does: the canonical path that
+validation stored, component by component without following symbolic links (one swapped in after
+validation is refused), regular files only, inside the job's `image_root` when it has one.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from farm.core.errors import ImageError
+from farm.core.localfiles import open_image_file, read_at_most
 
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP")
 DEFAULT_MAX_BYTES = 50 * 1024 * 1024
@@ -58,23 +63,40 @@ class PreparedImage:
         }
 
 
-def read_image_file(path: str, limits: ImageLimits = ImageLimits()) -> bytes:
-    """Read a local image, refusing missing files and files over the byte limit before reading."""
+def read_image_file(path: str, limits: ImageLimits = ImageLimits(), root: str | None = None) -> bytes:
+    """Read a local image: refused unless a regular file reached without following any symbolic
+    link (the path is canonical since validation; a link swapped in later is refused), inside
+    `root` when given, and within the byte limit, checked on the open descriptor before reading."""
+    fd, info = open_image_file(path, root)
     try:
-        size = os.stat(path).st_size
-    except FileNotFoundError:
-        raise ImageError(f"image file not found: {path}; check the path in the manifest", "image_not_found") from None
+        if info.st_size > limits.max_bytes:
+            raise _too_large(path, info.st_size, limits)
+        data = read_at_most(fd, limits.max_bytes + 1, info.st_size)
     except OSError as exc:
-        raise ImageError(f"cannot read image {path}: {exc.strerror}", "image_not_found") from None
-    if not os.path.isfile(path):
-        raise ImageError(f"image path is not a file: {path}", "image_not_found")
-    if size > limits.max_bytes:
-        raise ImageError(
-            f"image {path} is {size} bytes, over the {limits.max_bytes}-byte limit; downscale or recompress it",
-            "image_too_large",
-        )
-    with open(path, "rb") as handle:
-        return handle.read(limits.max_bytes + 1)
+        raise ImageError(f"cannot read image {path}: {exc.strerror or exc}", "image_not_found") from None
+    finally:
+        os.close(fd)
+    if len(data) > limits.max_bytes:  # it grew since fstat
+        raise _too_large(path, len(data), limits)
+    return data
+
+
+def check_image_file(path: str, root: str | None = None) -> ImageError | None:
+    """What `read_image_file` would refuse about the file itself (missing, not a regular file, a
+    symbolic link, outside `root`), without reading it: for pre-flight checks."""
+    try:
+        fd, _ = open_image_file(path, root)
+    except ImageError as error:
+        return error
+    os.close(fd)
+    return None
+
+
+def _too_large(path: str, size: int, limits: ImageLimits) -> ImageError:
+    return ImageError(
+        f"image {path} is {size} bytes, over the {limits.max_bytes}-byte limit; downscale or recompress it",
+        "image_too_large",
+    )
 
 
 def prepare_image(

@@ -40,6 +40,13 @@ class ResolvedModel:
         return config_hash(self.path)
 
 
+def absolute_model_ref(ref: str) -> str:
+    """`ref` with a local folder made absolute (workers and the coordinator do not run in the
+    user's folder); `tiny` and Hugging Face ids unchanged."""
+    local = Path(ref.strip()).expanduser()
+    return str(local.resolve()) if ref.strip() != TINY and local.is_dir() else ref
+
+
 def resolve_model(ref: str, *, variant: str | None = None) -> ResolvedModel:
     """Find (building or downloading if needed) the local folder holding `ref`'s weights."""
     ref = ref.strip()

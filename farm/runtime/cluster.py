@@ -3,7 +3,14 @@
 An embedded cluster is bound to loopback only: Ray normally advertises (and binds its gRPC
 servers to) the machine's outward address. `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0` makes Ray
 treat the node as single-machine and use the loopback address, which is what we want for a
-local run. Usage statistics reporting is switched off so nothing leaves the machine.
+local run. Ray reads it when it is imported, so `prepare_local_environment()` must run first;
+`RayCluster` also corrects Ray's copy of it when `ray` was imported earlier. Usage statistics
+reporting is switched off so nothing leaves the machine.
+
+The embedded cluster's processes are guarded by `farm.runtime.reaper`, so none of them outlives
+the farm process, even when it is killed. Ray adds the driver's current folder to every
+worker's import path; farm starts Ray from a private empty folder instead, so a user's folder
+that holds a `farm/` (or `torch/`...) sub-folder cannot shadow the installed packages.
 """
 
 from __future__ import annotations
@@ -15,11 +22,13 @@ LOOPBACK = "127.0.0.1"
 NAMESPACE = "farm"
 
 
-# For the embedded cluster only (a joined cluster keeps its operator's settings). farm starts
-# its render actors itself, so Ray's idle pre-started workers are never used, and nothing reads
-# Ray's internal metrics there (farm exports its own); both cost CPU next to the render, which on
-# a CPU node shares the cores with torch. Each stays overridable from the environment.
-EMBEDDED_RAY_SETTINGS = {
+# The embedded cluster's environment (a joined cluster keeps its operator's settings): loopback
+# addresses and no usage reporting; and, since farm starts its render actors itself and exports
+# its own metrics, no idle pre-started workers and no Ray-internal metrics, which would take CPU
+# from the render on a CPU node. Each stays overridable from the environment.
+EMBEDDED_RAY_ENV = {
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_enable_worker_prestart": "0",
     "RAY_prestart_worker_first_driver": "0",
     "RAY_enable_metrics_collection": "0",
@@ -28,9 +37,7 @@ EMBEDDED_RAY_SETTINGS = {
 
 def prepare_local_environment() -> None:
     """Environment for a loopback-only Ray; must run before `ray` is first imported."""
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    for name, value in EMBEDDED_RAY_SETTINGS.items():
+    for name, value in EMBEDDED_RAY_ENV.items():
         os.environ.setdefault(name, value)
 
 
@@ -103,34 +110,44 @@ class RayCluster:
         self.resources = resources
         self.log_to_driver = log_to_driver
         self._owned = False
+        self._reaper = None
 
     def __enter__(self) -> ClusterInfo:
         if self.address is None:
             prepare_local_environment()
+            absolutize_path_settings()
         else:
             os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         import ray
 
         if not ray.is_initialized():
-            if self.address is None:
-                ray.init(
-                    address="local",
-                    _node_ip_address=LOOPBACK,
-                    include_dashboard=False,
-                    num_cpus=self.num_cpus,
-                    num_gpus=self.num_gpus,
-                    resources=self.resources,
-                    namespace=NAMESPACE,
-                    log_to_driver=self.log_to_driver,
-                    configure_logging=False,
-                )
-            else:
-                ray.init(
-                    address=self.address,
-                    namespace=NAMESPACE,
-                    log_to_driver=self.log_to_driver,
-                    configure_logging=False,
-                )
+            with _neutral_working_dir():
+                if self.address is None:
+                    _loopback_only()
+                    before = _child_pids()
+                    ray.init(
+                        address="local",
+                        _node_ip_address=LOOPBACK,
+                        include_dashboard=False,
+                        num_cpus=self.num_cpus,
+                        num_gpus=self.num_gpus,
+                        resources=self.resources,
+                        namespace=NAMESPACE,
+                        log_to_driver=self.log_to_driver,
+                        configure_logging=False,
+                        runtime_env=worker_runtime_env(),
+                    )
+                    from farm.runtime.reaper import start_reaper
+
+                    self._reaper = start_reaper(sorted(_child_pids() - before))
+                else:
+                    ray.init(
+                        address=self.address,
+                        namespace=NAMESPACE,
+                        log_to_driver=self.log_to_driver,
+                        configure_logging=False,
+                        runtime_env=worker_runtime_env(),
+                    )
             self._owned = True
         total = ray.cluster_resources()
         return ClusterInfo(
@@ -145,4 +162,96 @@ class RayCluster:
         if self._owned:
             import ray
 
-            ray.shutdown()
+            from farm.runtime.reaper import stop_reaper
+
+            try:
+                ray.shutdown()
+            finally:
+                stop_reaper(self._reaper)  # ends what ray.shutdown left running (its agents)
+                self._reaper = None
+
+
+def worker_runtime_env() -> dict | None:
+    """FARM_WORKER_PYTHONPATH (folders, `:`-separated) is put on the workers' import path, for
+    code of the user's own that workers must import; farm puts nothing of the user's there
+    otherwise. None (Ray's default environment) when unset."""
+    folders = [f for f in os.environ.get("FARM_WORKER_PYTHONPATH", "").split(os.pathsep) if f]
+    if not folders:
+        return None
+    return {"env_vars": {"PYTHONPATH": os.pathsep.join(os.path.abspath(os.path.expanduser(f)) for f in folders)}}
+
+
+# Path-valued settings that the coordinator and the workers read in their own processes, whose
+# working folder is not the user's (see _neutral_working_dir): made absolute in the driver first.
+PATH_SETTINGS = ("FARM_STATE_URI", "FARM_DEFAULT_OUTPUT", "FARM_CACHE_DIR", "FARM_TIERS_FILE", "FARM_API_LOCAL_BASE")
+
+
+def absolutize_path_settings() -> None:
+    for name in PATH_SETTINGS:
+        value = os.environ.get(name)
+        if value and "://" not in value and not os.path.isabs(os.path.expanduser(value)):
+            os.environ[name] = os.path.abspath(os.path.expanduser(value))
+
+
+def _neutral_working_dir():
+    """Run `ray.init` from farm's own empty folder: Ray puts the driver's working folder on every
+    worker's import path (and an embedded cluster's processes keep it as theirs)."""
+    import contextlib
+
+    from farm.models.loading import cache_dir
+
+    @contextlib.contextmanager
+    def switched():
+        folder = cache_dir().resolve() / "ray-cwd"
+        folder.mkdir(parents=True, exist_ok=True)
+        previous = os.getcwd()
+        os.chdir(folder)
+        try:
+            yield
+        finally:
+            os.chdir(previous)
+
+    return switched()
+
+
+def _loopback_only() -> None:
+    """Ray read RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER at import; if it was imported before
+    `prepare_local_environment()`, its copy still says 'multi-machine' (bind every interface)."""
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False
+
+
+def _child_pids() -> set[int]:
+    import psutil
+
+    try:
+        return {child.pid for child in psutil.Process().children()}
+    except psutil.Error:
+        return set()
+
+
+def bind_serve_replica_to_loopback() -> None:
+    """Called in a Ray Serve replica before Serve starts the replica's inter-deployment gRPC
+    server, which Ray Serve 2.60 binds to `[::]:0` (every interface) whatever the node's
+    address. On a node whose address is loopback (the embedded cluster) nothing off the machine
+    may reach it anyway: bind it to 127.0.0.1 too."""
+    import ray
+
+    if ray.util.get_node_ip_address() != LOOPBACK:
+        return
+    try:
+        from ray.serve._private import replica
+    except ImportError:  # another Ray layout: nothing to correct
+        return
+    original = getattr(replica, "add_port_to_grpc_server", None)
+    if original is None or getattr(original, "farm_loopback", False):
+        return
+
+    def on_loopback(server, address: str):
+        if address.startswith("[::]:"):
+            address = f"{LOOPBACK}:{address.rsplit(':', 1)[1]}"
+        return original(server, address)
+
+    on_loopback.farm_loopback = True
+    replica.add_port_to_grpc_server = on_loopback

@@ -21,8 +21,9 @@ import queue
 import threading
 import time
 import uuid
-from typing import Any
+from typing import Any, Literal
 
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from farm import __version__
@@ -55,24 +56,51 @@ class CoordinatorConfig(BaseSettings):
     record_interval_s: float = 2.0
 
 
+class JobRecordEntry(BaseModel):
+    """The fields a registry record must have to be a job of this farm (others are kept as is)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: StrictStr = Field(pattern=r"^j-[0-9a-f]{12}$")
+    name: StrictStr = Field(min_length=1)
+    output: StrictStr = Field(min_length=1)
+    state: Literal[(*FINAL_JOB_STATES, "queued", "running")]  # type: ignore[valid-type]
+    submitted_at: float
+    items: int | None = None
+    priority: int = 0
+
+
 class JobRegistry:
-    """One small JSON record per job in the state store; the source of truth after a restart."""
+    """One small JSON record per job in the state store; the source of truth after a restart.
+
+    A file there that is not a readable record of a job (damaged, hand-edited, or planted by a
+    job that wrote into the state folder) is skipped and reported (`skipped`, the log, the
+    `farm_job_records_skipped` gauge, `/healthz`), never a reason for the service not to start.
+    """
 
     def __init__(self, store):
         self.store = store
+        self.skipped: list[dict[str, str]] = []
 
     def put(self, entry: dict) -> None:
         self.store.put_bytes(f"jobs/{entry['id']}.json", json.dumps(entry, indent=1).encode(), "application/json")
 
     def list(self) -> list[dict]:
-        entries = []
+        entries, self.skipped = [], []
         for info in self.store.list("jobs/"):
-            data = self.store.get_bytes(info.key)
-            if data:
-                try:
-                    entries.append(json.loads(data))
-                except ValueError:
-                    log.warning("unreadable job record %s", info.key)
+            reason = None
+            try:
+                data = self.store.get_bytes(info.key)
+                entry = JobRecordEntry.model_validate_json(data or b"").model_dump()
+                if info.key != f"jobs/{entry['id']}.json":
+                    reason = f"it holds job {entry['id']}, not the one its name says"
+            except ValidationError as error:
+                reason = f"not a job record ({error.error_count()} problem(s), first: {error.errors()[0]['msg']})"
+            if reason:
+                log.warning("job registry: skipping %s: %s", info.key, reason)
+                self.skipped.append({"key": info.key, "reason": reason})
+                continue
+            entries.append(entry)
         return sorted(entries, key=lambda e: (e.get("submitted_at") or 0, e["id"]))
 
 
@@ -96,6 +124,7 @@ class Coordinator:
         self.workers = start_workers(self.config.model, ray.cluster_resources(), self.table, faults=self.config.faults)
         self.engine = Engine(self.workers, self.table, self.metrics)
         self._reload()
+        self.metrics.skipped_records.set(len(self.registry.skipped))
         threading.Thread(target=self._admit_loop, name="farm-admission", daemon=True).start()
         threading.Thread(target=self._dispatch_loop, name="farm-dispatch", daemon=True).start()
 
@@ -106,6 +135,7 @@ class Coordinator:
         spec = JobSpec.from_dict(spec_data)
         if spec.model != self.config.model:
             raise FarmError(f"this farm renders with model {self.config.model!r}, not {spec.model!r}; omit `model` or use it")
+        self._check_apart_from_state(spec)
         with self.lock:
             waiting = sum(1 for e in self.entries.values() if e["state"] == "queued")
             if waiting >= self.config.max_queued_jobs:
@@ -138,6 +168,19 @@ class Coordinator:
         self.pending.put(entry["id"])
         return entry
 
+    def _check_apart_from_state(self, spec: JobSpec) -> None:
+        """A job never writes into the state folder (its files would be read as job records)."""
+        from farm.core.outputs import OutputRefused, overlaps
+        from farm.storage import canonical_output
+
+        try:
+            target = canonical_output(f"{spec.output.rstrip('/')}/{spec.name}")
+            state = canonical_output(self.config.state_uri)
+        except OutputRefused as error:
+            raise FarmError(f"output {spec.output!r} cannot be used: {error}") from None
+        if overlaps(target, state):
+            raise FarmError("the job's output overlaps the farm's state folder; choose another output or name")
+
     def cancel(self, job_id: str) -> dict | None:
         with self.lock:
             entry = self.entries.get(job_id)
@@ -163,15 +206,16 @@ class Coordinator:
             state = self.states.get(job_id)
             summary = dict(entry)
             summary.pop("cancel_requested", None)
-            if state is not None:
-                record = state.to_record()
+            if state is not None:  # counts and rates only: the per-item record is never rebuilt here
+                counts = state.counts()
+                rate, eta = state.throughput(counts)
                 summary.update(
-                    state=entry["state"] if entry["state"] in FINAL_JOB_STATES else record["state"],
-                    counts=record["counts"],
+                    state=entry["state"] if entry["state"] in FINAL_JOB_STATES else state.final_state,
+                    counts=counts,
                     started_at=state.started_at,
                     finished_at=state.finished_at,
-                    items_per_minute=record["items_per_minute"],
-                    eta_seconds=_eta(state),
+                    items_per_minute=rate,
+                    eta_seconds=eta,
                 )
             return summary
 
@@ -210,16 +254,24 @@ class Coordinator:
         return {"items": rows, "next_cursor": rows[-1]["index"] if more else None}
 
     def video(self, job_id: str, item_id: str, expiry_s: int | None = None) -> dict | None:
+        """Where a committed item's video is; `committed` is false unless the item's own sidecar
+        says it succeeded (so the job's own files, job.json and spec.json, are never items)."""
         with self.lock:
             entry = self.entries.get(job_id)
         if entry is None:
             return None
         store = open_store(entry["output"])
         keys = item_keys(entry["name"], item_id)
-        if store.head(keys["sidecar"]) is None:
+        try:
+            sidecar = json.loads(store.get_bytes(keys["sidecar"]) or b"null")
+        except ValueError:
+            sidecar = None
+        if not isinstance(sidecar, dict) or sidecar.get("item_id") != item_id or sidecar.get("status") != "succeeded":
             return {"committed": False}
         if entry["output"].startswith("s3://"):
             return {"committed": True, "url": store.presigned_url(keys["video"], expiry_s)}
+        if store.head(keys["video"]) is None:
+            return {"committed": False}
         return {"committed": True, "path": store.location(keys["video"])}
 
     def health(self) -> dict:
@@ -234,6 +286,7 @@ class Coordinator:
             "ok": bool(self.engine.workers) and storage_ok,
             "workers": {w.name: w.tier for w in self.engine.workers},
             "storage": storage_ok,
+            "skipped_job_records": self.registry.skipped[:20],
             "active_jobs": active,
             "model": self.config.model,
             "uptime_seconds": round(time.time() - self.started_at, 1),
@@ -241,6 +294,23 @@ class Coordinator:
 
     def ping(self) -> bool:
         return True
+
+    def drain(self, grace_s: float) -> dict:
+        """The service is stopping: start nothing new, let running items finish for up to
+        `grace_s`, hand back the rest and write every job record. The registry still says
+        `running` for those jobs, so the next start queues them again and skips what committed."""
+        self.engine.begin_drain()
+        deadline = time.monotonic() + grace_s
+        while not self.engine.settled() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        handed_back = self.engine.hand_back_held()
+        with self.engine.lock:
+            jobs = list(self.engine.jobs.values())
+        for job in jobs:
+            job.state.interrupted = True
+            if job.recorder is not None:
+                job.recorder.close(final=True)
+        return {"handed_back": len(handed_back), "jobs": len(jobs)}
 
     def metrics_text(self) -> bytes:
         """Prometheus text format of every farm series (served by the API at /metrics)."""
@@ -377,15 +447,6 @@ class Coordinator:
                 status.state, status.reason, status.message = item["state"], item.get("reason"), item.get("message")
                 status.degradations = item.get("degradations", [])
         return state
-
-
-def _eta(state: JobState) -> float | None:
-    counts = state.counts()
-    done = counts["succeeded"] + counts["failed"]
-    if not state.started_at or not done or state.finished_at:
-        return None
-    rate = done / max(time.time() - state.started_at, 1e-6)
-    return round((counts["queued"] + counts["running"]) / rate, 1)
 
 
 def coordinator_handle(settings: dict | None = None, *, create: bool = True) -> Any:

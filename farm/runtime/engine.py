@@ -91,7 +91,10 @@ def start_workers(
     """Start one render actor per GPU (or CPU workers) and wait for their models to load."""
     import ray
 
+    from farm.models.loading import absolute_model_ref
     from farm.runtime.workers import RenderWorker
+
+    model = absolute_model_ref(model)
 
     gpus = int(resources.get("GPU", 0))
     tiers = tiers_in_resources(resources)
@@ -115,8 +118,9 @@ def start_workers(
             actor = RenderWorker.options(num_cpus=1).remote(model, f"cpu-{index}", threads or os.cpu_count(), faults)
             handles.append(Worker(f"cpu-{index}", actor, CPU_TIER))
     usable, errors = [], []
-    for worker, info in zip(handles, ray.get([w.actor.info.remote() for w in handles])):
-        worker.info = info
+    replies = [w.actor.info.remote() for w in handles]
+    for worker, reply in zip(handles, replies):
+        info = worker.info = _started(worker, reply)
         if info["ok"] and worker.tier != CPU_TIER and worker.tier not in table:
             info["ok"], info["error"] = False, f"its card ({info['card']}) is smaller than the smallest tier"
         (usable if info["ok"] else errors).append(worker)
@@ -127,6 +131,30 @@ def start_workers(
         raise ModelUnavailableError(errors[0].info["error"] if errors else "no render workers could start")
     stop_workers(errors)
     return usable
+
+
+def _started(worker: Worker, reply) -> dict:
+    """The worker's `info()`, or why its process could not start (an import error, a missing
+    dependency or a shadowing folder on its node): the cause and the node, no traceback."""
+    import ray
+    from ray.exceptions import RayActorError
+
+    try:
+        return ray.get(reply)
+    except RayActorError as error:
+        return {"ok": False, "error": worker_start_failure(worker.name, str(error)), "tier": None}
+
+
+def worker_start_failure(name: str, text: str) -> str:
+    """'render worker NAME on node IP could not start: CAUSE' from Ray's actor-died message."""
+    import re
+
+    node = re.search(r"\bip=([0-9a-fA-F.:]+)", text)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    causes = [line for line in lines if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Exit)\b", line)]
+    cause = causes[-1] if causes else (lines[-1] if lines else "unknown error")
+    where = f" on node {node.group(1)}" if node else ""
+    return f"render worker {name}{where} could not start: {cause[:300]}"
 
 
 def stop_workers(workers: list[Worker]) -> None:
@@ -160,6 +188,7 @@ class Engine:
         self.uploading: dict[str, set[tuple[str, str]]] = {w.name: set() for w in workers}
         self.probing: dict[Any, Worker] = {}
         self.probe_started: dict[Any, float] = {}
+        self.draining = False  # stopping: no new work is sent (see `drain`)
         self.lock = threading.RLock()
 
     # --- views ------------------------------------------------------------------------------
@@ -177,7 +206,7 @@ class Engine:
 
     def busy(self) -> bool:
         with self.lock:
-            return bool(self.jobs or self.in_flight or self.probing)
+            return bool((self.jobs and not self.draining) or self.in_flight or self.probing)
 
     # --- jobs -------------------------------------------------------------------------------
 
@@ -217,9 +246,43 @@ class Engine:
 
     # --- the loop -----------------------------------------------------------------------------
 
-    def run_until_done(self) -> None:
+    def run_until_done(self, stop: threading.Event | None = None, grace_s: float = 30.0) -> bool:
+        """Drive every admitted job to its end; False when `stop` was set first (then `drain`)."""
         while self.busy():
+            if stop is not None and stop.is_set():
+                self.drain(grace_s)
+                return False
             self.step()
+        return True
+
+    def drain(self, grace_s: float) -> list[tuple[str, str]]:
+        """Stop (for the thread that drives `step`): send no new work, give running items and
+        pending uploads up to `grace_s` to finish, then hand back what is still running."""
+        self.begin_drain()
+        deadline = time.monotonic() + grace_s
+        while not self.settled() and time.monotonic() < deadline:
+            self.step(min(1.0, max(deadline - time.monotonic(), 0.01)))
+        return self.hand_back_held()
+
+    def begin_drain(self) -> None:
+        with self.lock:
+            self.draining = True
+
+    def settled(self) -> bool:
+        """Nothing rendering and nothing waiting for upload."""
+        with self.lock:
+            return not self.in_flight and not any(self.uploading.values())
+
+    def hand_back_held(self) -> list[tuple[str, str]]:
+        """Items still rendering or uploading when a drain ends go back to their job's queue:
+        they never committed, so a resumed job renders them (a late commit is found then)."""
+        with self.lock:
+            held = {(job, item) for _, job, item in self.in_flight.values() if item is not None}
+            held |= {pair for pending in self.uploading.values() for pair in pending}
+            for job_id, item_id in held:
+                if job_id in self.jobs:
+                    self.jobs[job_id].state.hand_back(item_id)
+            return sorted(held)
 
     def step(self, timeout: float = 1.0) -> None:
         import ray
@@ -227,7 +290,7 @@ class Engine:
         with self.lock:
             self._fill()
             if not self.in_flight and not self.probing:
-                if len(self.queue):  # work left, nobody able to take it
+                if len(self.queue) and not self.draining:  # work left, nobody able to take it
                     for job in list(self.jobs.values()):
                         job.state.fail_remaining("worker_lost", "no render worker left that can take these items")
                         self.queue.remove_job(job.id)
@@ -274,7 +337,7 @@ class Engine:
     def _fill(self) -> None:
         # Smallest tiers choose first, so big workers only steal what small ones cannot take now.
         for worker in sorted(self.idle, key=lambda w: self._rank(w.tier)):
-            taken = self.queue.take(worker.tier)
+            taken = None if self.draining else self.queue.take(worker.tier)
             if taken is not None:
                 self.idle.remove(worker)
                 self._send(worker, taken[0], taken[1])
@@ -329,7 +392,10 @@ class Engine:
                 escalated = outcome
             else:
                 self._record(outcome)
-        if escalated is not None and escalated.job_id in self.jobs:
+        if escalated is not None and escalated.job_id in self.jobs and self.draining:
+            self.jobs[escalated.job_id].state.hand_back(escalated.item_id)  # stopping: not moved on
+            self.idle.append(worker)
+        elif escalated is not None and escalated.job_id in self.jobs:
             self._escalate(worker, escalated)
         else:
             self.idle.append(worker)

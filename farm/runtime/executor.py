@@ -22,6 +22,7 @@ from farm.core.planner import JobPlan, plan_job
 from farm.core.tiers import TierTable, load_tier_table
 from farm.runtime.cluster import RayCluster, local_gpu_resources
 from farm.runtime.engine import ActiveJob, Engine, NullReporter, start_workers, stop_workers
+from farm.runtime.stopping import StopRequest, grace_seconds
 from farm.storage import open_store
 from farm.storage.base import STAGING, job_record_key, job_spec_key
 from farm.storage.resume import ResumeDecision, scan_committed
@@ -49,6 +50,8 @@ class RunOptions:
     manifest: tuple[str, bytes] | None = None  # (file name, bytes) of the manifest as submitted
     metrics: object | None = None  # a farm.metrics.FarmMetrics to update while the job runs
     reporter: ProgressReporter = field(default_factory=NullReporter)
+    stop: StopRequest | None = None  # set by SIGTERM/Ctrl-C: finish running items, start no more
+    stop_grace_s: float = field(default_factory=grace_seconds)
 
 
 class JobRecorder:
@@ -160,6 +163,9 @@ def run_job(spec: JobSpec, options: RunOptions | None = None) -> JobState:
     any GPU time is spent.
     """
     options = options or RunOptions()
+    if "://" not in spec.output and not os.path.isabs(spec.output):
+        # Workers resolve paths in their own working folder, not this process's.
+        spec = replace(spec, output=os.path.abspath(spec.output))
     table = options.tiers or load_tier_table()
     store = open_store(spec.output)
     store.check_access(spec.name)
@@ -170,6 +176,8 @@ def run_job(spec: JobSpec, options: RunOptions | None = None) -> JobState:
     local = local_gpu_resources(table) if not (options.address or os.environ.get("RAY_ADDRESS")) else {}
     try:
         with RayCluster(options.address, **local) as cluster:
+            if options.stop is not None:
+                options.stop.install()  # again: ray.init replaced the SIGTERM handler
             workers = start_workers(
                 spec.model, cluster.resources, table,
                 cpu_workers=options.workers, cpu_threads=options.cpu_threads, faults=options.faults,
@@ -185,7 +193,8 @@ def run_job(spec: JobSpec, options: RunOptions | None = None) -> JobState:
                 if plan.items or spec.rejected or not had_record:
                     recorder.write(force=True)
                 engine.admit(job, plan, decision.replace)
-                engine.run_until_done()
+                stop = options.stop.event if options.stop is not None else None
+                state.interrupted = not engine.run_until_done(stop, options.stop_grace_s)
                 engine.publish()
             finally:
                 stop_workers(workers)

@@ -2,9 +2,13 @@
 the job coordinator actor; it holds no job state of its own.
 
 Routes under /v1 need `Authorization: Bearer <FARM_API_TOKEN>` when that variable is set.
-Limits (FARM_API_*): request body bytes, items per manifest, upload bytes and pixels. Bad input
-is a 4xx with every problem listed, never a 500. Run it with `farm serve`, or with Ray Serve's
-own tooling: `serve run farm.serve.app:app` (KubeRay's RayService uses the same import path).
+Limits (FARM_API_*): request body bytes, items per manifest, upload bytes and pixels, open event
+streams. A submitted job writes only under the outputs the operator allows
+(FARM_API_ALLOWED_OUTPUTS, default: the service's own default output), never into the state
+folder. Bad input is a 4xx with every problem listed, never a 500; no response carries a
+traceback, a process id, an address or a server path (errors are logged here instead, under the
+id the response gives). Run it with `farm serve`, or with Ray Serve's own tooling:
+`serve run farm.serve.app:app` (KubeRay's RayService uses the same import path).
 """
 
 
@@ -12,6 +16,7 @@ import asyncio
 import hmac
 import json
 import logging
+import math
 import os
 import uuid
 from pathlib import Path
@@ -19,14 +24,16 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, RedirectResponse, StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import AliasChoices, BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from farm import __version__
 from farm.core.errors import FarmError, ImageError, JobConflictError, ManifestError, ManifestIssue, QueueFullError
 from farm.core.job import ITEM_STATES
-from farm.core.manifest import JobOverrides, parse_manifest
+from farm.core.ids import RESERVED_ITEM_IDS, is_safe_id
+from farm.core.manifest import DEFAULT_OUTPUT, parse_manifest
 from farm.core.params import ASPECTS, PRESETS
+from farm.serve.events import StatusFeed, StreamLimitError, StreamLimits
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +42,7 @@ FINAL_JOB_STATES = ("succeeded", "partial", "failed", "cancelled")
 
 
 class ApiSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="FARM_API_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="FARM_API_", extra="ignore", protected_namespaces=(), populate_by_name=True)
 
     token: str | None = None  # FARM_API_TOKEN
     max_body_bytes: int = 64 * 1024 * 1024
@@ -43,6 +50,21 @@ class ApiSettings(BaseSettings):
     max_upload_bytes: int = 50 * 1024 * 1024
     max_upload_pixels: int = 40_000_000
     local_base: str | None = None  # a folder on the server whose images manifests may name
+    # Comma-separated output prefixes (folders, s3://BUCKET/PREFIX) that submitted jobs may write
+    # under; empty: the default output only.
+    allowed_outputs: str = ""
+    max_streams: int = Field(default=1000, ge=1)  # open event streams, all clients together
+    max_streams_per_client: int = Field(default=16, ge=1)  # per client address
+    call_timeout_s: float = Field(default=30.0, gt=0)  # for one call to the coordinator
+    default_output: str = Field(default=DEFAULT_OUTPUT, validation_alias=AliasChoices("FARM_DEFAULT_OUTPUT"))
+    model: str | None = Field(default=None, validation_alias=AliasChoices("FARM_MODEL"))
+
+    def output_prefixes(self) -> list[str]:
+        """The allowed prefixes, canonical (see farm.storage.canonical_output)."""
+        from farm.storage import canonical_output
+
+        listed = [p.strip() for p in self.allowed_outputs.split(",") if p.strip()] or [self.default_output]
+        return [canonical_output(_absolute(p)) for p in listed]
 
 
 # --- response models (they make the OpenAPI document precise) ---------------------------------
@@ -88,10 +110,15 @@ class Problem(BaseModel):
 
 
 class CoordinatorClient:
-    """Every call to the coordinator actor goes through here (one place to fake in tests)."""
+    """Every call to the coordinator actor goes through here (one place to fake in tests).
 
-    def __init__(self, handle=None):
+    What the coordinator raises reaches the routes as the farm's own error, never as Ray's
+    wrapper (whose text holds the remote traceback, pids and the node's address); anything
+    else becomes a logged internal error."""
+
+    def __init__(self, handle=None, timeout_s: float = 30.0):
         self._handle = handle
+        self.timeout_s = timeout_s
 
     @property
     def handle(self):
@@ -102,27 +129,90 @@ class CoordinatorClient:
         return self._handle
 
     async def call(self, method: str, *args, **kwargs):
-        from ray.exceptions import RayActorError
+        from ray.exceptions import RayActorError, RayTaskError
 
         try:
-            return await getattr(self.handle, method).remote(*args, **kwargs)
+            return await asyncio.wait_for(getattr(self.handle, method).remote(*args, **kwargs), self.timeout_s)
         except RayActorError:
             self._handle = None  # it is restarting; look it up again next time
             raise HTTPException(503, "the job coordinator is restarting; retry in a few seconds") from None
+        except asyncio.TimeoutError:
+            raise HTTPException(503, f"the job coordinator did not answer within {self.timeout_s:.0f} s; retry") from None
+        except RayTaskError as error:
+            cause = error.cause if isinstance(getattr(error, "cause", None), BaseException) else None
+            if isinstance(cause, FarmError):
+                raise cause from None
+            raise InternalError(f"coordinator.{method}: {type(cause or error).__name__}: {cause or error}") from None
 
 
-def _problem(status: int, detail: str, errors: list[dict] | None = None) -> JSONResponse:
-    return JSONResponse(status_code=status, content={"detail": detail, "errors": errors or []})
+def excerpt_text(text: str, limit: int = 500) -> str:
+    """`text` cut to `limit` characters, encodable as UTF-8 whatever it held."""
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def excerpt_value(value: Any) -> Any:
+    """A value echoed in an error: JSON-safe and short."""
+    if value is None or isinstance(value, bool) or (isinstance(value, int) and abs(value) < 10**18):
+        return value
+    if isinstance(value, float) and math.isfinite(value):
+        return value
+    return excerpt_text(value if isinstance(value, str) else repr(value), 80)
+
+
+class InternalError(Exception):
+    """A failure that is the server's fault: logged in full, answered with an id only."""
+
+
+def _problem(status: int, detail: str, errors: list[dict] | None = None, headers: dict | None = None) -> JSONResponse:
+    body = {"detail": excerpt_text(detail), "errors": errors or []}
+    return JSONResponse(status_code=status, content=body, headers=headers)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    """One JSON shape for every error, and no internals in any of them."""
+    from fastapi.exceptions import RequestValidationError
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, error: StarletteHTTPException):
+        return _problem(error.status_code, str(error.detail), headers=getattr(error, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_request: Request, error: RequestValidationError):
+        errors = [
+            {
+                "field": ".".join(str(part) for part in e.get("loc", ()) if part not in ("body", "query", "path")) or None,
+                "message": excerpt_text(str(e.get("msg", "invalid"))),
+                "value": excerpt_value(e.get("input")),
+            }
+            for e in error.errors()
+        ]
+        return _problem(422, "invalid request: " + "; ".join(f"{e['field']}: {e['message']}" for e in errors), errors)
+
+    @app.exception_handler(Exception)
+    async def unexpected(_request: Request, error: Exception):
+        incident = uuid.uuid4().hex[:12]
+        log.error("internal error %s: %s", incident, error, exc_info=not isinstance(error, InternalError))
+        return _problem(500, f"internal error {incident}; the server's log has the details (search for the id)")
 
 
 def create_app(client: CoordinatorClient | None = None, settings: ApiSettings | None = None) -> FastAPI:
     settings = settings or ApiSettings()
-    client = client or CoordinatorClient()
+    client = client or CoordinatorClient(timeout_s=settings.call_timeout_s)
     app = FastAPI(
         title="farm",
         version=__version__,
         description="A render farm for image-to-video generation: submit manifests, follow jobs, fetch videos.",
     )
+    _install_error_handlers(app)
+    streams = StreamLimits(per_client=settings.max_streams_per_client, total=settings.max_streams)
+
+    async def public_status(job_id: str) -> dict | None:
+        status = await client.call("status", job_id)
+        return _status(status) if status is not None else None
+
+    feed = StatusFeed(public_status, final_states=FINAL_JOB_STATES)
 
     def authorize(request: Request) -> None:
         if not settings.token:
@@ -147,18 +237,43 @@ def create_app(client: CoordinatorClient | None = None, settings: ApiSettings | 
             chunks.append(chunk)
         return b"".join(chunks)
 
+    def confine_output(spec) -> ManifestIssue | None:
+        """Keep the job's writes under an allowed prefix (compared canonically); the spec then
+        names its output canonically, so what was checked is what the workers open."""
+        from farm.core.outputs import OutputRefused, check_allowed
+        from farm.storage import canonical_output
+
+        try:
+            output = canonical_output(_absolute(spec.output))
+            check_allowed(output, settings.output_prefixes())
+        except OutputRefused as refusal:
+            return ManifestIssue(
+                f"{refusal}; omit `output` to use this farm's default output ({settings.default_output}), "
+                "or ask the operator to allow it (FARM_API_ALLOWED_OUTPUTS)",
+                field="output",
+                value=spec.output,
+            )
+        spec.output = output
+        return None
+
+    async def check_notify_url(spec) -> ManifestIssue | None:
+        if not spec.notify_url:
+            return None
+        from farm.storage.config import UrlFetchConfig
+        from farm.storage.inputs import check_url
+
+        try:
+            await asyncio.to_thread(check_url, spec.notify_url, UrlFetchConfig())
+        except FarmError as error:
+            return ManifestIssue(str(error), field="notify_url", value=spec.notify_url)
+        return None
+
     async def submit_spec(spec, manifest: tuple[str, bytes]) -> JSONResponse:
         if spec.total > settings.max_items:
             return _problem(422, f"the manifest has {spec.total} items; this farm accepts at most {settings.max_items}")
-        if spec.notify_url:
-            from farm.storage.config import UrlFetchConfig
-            from farm.storage.inputs import check_url
-
-            try:
-                await asyncio.to_thread(check_url, spec.notify_url, UrlFetchConfig())
-            except FarmError as error:
-                issue = ManifestIssue(str(error), field="notify_url", value=spec.notify_url)
-                return _problem(422, "invalid notify_url", [issue.to_dict()])
+        issues = [issue for issue in (confine_output(spec), await check_notify_url(spec)) if issue is not None]
+        if issues:
+            return _problem(422, f"the job cannot run here: {', '.join(i.field for i in issues)}", [i.to_dict() for i in issues])
         try:
             entry = await client.call("submit", spec.to_dict(), manifest)
         except HTTPException:
@@ -171,22 +286,23 @@ def create_app(client: CoordinatorClient | None = None, settings: ApiSettings | 
             return _problem(422, str(error))
         return JSONResponse(status_code=202, content={"id": entry["id"], "status_url": f"/v1/jobs/{entry['id']}"})
 
-    def parse(data: bytes, fmt: str, overrides: JobOverrides | None = None, *, local: bool = False):
+    def parse(data: bytes, fmt: str):
+        """Validate a submitted manifest. Local images only inside FARM_API_LOCAL_BASE (relative
+        paths are relative to it), and they must exist now; a relative `output` is relative to
+        the farm's default output. Run off the event loop: a big manifest takes seconds."""
         base = Path(settings.local_base) if settings.local_base else None
         return parse_manifest(
             data,
             fmt,  # type: ignore[arg-type]
-            base_dir=base if not local else Path("/"),
+            base_dir=base,
             default_name="job-" + uuid.uuid4().hex[:8],
-            overrides=overrides,
-            env_model=os.environ.get("FARM_MODEL"),
-            local_images=local,
+            env_model=settings.model,
+            local_images=False,
+            check_files=base is not None,
+            default_output=settings.default_output,
+            output_base=settings.default_output,
             source="request body",
         )
-
-    def default_output(spec_output_given: bool) -> JobOverrides | None:
-        output = os.environ.get("FARM_DEFAULT_OUTPUT")
-        return None if spec_output_given or not output else JobOverrides(output=output)
 
     @v1.post(
         "/jobs",
@@ -203,8 +319,7 @@ def create_app(client: CoordinatorClient | None = None, settings: ApiSettings | 
         if kind not in YAML_TYPES and kind not in ("application/json", "text/json", ""):
             return _problem(415, f"content type {kind!r} is not accepted; send application/json or application/yaml")
         try:
-            document_output = _declares_output(body, fmt)
-            spec = parse(body, fmt, default_output(document_output))
+            spec = await asyncio.to_thread(parse, body, fmt)
         except ManifestError as error:
             return _problem(422, f"invalid manifest: {len(error.issues)} error(s)", [i.to_dict() for i in error.issues])
         return await submit_spec(spec, (f"manifest.{'yaml' if fmt == 'yaml' else 'json'}", body))
@@ -218,7 +333,7 @@ def create_app(client: CoordinatorClient | None = None, settings: ApiSettings | 
     async def job_status(job_id: str):
         status = await client.call("status", job_id)
         if status is None:
-            raise HTTPException(404, f"no job {job_id!r}")
+            raise HTTPException(404, f"no job {excerpt_text(job_id, 80)!r}")
         return _status(status)
 
     @v1.get("/jobs/{job_id}/items", response_model=ItemPage, responses=problems)
@@ -230,28 +345,27 @@ def create_app(client: CoordinatorClient | None = None, settings: ApiSettings | 
     ):
         page = await client.call("items", job_id, state, cursor, limit)
         if page is None:
-            raise HTTPException(404, f"no job {job_id!r}")
+            raise HTTPException(404, f"no job {excerpt_text(job_id, 80)!r}")
         return page
 
-    @v1.get("/jobs/{job_id}/events", responses=problems)
+    @v1.get("/jobs/{job_id}/events", responses={**problems, 429: {"model": Problem}})
     async def job_events(job_id: str, request: Request):
-        """Server-sent events: `progress` while the job runs, then one `end`."""
-        first = await client.call("status", job_id)
-        if first is None:
-            raise HTTPException(404, f"no job {job_id!r}")
+        """Server-sent events: `progress` on every change while the job runs, then one `end`
+        (an `error` event if the coordinator cannot be reached; reconnect then)."""
+        if await public_status(job_id) is None:
+            raise HTTPException(404, f"no job {excerpt_text(job_id, 80)!r}")
+        who = request.client.host if request.client else "unknown"
+        try:
+            streams.acquire(who)
+        except StreamLimitError as error:
+            return _problem(429, error.message, headers={"Retry-After": "10"})
 
         async def stream():
-            last = None
-            while True:
-                status = await client.call("status", job_id)
-                payload = json.dumps(_status(status))
-                final = status["state"] in FINAL_JOB_STATES
-                if payload != last or final:
-                    yield f"event: {'end' if final else 'progress'}\ndata: {payload}\n\n"
-                    last = payload
-                if final or await request.is_disconnected():
-                    return
-                await asyncio.sleep(1.0)
+            try:
+                async for chunk in feed.follow(job_id):
+                    yield chunk
+            finally:
+                streams.release(who)
 
         return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
@@ -259,18 +373,16 @@ def create_app(client: CoordinatorClient | None = None, settings: ApiSettings | 
     async def cancel_job(job_id: str):
         status = await client.call("cancel", job_id)
         if status is None:
-            raise HTTPException(404, f"no job {job_id!r}")
+            raise HTTPException(404, f"no job {excerpt_text(job_id, 80)!r}")
         return _status(status)
 
     @v1.get("/jobs/{job_id}/items/{item_id}/video", responses={**problems, 307: {"description": "redirect to the video"}})
     async def item_video(job_id: str, item_id: str, expires: int | None = Query(None, ge=1, le=7 * 24 * 3600)):
-        from farm.core.ids import is_safe_id
-
-        if not is_safe_id(item_id):
-            raise HTTPException(404, f"no item {item_id!r}")
+        if not is_safe_id(item_id) or item_id in RESERVED_ITEM_IDS:  # job.json & co. are not items
+            raise HTTPException(404, f"no item {excerpt_text(item_id, 80)!r}")
         found = await client.call("video", job_id, item_id, expires)
         if found is None:
-            raise HTTPException(404, f"no job {job_id!r}")
+            raise HTTPException(404, f"no job {excerpt_text(job_id, 80)!r}")
         if not found["committed"]:
             raise HTTPException(404, f"item {item_id!r} has no committed video (yet)")
         if "url" in found:
@@ -310,7 +422,7 @@ def create_app(client: CoordinatorClient | None = None, settings: ApiSettings | 
         }
         item = {"id": "render", "image": "", "prompt": prompt, **{k: v for k, v in values.items() if v is not None}}
         job_name = "render-" + uuid.uuid4().hex[:10]
-        output = os.environ.get("FARM_DEFAULT_OUTPUT", "./farm-output")
+        output = settings.default_output
         try:
             # Validate the parameters first, with a placeholder image reference.
             parse(json.dumps({"version": 1, "name": job_name, "items": [{**item, "image": "s3://check/x"}]}).encode(), "json")
@@ -320,8 +432,7 @@ def create_app(client: CoordinatorClient | None = None, settings: ApiSettings | 
         location = await asyncio.to_thread(_store_upload, output, f"{job_name}/inputs/render.{extension}", data)
         document = {"version": 1, "name": job_name, "output": output, "items": [{**item, "image": location}]}
         spec = parse_manifest(
-            json.dumps(document).encode(), "json", base_dir=Path("/"), env_model=os.environ.get("FARM_MODEL"),
-            source="upload",
+            json.dumps(document).encode(), "json", base_dir=Path("/"), env_model=settings.model, source="upload",
         )
         return await submit_spec(spec, ("manifest.json", json.dumps(document).encode()))
 
@@ -334,7 +445,8 @@ def create_app(client: CoordinatorClient | None = None, settings: ApiSettings | 
             health = await asyncio.wait_for(client.call("health"), timeout=10)
         except (HTTPException, asyncio.TimeoutError):
             return JSONResponse(status_code=503, content={"ok": False, "coordinator": False})
-        return JSONResponse(status_code=200 if health["ok"] else 503, content={**health, "coordinator": True})
+        content = {**health, "coordinator": True, "event_streams": streams.open, "watched_jobs": feed.polled_jobs}
+        return JSONResponse(status_code=200 if health["ok"] else 503, content=content)
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics():
@@ -365,20 +477,6 @@ def _manifest_body() -> dict:
     }
 
 
-def _declares_output(body: bytes, fmt: str) -> bool:
-    """Whether the manifest names its own output (else the farm's default output applies)."""
-    try:
-        if fmt == "json":
-            document = json.loads(body)
-        else:
-            import yaml
-
-            document = yaml.load(body, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506
-    except Exception:  # parse_manifest reports it properly
-        return True
-    return isinstance(document, dict) and bool(document.get("output"))
-
-
 def _store_upload(output: str, key: str, data: bytes) -> str:
     from farm.storage import open_store
 
@@ -393,13 +491,30 @@ def _status(status: dict) -> dict:
     return data
 
 
+def _absolute(location: str) -> str:
+    return location if "://" in location else os.path.abspath(os.path.expanduser(location))
+
+
 def _serve_deployment():
     from ray import serve
 
-    @serve.deployment(name="farm-api", num_replicas=1, ray_actor_options={"num_cpus": 0})
-    @serve.ingress(create_app())
+    settings = ApiSettings()
+    # Serve's default (5 ongoing requests per replica) let six open event streams hold every
+    # slot, so /healthz and status requests queued behind them. Streams are cheap coroutines
+    # (farm.serve.events) with their own bound; leave room for ordinary requests beside them.
+    ongoing = settings.max_streams + 256
+
+    @serve.deployment(
+        name="farm-api", num_replicas=1, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=ongoing,
+    )
+    @serve.ingress(create_app(settings=settings))
     class FarmAPI:
         """The Serve replica: nothing but the FastAPI app (job state lives in the coordinator)."""
+
+        def __init__(self):
+            from farm.runtime.cluster import bind_serve_replica_to_loopback
+
+            bind_serve_replica_to_loopback()
 
     return FarmAPI
 

@@ -19,4 +19,18 @@ def open_store(uri: str, config=None) -> OutputStore:
     return LocalStore(uri.removeprefix("file://"))
 
 
-__all__ = ["LocalStore", "ObjectInfo", "OutputStore", "open_store"]
+def canonical_output(uri: str) -> str:
+    """An output URI in the form that confinement checks compare (`farm.core.outputs`): an
+    s3:// URI normalised, a local folder made absolute with its symlinks and `..` resolved.
+    Raises `OutputRefused` (a ValueError) for malformed URIs."""
+    import os
+
+    from farm.core.outputs import normalise
+
+    if uri.startswith("s3://") or ("://" in uri and not uri.startswith("file://")):
+        return normalise(uri)
+    path = uri.removeprefix("file://")
+    return normalise(os.path.realpath(os.path.expanduser(path)) if os.path.isabs(os.path.expanduser(path)) else path)
+
+
+__all__ = ["LocalStore", "ObjectInfo", "OutputStore", "canonical_output", "open_store"]

@@ -46,6 +46,10 @@ class OutputStore(Protocol):
 
     def head(self, key: str) -> ObjectInfo | None: ...
 
+    def sha256(self, key: str) -> str | None:
+        """The hex sha256 of the object's bytes, streamed in chunks; None when it does not exist."""
+        ...
+
     def list(self, prefix: str) -> Iterator[ObjectInfo]: ...
 
     def promote(self, source: str, target: str, *, size: int | None = None) -> ObjectInfo:

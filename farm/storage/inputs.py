@@ -33,12 +33,13 @@ class InputImage:
     fingerprint: str
 
 
-def read_input(location: str, limits: ImageLimits = ImageLimits()) -> InputImage:
+def read_input(location: str, limits: ImageLimits = ImageLimits(), root: str | None = None) -> InputImage:
+    """Read an item's image; a local one must lie inside `root` when given (the job's image_root)."""
     if location.startswith("s3://"):
         return _read_s3(location, limits)
     if location.startswith(("https://", "http://")):
         return InputImage(fetch_url(location, UrlFetchConfig(), max_bytes=limits.max_bytes), location)
-    data = read_image_file(location, limits)
+    data = read_image_file(location, limits, root=root)
     return InputImage(data, local_fingerprint(location))
 
 

@@ -19,6 +19,7 @@ from typing import Iterator
 
 from farm.core.errors import CommitConflict, StorageError
 from farm.storage.base import ObjectInfo
+from farm.storage.digests import sha256_of_reader
 
 
 def _default_file_mode() -> int:
@@ -110,6 +111,13 @@ class LocalStore:
         try:
             return self._path(key).read_bytes()
         except FileNotFoundError:
+            return None
+
+    def sha256(self, key: str) -> str | None:
+        try:
+            with open(self._path(key), "rb") as handle:
+                return sha256_of_reader(handle.read)
+        except (FileNotFoundError, IsADirectoryError):
             return None
 
     def head(self, key: str) -> ObjectInfo | None:

@@ -8,6 +8,13 @@ sidecar (`If-Match` its etag), so a racing writer cannot be overwritten blindly.
 
 The image is re-hashed only when its fingerprint (size and mtime, or S3 ETag) differs from the
 one in the sidecar, so re-running a large unchanged job reads sidecars, not images.
+
+A result is skipped only when its outputs match the sidecar: sizes from the listing, then content
+against the recorded digests (a local file is re-hashed; an S3 object whose ETag is the recorded
+md5 needs no request, any other is downloaded and its sha256 compared). Content is checked last,
+only for items whose inputs are unchanged. Outputs that are missing or damaged and cannot be
+promoted whole from staging make the item render again, replacing its sidecar like a changed
+item; `ResumeDecision.damaged` says which and why.
 """
 
 from __future__ import annotations
@@ -17,13 +24,14 @@ import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from farm.core.errors import ImageError
 from farm.core.job import inputs_digest
 from farm.core.manifest import JobItem, JobSpec
 from farm.media.images import ImageLimits
 from farm.storage.base import ObjectInfo, OutputStore, sidecar_item_id
-from farm.storage.commit import finish_promotion, outputs_present
+from farm.storage.commit import finish_promotion, listing_problem, outputs_problem, staged_in
 from farm.storage.inputs import local_fingerprint, read_input, s3_client
 
 log = logging.getLogger(__name__)
@@ -34,6 +42,13 @@ class ResumeDecision:
     skip: dict[str, str] = field(default_factory=dict)  # item id -> why it is skipped
     replace: dict[str, str] = field(default_factory=dict)  # item id -> etag of the sidecar to replace
     repaired: list[str] = field(default_factory=list)
+    damaged: dict[str, str] = field(default_factory=dict)  # item id -> what is wrong (also in `replace`)
+
+
+class Verdict(NamedTuple):
+    action: str  # "skip" | "repaired" | "render"
+    detail: str  # why it is skipped, or (render) the etag of the sidecar to replace
+    damage: str | None = None  # (render) why the committed outputs could not be kept
 
 
 def current_fingerprint(location: str) -> str | None:
@@ -72,46 +87,79 @@ def scan_committed(
         decision.replace = {item.id: sidecars[item.id].etag for item in items}
         return decision
 
-    def examine(item: JobItem) -> tuple[str, str, str]:
-        return (item.id, *_examine(store, spec, item, sidecars[item.id], listing, model_config_sha256))
+    def examine(item: JobItem) -> tuple[str, Verdict]:
+        return item.id, _examine(store, spec, item, sidecars[item.id], listing, model_config_sha256)
 
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        for item_id, verdict, detail in pool.map(examine, items):
-            if verdict == "skip":
-                decision.skip[item_id] = detail
-            elif verdict == "repaired":
-                decision.skip[item_id] = detail
-                decision.repaired.append(item_id)
-            else:
-                decision.replace[item_id] = detail
+        for item_id, verdict in pool.map(examine, items):
+            _apply(decision, item_id, verdict)
     return decision
 
 
-def _examine(store, spec, item, info: ObjectInfo, listing, model_config_sha256: str) -> tuple[str, str]:
-    """('skip' | 'repaired', why) or ('render', etag of the sidecar to replace)."""
+def _apply(decision: ResumeDecision, item_id: str, verdict: Verdict) -> None:
+    if verdict.action == "render":
+        decision.replace[item_id] = verdict.detail
+        if verdict.damage:
+            decision.damaged[item_id] = verdict.damage
+            log.warning("item %s: its committed result is damaged (%s); rendering it again", item_id, verdict.damage)
+        return
+    decision.skip[item_id] = verdict.detail
+    if verdict.action == "repaired":
+        decision.repaired.append(item_id)
+
+
+def _examine(store, spec, item, info: ObjectInfo, listing, model_config_sha256: str) -> Verdict:
+    sidecar = _load_sidecar(store, info)
+    if not sidecar or sidecar.get("status") != "succeeded":
+        return Verdict("render", info.etag)
+    repaired = False
+    problem = listing_problem(listing, spec.name, item.id, sidecar)
+    if problem:
+        if not _repair(store, spec, item, sidecar, listing):
+            return Verdict("render", info.etag, problem)
+        repaired = True  # finish_promotion verified every output it kept or promoted
+    why = _unchanged(spec, item, sidecar, model_config_sha256)
+    if why is None:
+        return Verdict("render", info.etag)  # changed inputs: no point hashing what gets replaced
+    if not repaired:
+        problem = outputs_problem(store, listing, spec.name, item.id, sidecar)
+        if problem:
+            # A replace interrupted before promotion leaves the old bytes at the final keys and
+            # the sidecar's outputs in staging: promote those; otherwise the result is damaged.
+            if not _repair(store, spec, item, sidecar, listing):
+                return Verdict("render", info.etag, problem)
+            repaired = True
+    return Verdict("repaired" if repaired else "skip", why)
+
+
+def _repair(store, spec, item, sidecar: dict, listing) -> bool:
+    # Only with staged objects listed: without them nothing can be promoted, and checking the
+    # final outputs again would download a damaged video a second time.
+    return staged_in(listing, sidecar) and finish_promotion(store, spec.name, item.id, sidecar)
+
+
+def _load_sidecar(store, info: ObjectInfo) -> dict | None:
     body = store.get_bytes(info.key)
     try:
         sidecar = json.loads(body) if body else None
     except ValueError:
-        sidecar = None
-    if not sidecar or sidecar.get("status") != "succeeded":
-        return "render", info.etag
-    repaired = False
-    if not outputs_present(listing, spec.name, item.id, sidecar):
-        if not finish_promotion(store, spec.name, item.id, sidecar):
-            return "render", info.etag
-        repaired = True
+        return None
+    return sidecar if isinstance(sidecar, dict) else None
+
+
+def _unchanged(spec, item, sidecar: dict, model_config_sha256: str) -> str | None:
+    """Why the committed result may be kept as far as inputs go, or None when they changed."""
     recorded = sidecar.get("input") or {}
     fingerprint = current_fingerprint(item.image)
     if fingerprint is None:
-        return "skip", "committed earlier; the input image is no longer readable, so the result is kept"
+        return "committed earlier; the input image is no longer readable, so the result is kept"
     if fingerprint == recorded.get("fingerprint"):
         image_sha256 = recorded.get("sha256")
     else:
         try:
-            image_sha256 = hashlib.sha256(read_input(item.image, ImageLimits()).data).hexdigest()
+            image_sha256 = hashlib.sha256(read_input(item.image, ImageLimits(), root=spec.image_root).data).hexdigest()
         except ImageError:
-            return "skip", "committed earlier; the input image is no longer readable, so the result is kept"
+            return "committed earlier; the input image is no longer readable, so the result is kept"
     expected = inputs_digest(
         image_sha256=image_sha256,
         prompt=item.prompt,
@@ -121,6 +169,5 @@ def _examine(store, spec, item, info: ObjectInfo, listing, model_config_sha256: 
         model_config_sha256=model_config_sha256,
     )
     if expected != sidecar.get("inputs_sha256"):
-        return "render", info.etag
-    verdict = "repaired" if repaired else "skip"
-    return verdict, "committed earlier with the same inputs"
+        return None
+    return "committed earlier with the same inputs"

@@ -23,6 +23,7 @@ from typing import Callable, Iterator, TypeVar
 from farm.core.errors import CommitConflict, StorageError, TransientStorageError
 from farm.storage.base import ObjectInfo
 from farm.storage.config import StorageConfig
+from farm.storage.digests import CHUNK_BYTES, sha256_of_chunks
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -72,13 +73,17 @@ def classify(exc: BaseException, what: str) -> StorageError:
         ConnectionClosedError,
         ConnectTimeoutError,
         EndpointConnectionError,
+        IncompleteReadError,
         NoCredentialsError,
         ProxyConnectionError,
         ReadTimeoutError,
+        ResponseStreamingError,
     )
 
     if isinstance(exc, (EndpointConnectionError, ConnectionClosedError, ConnectTimeoutError, ReadTimeoutError, ProxyConnectionError)):
         return TransientStorageError(f"{what}: storage unreachable ({type(exc).__name__})")
+    if isinstance(exc, (ResponseStreamingError, IncompleteReadError)):  # a body cut off mid-read
+        return TransientStorageError(f"{what}: the download was interrupted ({type(exc).__name__})")
     if isinstance(exc, NoCredentialsError):
         return StorageError(f"{what}: no S3 credentials found; set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile or a role")
     if isinstance(exc, ClientError):
@@ -203,6 +208,25 @@ class S3Store:
 
         return self._run(read, f"read s3://{self.bucket}/{full}")
 
+    def sha256(self, key: str) -> str | None:
+        """Streams the object through the hash (never held whole); a transient failure mid-way
+        restarts the read within the retry window."""
+        full = self._key(key)
+
+        def digest():
+            from botocore.exceptions import ClientError
+
+            try:
+                body = self.client.get_object(Bucket=self.bucket, Key=full)["Body"]
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                    return None
+                raise
+            with body:
+                return sha256_of_chunks(body.iter_chunks(CHUNK_BYTES))
+
+        return self._run(digest, f"read s3://{self.bucket}/{full}")
+
     def head(self, key: str) -> ObjectInfo | None:
         full = self._key(key)
 
@@ -236,17 +260,15 @@ class S3Store:
         5 GiB limit, one CopyObject (its response has the ETag); otherwise the transfer manager's
         managed copy (HEAD, then CopyObject or a multipart copy) and a HEAD of the result."""
         src, dst = self._key(source), self._key(target)
-        what = f"copy s3://{self.bucket}/{src} to {dst}"
+        what, source_ref = f"copy s3://{self.bucket}/{src} to {dst}", {"Bucket": self.bucket, "Key": src}
+        promoted = None
         if size is not None and size <= SINGLE_COPY_LIMIT_BYTES:
-            response = self._run(
-                lambda: self.client.copy_object(CopySource={"Bucket": self.bucket, "Key": src}, Bucket=self.bucket, Key=dst),
-                what,
-            )
-            self.delete(source)
-            return ObjectInfo(target, response["CopyObjectResult"]["ETag"].strip('"'), size)
-        self._run(lambda: self.client.copy({"Bucket": self.bucket, "Key": src}, self.bucket, dst, Config=self.transfer), what)
+            response = self._run(lambda: self.client.copy_object(CopySource=source_ref, Bucket=self.bucket, Key=dst), what)
+            promoted = ObjectInfo(target, response["CopyObjectResult"]["ETag"].strip('"'), size)
+        else:
+            self._run(lambda: self.client.copy(source_ref, self.bucket, dst, Config=self.transfer), what)
         self.delete(source)
-        return self.head(target) or ObjectInfo(target, "", 0)
+        return promoted or self.head(target) or ObjectInfo(target, "", 0)
 
     def delete(self, key: str) -> None:
         full = self._key(key)

@@ -8,11 +8,11 @@ import os
 import signal
 import statistics
 import time
-from pathlib import Path
 
 import pytest
 from chaoskit import BackgroundJob, CommitWatcher, audit, chaos_items, committed_etags, write_images
 from helpers import write_manifest
+from processes import own_processes
 
 from farm.core.manifest import load_manifest
 from farm.runtime.executor import RunOptions, run_job
@@ -22,18 +22,9 @@ pytestmark = [pytest.mark.chaos, pytest.mark.integration]
 
 
 def render_actor_pids(method: str = "render") -> list[int]:
-    """Processes of render actors, by Ray's process title (`ray::RenderWorkerImpl.render` while rendering)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            title = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if title.startswith(f"ray::RenderWorkerImpl.{method}"):
-            pids.append(int(entry.name))
-    return pids
+    """This test's render actors that are rendering now (Ray titles them
+    `ray::RenderWorkerImpl.render`): only descendants of this process, never anyone else's."""
+    return [process.pid for process in own_processes(f"ray::RenderWorkerImpl.{method}")]
 
 
 def start(tmp_path, name: str, count: int, cluster, **options):

@@ -8,10 +8,10 @@ import json
 import os
 import signal
 import time
-from pathlib import Path
 
 import pytest
 from chaoskit import CommitWatcher, audit, chaos_items, committed_etags
+from processes import own_processes
 
 from farm.storage import open_store
 
@@ -19,15 +19,10 @@ pytestmark = [pytest.mark.chaos, pytest.mark.integration]
 
 
 def coordinator_pid() -> int:
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                title = (entry / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
-            except OSError:
-                continue
-            if title.startswith("ray::Coordinator"):
-                return int(entry.name)
-    raise AssertionError("no coordinator process")
+    """The coordinator of the cluster this test session started (a descendant of this process)."""
+    found = own_processes("ray::Coordinator")
+    assert len(found) == 1, f"expected this session's one coordinator, found {[p.pid for p in found]}"
+    return found[0].pid
 
 
 def test_the_coordinator_killed_mid_job(service, chaos_report):

@@ -1,13 +1,13 @@
 """Whole jobs on a real local Ray cluster bound to 127.0.0.1, in process and through the `farm` CLI."""
 
 import json
-import shutil
 import subprocess
 import sys
 
 import pytest
 from conftest import subprocess_env
 from helpers import encode, noise, pattern, png_bomb, write_manifest
+from processes import LOOPBACK_ADDRESSES, listening_addresses, own_processes
 
 from farm.core.manifest import load_manifest
 from farm.media.video import probe_mp4
@@ -28,26 +28,19 @@ def test_ray_is_bound_to_loopback(ray_cluster):
     assert ray_cluster.embedded
     assert ray.util.get_node_ip_address() == "127.0.0.1"
     assert all(node["NodeManagerAddress"] == "127.0.0.1" for node in ray.nodes())
-    ss = shutil.which("ss")
-    if ss:
-        listening = subprocess.run([ss, "-ltnp"], capture_output=True, text=True).stdout.splitlines()
-        ray_sockets = [line for line in listening if any(p in line for p in ("gcs_server", "raylet", "ray::"))]
-        assert ray_sockets, "expected to see Ray's listening sockets"
-        for line in ray_sockets:
-            local = line.split()[3]
-            assert local.startswith(("127.0.0.1:", "[::ffff:127.0.0.1]:")), line
-
+    sockets = listening_addresses(own_processes())  # this session's Ray processes only
+    assert any(name in ("gcs_server", "raylet") for _, _, name in sockets), sockets
+    assert all(address in LOOPBACK_ADDRESSES for address, _, _ in sockets), sockets
 
 
 def test_the_embedded_cluster_runs_no_idle_workers_next_to_the_renders(ray_cluster):
     """Ray pre-starts idle Python workers that farm never uses; each costs CPU beside torch."""
     import time
 
-    import psutil
-
     time.sleep(2)  # Ray pre-starts (when enabled) right after the driver registers
-    idle = [p.pid for p in psutil.process_iter(["cmdline"]) if (p.info["cmdline"] or [""])[0].startswith("ray::IDLE")]
+    idle = [p.pid for p in own_processes("ray::IDLE")]
     assert not idle, f"idle Ray workers running: {idle}"
+
 
 def test_a_job_with_good_and_bad_items_in_process(tmp_path, ray_cluster):
     (tmp_path / "good.png").write_bytes(encode(pattern(300, 200), "PNG"))
@@ -167,8 +160,10 @@ def test_farm_demo_ends_with_playable_videos_matching_the_request(tmp_path, tiny
 def test_farm_validate(tmp_path):
     good = write_manifest(tmp_path, [{"id": "a", "image": "a.png", "prompt": "p"}])
     result = farm("validate", str(good))
+    assert result.returncode == 2 and "items[0] (id 'a'), field 'image': image file not found" in result.stderr
+    (tmp_path / "a.png").write_bytes(encode(pattern(64, 64), "PNG"))
+    result = farm("validate", str(good))
     assert result.returncode == 0 and "valid, 1 items" in result.stdout
-    assert "image not found" in result.stderr  # a warning, not an error
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"version": 1, "items": [{"image": "a.png", "prompt": "p", "steps": 1000}]}))
     result = farm("validate", str(bad), "--json")
@@ -216,3 +211,37 @@ def test_a_rerun_to_a_local_folder_renders_nothing_and_touches_nothing(tmp_path,
     (tmp_path / "a.png").write_bytes(encode(pattern(256, 250), "PNG"))  # the image changes: both redo
     assert run_job(spec, RunOptions()).counts()["succeeded"] == 2
     assert run_job(spec, RunOptions(force=True)).counts()["succeeded"] == 2  # --force renders all again
+
+
+def test_a_rerun_renders_again_a_video_damaged_in_place_and_skips_the_rest(tmp_path, ray_cluster):
+    """Same size and mtime, different bytes: only the sidecar's sha256 can tell."""
+    import hashlib
+    import os
+
+    (tmp_path / "a.png").write_bytes(encode(pattern(256, 256), "PNG"))
+    items = [{"id": f"i{n}", "image": "a.png", "prompt": f"p{n}"} for n in range(3)]
+    spec = load_manifest(write_manifest(tmp_path, items, name="damaged", output=str(tmp_path / "out")))
+    assert run_job(spec, RunOptions()).counts()["succeeded"] == 3
+    folder = tmp_path / "out" / "damaged"
+    def others():
+        return {p.name: (p.stat().st_mtime_ns, p.stat().st_size) for p in folder.iterdir() if p.name[:2] in ("i0", "i2")}
+
+    before = others()
+    old = json.loads((folder / "i1.json").read_text())
+    video = folder / "i1.mp4"
+    stat, data = video.stat(), bytearray(video.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 64] = bytes(b ^ 0xFF for b in data[middle : middle + 64])
+    video.write_bytes(bytes(data))
+    os.utime(video, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+    state = run_job(spec, RunOptions())
+    assert state.counts()["succeeded"] == 1 and state.counts()["skipped"] == 2, state.counts()
+    assert state.items["i1"].state == "succeeded"
+    new = json.loads((folder / "i1.json").read_text())
+    assert new["commit"]["token"] != old["commit"]["token"], "i1 was committed again"
+    fixed = video.read_bytes()
+    assert fixed[4:8] == b"ftyp" and fixed != bytes(data)
+    assert hashlib.sha256(fixed).hexdigest() == new["outputs"]["sha256"]["video"]
+    assert probe_mp4(str(video)).frames == new["outputs"]["frames"]
+    assert others() == before and len(before) == 6, "the intact items were skipped and left alone"

@@ -292,6 +292,63 @@ def test_a_commit_costs_seven_requests_and_keeps_each_object_intact(tmp_path, s3
     assert not list(store.list("job/.staging/"))
 
 
+def committed_sidecar(spec, item) -> dict:
+    """A succeeded sidecar whose recorded inputs match `item` now (what resume compares)."""
+    import hashlib
+
+    from farm.core.job import inputs_digest
+    from farm.storage.inputs import local_fingerprint
+
+    image_sha256 = hashlib.sha256(Path(item.image).read_bytes()).hexdigest()
+    digest = inputs_digest(image_sha256=image_sha256, prompt=item.prompt, params=item.params.model_dump(),
+                           seed=item.seed, model=spec.model, model_config_sha256="x")
+    return {"status": "succeeded", "input": {"sha256": image_sha256, "fingerprint": local_fingerprint(item.image)},
+            "inputs_sha256": digest}
+
+
+def test_a_rerun_proves_s3_outputs_by_etag_and_downloads_only_what_the_etag_cannot_prove(tmp_path, s3, monkeypatch):
+    """i0 intact (ETag = recorded md5: no download); i1's video overwritten in place with other
+    bytes of the same size (damaged, found by its sha256); i2's video re-uploaded unchanged as a
+    multipart object (an ETag that is no md5, like SSE-KMS: downloaded, found intact)."""
+    from farm.core.manifest import parse_manifest
+    from farm.storage.resume import scan_committed
+
+    for name, value in s3.env().items():
+        monkeypatch.setenv(name, value)
+    (tmp_path / "a.png").write_bytes(encode(pattern(64, 48), "PNG"))
+    items = [{"id": f"i{n}", "image": "a.png", "prompt": f"p{n}"} for n in range(3)]
+    document = {"version": 1, "name": "job", "model": "tiny", "items": items}
+    spec = parse_manifest(json.dumps(document).encode(), "json", base_dir=tmp_path)
+    store = S3Store(f"s3://{BUCKET}/verify", StorageConfig())
+    committed = {}
+    for item in spec.items:
+        video, thumb = tmp_path / f"{item.id}.mp4", tmp_path / f"{item.id}.jpg"
+        video.write_bytes(os.urandom(200_000))
+        thumb.write_bytes(os.urandom(5_000))
+        committed[item.id] = commit_item(store, "job", item.id, {"video": str(video), "thumbnail": str(thumb)},
+                                         committed_sidecar(spec, item), token=f"t-{item.id}")
+    client = s3.client()
+    client.put_object(Bucket=BUCKET, Key="verify/job/i1.mp4", Body=os.urandom(200_000))
+    upload = client.create_multipart_upload(Bucket=BUCKET, Key="verify/job/i2.mp4")["UploadId"]
+    part = client.upload_part(Bucket=BUCKET, Key="verify/job/i2.mp4", UploadId=upload, PartNumber=1,
+                              Body=(tmp_path / "i2.mp4").read_bytes())
+    client.complete_multipart_upload(Bucket=BUCKET, Key="verify/job/i2.mp4", UploadId=upload,
+                                     MultipartUpload={"Parts": [{"ETag": part["ETag"], "PartNumber": 1}]})
+    assert client.head_object(Bucket=BUCKET, Key="verify/job/i2.mp4")["ETag"].strip('"').endswith("-1")
+
+    downloads = []
+    store.client.meta.events.register(
+        "before-send.s3",
+        lambda request, **_: downloads.append(request.url.split("?")[0].rsplit("/verify/", 1)[-1])
+        if request.method == "GET" and request.url.split("?")[0].endswith((".mp4", ".jpg")) else None,
+    )
+    decision = scan_committed(store, spec, model_config_sha256="x")
+    assert set(decision.skip) == {"i0", "i2"}
+    assert decision.replace == {"i1": committed["i1"].sidecar.etag}
+    assert decision.damaged == {"i1": "video sha256 differs from the sidecar's"}
+    assert sorted(downloads) == ["job/i1.mp4", "job/i2.mp4"], "outputs whose ETag is the md5 are not downloaded"
+
+
 def test_presigned_urls_download_the_video(tmp_path, s3, monkeypatch):
     for name, value in s3.env(FARM_S3_PRESIGN_EXPIRY_S="120").items():
         monkeypatch.setenv(name, value)

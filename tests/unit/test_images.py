@@ -1,10 +1,16 @@
+import json
+import os
+import threading
+
 import numpy as np
 import pytest
 from helpers import encode, noise, pattern, png_bomb
 from PIL import Image
 
 from farm.core.errors import ImageError
-from farm.media.images import ImageLimits, fit_to_frame, prepare_image, read_image_file
+from farm.core.manifest import parse_manifest
+from farm.media.images import ImageLimits, check_image_file, fit_to_frame, prepare_image, read_image_file
+from farm.storage.inputs import read_input
 
 
 def prepared(data, width=64, height=64, **kwargs):
@@ -138,3 +144,116 @@ def test_missing_files_and_folders(tmp_path):
     assert caught.value.reason == "image_not_found" and "nope.png" in str(caught.value)
     with pytest.raises(ImageError, match="not a file"):
         read_image_file(str(tmp_path))
+
+
+# --- opening local files (issue 13): what was validated is what is read ----------------------
+
+
+def refused(path, root=None, reason="image_not_found", seconds=10.0):
+    """The ImageError reading `path` raises; fails rather than hangs if the read blocks (a FIFO)."""
+    outcome = {}
+
+    def target():
+        try:
+            outcome["data"] = read_image_file(str(path), root=root)
+        except ImageError as error:
+            outcome["error"] = error
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"reading {path} blocked"
+    error = outcome.get("error")
+    assert error is not None, f"{path} was read: {outcome.get('data', b'')[:20]!r}"
+    assert error.reason == reason, str(error)
+    assert check_image_file(str(path), root) is not None  # the pre-flight check agrees
+    return str(error)
+
+
+def validated(folder, image):
+    """The canonical image path validation stores for `image` (relative to `folder`)."""
+    document = {"version": 1, "items": [{"image": str(image), "prompt": "p"}]}
+    return parse_manifest(json.dumps(document), "json", base_dir=folder).items[0].image
+
+
+def test_a_fifo_is_refused_without_blocking(tmp_path):
+    os.mkfifo(tmp_path / "in.png")
+    assert "named pipe (FIFO)" in refused(tmp_path / "in.png")
+
+
+def test_a_directory_is_refused(tmp_path):
+    assert "is a directory" in refused(tmp_path)
+
+
+def test_a_symlink_to_a_device_is_resolved_at_validation_and_refused(tmp_path):
+    (tmp_path / "zero.png").symlink_to("/dev/zero")
+    canonical = validated(tmp_path, "zero.png")
+    assert canonical == "/dev/zero"
+    assert "a character device" in refused(canonical)
+    assert "symbolic link" in refused(tmp_path / "zero.png", reason="image_refused")  # never followed when reading
+
+
+def test_a_symlink_present_before_validation_works(tmp_path):
+    (tmp_path / "library").mkdir()
+    (tmp_path / "library" / "a.png").write_bytes(b"picture")
+    (tmp_path / "photos").symlink_to(tmp_path / "library")  # a user's symlinked photo folder
+    (tmp_path / "library" / "b.png").symlink_to(tmp_path / "library" / "a.png")
+    for name in ("photos/a.png", "photos/b.png"):
+        canonical = validated(tmp_path, name)
+        assert canonical == str(tmp_path / "library" / "a.png")
+        assert read_image_file(canonical) == b"picture" and check_image_file(canonical) is None
+
+
+def test_a_symlink_swapped_in_after_validation_is_refused(tmp_path):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.png").write_bytes(b"picture")
+    (tmp_path / "secret").write_bytes(b"not for you")
+    canonical = validated(tmp_path, "in/a.png")
+    assert read_image_file(canonical) == b"picture"
+    os.remove(canonical)
+    os.symlink(tmp_path / "secret", canonical)  # the file becomes a link
+    message = refused(canonical, reason="image_refused")
+    assert "symbolic link" in message and "not followed" in message
+    os.remove(canonical)
+    os.rename(tmp_path / "in", tmp_path / "in.real")
+    os.symlink(tmp_path / "in.real", tmp_path / "in")  # a folder on the path becomes a link
+    (tmp_path / "in.real" / "a.png").write_bytes(b"picture")
+    assert f"goes through {tmp_path / 'in'}, which is a symbolic link" in refused(canonical, reason="image_refused")
+
+
+def test_images_outside_the_root_are_refused(tmp_path):
+    for folder in ("base", "base2", "elsewhere"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "a.png").write_bytes(folder.encode())
+    root = str(tmp_path / "base")
+    assert read_image_file(str(tmp_path / "base" / "a.png"), root=root) == b"base"
+    assert "outside the allowed folder" in refused(tmp_path / "base2" / "a.png", root, "image_refused")  # a sibling prefix
+    assert "outside the allowed folder" in refused(tmp_path / "elsewhere" / "a.png", root, "image_refused")
+    assert "outside" in refused(f"{root}/../elsewhere/a.png", root, "image_refused")
+    (tmp_path / "base" / "escape.png").symlink_to(tmp_path / "elsewhere" / "a.png")
+    refused(tmp_path / "base" / "escape.png", root, "image_refused")  # a link inside the root is not followed out
+    (tmp_path / "link-to-base").symlink_to(tmp_path / "base")  # the operator's root may be a link
+    assert read_image_file(str(tmp_path / "base" / "a.png"), root=str(tmp_path / "link-to-base")) == b"base"
+
+
+def test_read_input_passes_the_root_on(tmp_path):
+    (tmp_path / "base").mkdir()
+    (tmp_path / "other.png").write_bytes(b"x")
+    with pytest.raises(ImageError) as caught:
+        read_input(str(tmp_path / "other.png"), ImageLimits(), root=str(tmp_path / "base"))
+    assert caught.value.reason == "image_refused"
+    assert read_input(str(tmp_path / "other.png"), ImageLimits()).data == b"x"
+
+
+def test_messages_do_not_assume_a_manifest(tmp_path):
+    message = refused(tmp_path / "nope.png")
+    assert "check the image path" in message and "manifest" not in message
+
+
+def test_at_most_the_limit_is_read(tmp_path):
+    path = tmp_path / "a.png"
+    path.write_bytes(b"\0" * 1000)
+    assert len(read_image_file(str(path), ImageLimits(max_bytes=1000))) == 1000
+    with pytest.raises(ImageError, match="1001 bytes"):
+        path.write_bytes(b"\0" * 1001)
+        read_image_file(str(path), ImageLimits(max_bytes=1000))

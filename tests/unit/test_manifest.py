@@ -1,11 +1,15 @@
 import json
+import os
+import threading
 from pathlib import Path
 
 import pytest
 import yaml
 
-from farm.core.errors import ManifestError
-from farm.core.manifest import JobOverrides, load_manifest, parse_manifest
+from farm.core.errors import ManifestError, ManifestIssue, excerpt
+from farm.core.ids import derive_item_id
+from farm.core.job import RenderTask
+from farm.core.manifest import JobOverrides, JobSpec, load_manifest, parse_manifest
 from farm.core.params import ParamOverrides
 
 
@@ -243,3 +247,307 @@ def test_job_name_defaults_to_file_name_and_is_sanitized(tmp_path):
     path.write_text('{"image": "a.png", "prompt": "p"}\n')
     name = load_manifest(path).name
     assert name.startswith("My-Batch-") and "/" not in name
+
+
+# --- hostile input (issue 13) ----------------------------------------------------------------
+
+
+def returns_quickly(call, seconds=10.0):
+    """Run `call` in a thread; fail (rather than hang the suite) if it blocks."""
+    outcome = {}
+
+    def target():
+        try:
+            outcome["value"] = call()
+        except BaseException as error:  # noqa: BLE001 - handed back to the test
+            outcome["error"] = error
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"{call} blocked for more than {seconds} s"
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+def manifest_error(call) -> ManifestError:
+    with pytest.raises(ManifestError) as caught:
+        returns_quickly(call)
+    return caught.value
+
+
+def test_a_directory_is_not_a_manifest(tmp_path):
+    (tmp_path / "jobs.yaml").mkdir()
+    for path in (tmp_path / "jobs.yaml", tmp_path):
+        message = manifest_error(lambda: load_manifest(path)).issues[0].message
+        assert "is a directory" in message and "must be a regular file" in message
+
+
+def test_a_fifo_is_refused_without_waiting_for_a_writer(tmp_path):
+    fifo = tmp_path / "m.json"
+    os.mkfifo(fifo)
+    message = manifest_error(lambda: load_manifest(fifo)).issues[0].message
+    assert "a named pipe (FIFO)" in message and "regular file" in message
+
+
+def test_a_symlink_to_a_device_is_never_read(tmp_path):
+    link = tmp_path / "m.yaml"
+    link.symlink_to("/dev/zero")
+    message = manifest_error(lambda: load_manifest(link)).issues[0].message
+    assert "a character device" in message
+
+
+def test_a_symlink_to_a_regular_file_is_fine(tmp_path):
+    real = tmp_path / "real.yml"
+    real.write_text(yaml.safe_dump(BASIC))
+    link = tmp_path / "link.yml"
+    link.symlink_to(real)
+    assert len(load_manifest(link).items) == 2
+
+
+def test_the_size_limit_is_a_setting(tmp_path, monkeypatch):
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(BASIC))
+    size = path.stat().st_size
+    message = manifest_error(lambda: load_manifest(path, max_bytes=100)).issues[0].message
+    assert f"{size} bytes, over the 100-byte limit" in message
+    monkeypatch.setenv("FARM_MAX_MANIFEST_BYTES", "50")
+    assert "over the 50-byte limit" in manifest_error(lambda: load_manifest(path)).issues[0].message
+    monkeypatch.setenv("FARM_MAX_MANIFEST_BYTES", str(size))
+    assert len(load_manifest(path).items) == 2
+    monkeypatch.setenv("FARM_MAX_MANIFEST_BYTES", "lots")
+    assert "FARM_MAX_MANIFEST_BYTES" in manifest_error(lambda: load_manifest(path)).issues[0].message
+
+
+def test_a_file_without_a_size_is_still_read_bounded(tmp_path):
+    # Files under /proc say they are 0 bytes long; the read stops at the limit all the same.
+    error = manifest_error(lambda: load_manifest(Path("/proc/self/maps").resolve(), max_bytes=10))
+    assert "unknown manifest extension" in error.issues[0].message  # refused by extension first
+    from farm.core.manifest import read_manifest_file
+
+    with pytest.raises(ManifestError, match="over the 10-byte limit"):
+        read_manifest_file("/proc/self/maps", 10)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads every file")
+def test_an_unreadable_manifest_says_so(tmp_path):
+    path = tmp_path / "m.json"
+    path.write_text("{}")
+    path.chmod(0)
+    assert "permission denied" in manifest_error(lambda: load_manifest(path)).issues[0].message
+
+
+def test_duplicate_yaml_keys_name_the_key_and_lines_at_any_depth():
+    text = (
+        "version: 1\n"
+        "defaults:\n"
+        "  frames: 8\n"
+        "  frames: 16\n"
+        "items:\n"
+        "  - image: a.png\n"
+        "    prompt: p\n"
+        "    prompt: q\n"
+        "    prompt: r\n"
+        "  - image: b.png\n"
+        "    prompt: p\n"
+    )
+    issues = errors_of(text, skip_invalid=True)
+    by_field = {i.field: i for i in issues}
+    assert by_field["defaults.frames"].line == 4 and by_field["defaults.frames"].item_index is None
+    assert "key 'frames' appears twice in this mapping (lines 3 and 4); keep one" in by_field["defaults.frames"].message
+    prompt = by_field["prompt"]
+    assert prompt.item_index == 0 and prompt.line == 9
+    assert "appears 3 times in this mapping (lines 7, 8 and 9)" in prompt.message
+
+
+def test_yaml_merge_keys_are_not_duplicates():
+    text = "version: 1\nitems:\n  - <<: {image: a.png, prompt: p}\n    prompt: q\n"
+    assert parse(text).items[0].prompt == "q"
+
+
+def test_duplicate_json_keys_are_found_fast_and_located():
+    text = '{\n "version": 1,\n "items": [\n  {"image": "a.png", "prompt": "p"},\n  {"image": "b.png",\n   "prompt": "p",\n   "prompt": "q"}\n ]\n}'
+    spec = parse(text, "json", skip_invalid=True)
+    assert [i.image for i in spec.items] == ["/data/manifests/a.png"]
+    (issue,) = spec.rejected[0].issues
+    assert (issue.field, issue.item_index, issue.line) == ("prompt", 1, 7)
+    assert "key 'prompt' appears twice in this mapping (lines 6 and 7); keep one" in issue.message
+
+
+def test_a_jsonl_line_with_a_repeated_key_rejects_only_its_item():
+    text = '{"image": "a.png", "prompt": "p"}\n{"image": "b.png", "prompt": "p", "prompt": "q"}\n{"image": "c.png", "prompt": "p"}\n'
+    spec = parse(text, "jsonl", skip_invalid=True)
+    assert len(spec.items) == 2 and [r.index for r in spec.rejected] == [1]
+    issue = spec.rejected[0].issues[0]
+    assert (issue.field, issue.line) == ("prompt", 2) and "appears twice" in issue.message
+    with pytest.raises(ManifestError):
+        parse(text, "jsonl")
+
+
+def test_a_broken_jsonl_line_no_longer_stops_the_others():
+    spec = parse('{"image": "a.png", "prompt": "p"}\n{broken\n', "jsonl", skip_invalid=True)
+    assert len(spec.items) == 1 and spec.rejected[0].issues[0].line == 2
+
+
+def test_jsonl_lines_end_only_at_newlines():
+    text = json.dumps({"image": "a.png", "prompt": "one\u2028two\x85three"}, ensure_ascii=False) + "\n"
+    assert parse(text, "jsonl").items[0].prompt == "one\u2028two\x85three"
+
+
+@pytest.mark.parametrize("literal, word", [("NaN", "NaN is not a number"), ("Infinity", "Infinity is not a finite"),
+                                           ("-Infinity", "-Infinity is not a finite"), ("1e400", "Infinity is not a finite")])
+def test_non_finite_json_numbers_are_errors_of_their_field(literal, word):
+    text = '{"version": 1, "items": [{"image": "a.png", "prompt": "p", "guidance_scale": %s}]}' % literal
+    issues = errors_of(text, "json")
+    assert len(issues) == 1  # reported once: the walk's message replaces the range error
+    assert (issues[0].field, issues[0].item_index) == ("guidance_scale", 0)
+    assert word in issues[0].message and "from 1 to 20" in issues[0].message
+    assert json.dumps(issues[0].to_dict(), allow_nan=False)
+
+
+def test_every_non_finite_number_is_listed_at_once():
+    text = (
+        '{"version": 1, "defaults": {"guidance_scale": NaN}, "items": ['
+        '{"image": "a.png", "prompt": "p", "frames": Infinity},'
+        '{"image": "b.png", "prompt": "p", "extra": {"deep": [1, -Infinity]}}]}'
+    )
+    issues = errors_of(text, "json", skip_invalid=True)  # one in the defaults: the job cannot run
+    assert {(i.item_index, i.field) for i in issues} == {
+        (None, "defaults.guidance_scale"), (0, "frames"), (1, "extra.deep.1"), (1, "extra")
+    }
+
+
+def test_yaml_nan_and_inf_are_refused():
+    issues = errors_of("version: 1\nitems:\n  - {image: a.png, prompt: p, steps: .nan, guidance_scale: -.inf}\n")
+    assert {i.field for i in issues} == {"steps", "guidance_scale"}
+    assert all(i.item_index == 0 for i in issues)
+
+
+def test_lone_surrogates_are_refused_in_values_and_keys():
+    text = '{"version": 1, "items": [{"image": "a.png", "prompt": "p\\udcff", "negative_prompt": "ok \\ud83d\\ude00"}, {"image": "b.png", "prompt": "p", "\\ud800": 1}]}'
+    issues = errors_of(text, "json")
+    assert [(i.item_index, i.field) for i in issues] == [(0, "prompt"), (1, "\\ud800")]
+    assert "lone surrogate (\\udcff)" in issues[0].message and "the key '\\ud800'" in issues[1].message
+    for issue in issues:
+        json.dumps(issue.to_dict(), ensure_ascii=False).encode("utf-8")
+        str(issue).encode("utf-8")
+
+
+def test_a_valid_surrogate_pair_is_just_text():
+    spec = parse('{"version": 1, "items": [{"image": "a.png", "prompt": "\\ud83d\\ude00"}]}', "json")
+    assert spec.items[0].prompt == "\U0001f600"
+
+
+def test_huge_values_are_echoed_as_an_excerpt():
+    prompt = "x" * 1_000_000
+    issues = errors_of({"version": 1, "items": [{"image": "a.png", "prompt": prompt, "k" * 1_000_000: 1}]}, "json")
+    for issue in issues:
+        assert len(issue.message) <= 500 and len(json.dumps(issue.to_dict())) < 2000
+    assert any("(1000000 characters)" in i.message for i in issues)
+
+
+def test_excerpt_and_issue_limits():
+    assert excerpt("short") == "'short'"
+    cut = excerpt("y" * 1000)
+    assert cut.startswith("'yyy") and cut.endswith("... (1000 characters)") and len(cut) < 120
+    assert excerpt("a\ud800") == "'a\\ud800'"
+    assert excerpt(float("nan")) == "NaN" and excerpt(float("-inf")) == "-Infinity" and excerpt(True) == "true"
+    assert len(excerpt(list(range(10**6)))) < 150
+    issue = ManifestIssue("m" * 10_000, field="f" * 10_000, item_id="\ud800" * 5, value=float("inf"))
+    assert len(issue.message) <= 500 and len(issue.field) <= 200
+    data = issue.to_dict()
+    assert data["value"] == "Infinity"
+    json.dumps(data, allow_nan=False, ensure_ascii=False).encode("utf-8")
+    assert ManifestIssue("m", value="v" * 10_000).to_dict()["value"].endswith("(10000 characters)")
+    assert ManifestIssue("m", value=10**40).to_dict()["value"] == str(10**40)
+
+
+def test_local_images_are_stored_canonical_and_ids_use_the_path_as_written(tmp_path):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "a.png").write_bytes(b"x")
+    (tmp_path / "photos").symlink_to(tmp_path / "real")
+    (tmp_path / "real" / "b.png").symlink_to(tmp_path / "real" / "a.png")
+    document = {"version": 1, "items": [{"image": "photos/a.png", "prompt": "p"}, {"image": "photos/./b.png", "prompt": "p"}]}
+    spec = parse_manifest(json.dumps(document), "json", base_dir=tmp_path)
+    assert [i.image for i in spec.items] == [str(tmp_path / "real" / "a.png")] * 2
+    assert spec.items[0].id == derive_item_id("photos/a.png", "p", {})
+
+
+def test_the_api_folder_becomes_the_jobs_image_root(tmp_path):
+    base = tmp_path / "base"
+    base.mkdir()
+    document = json.dumps({"version": 1, "items": [{"image": "a.png", "prompt": "p"}]})
+    spec = parse_manifest(document, "json", base_dir=base, local_images=False)
+    assert spec.image_root == str(base) and spec.items[0].image == str(base / "a.png")
+    task = RenderTask.for_item(spec, spec.items[0])
+    assert task.image_root == str(base) and RenderTask.from_dict(task.to_dict()).image_root == str(base)
+    assert JobSpec.from_dict(spec.to_dict()).image_root == str(base)
+    old = spec.to_dict()
+    del old["image_root"]  # spec.json written before image_root existed
+    assert JobSpec.from_dict(old).image_root is None
+    assert parse_manifest(document, "json", base_dir=base).image_root is None  # CLI manifests: anywhere
+
+
+def test_an_explicit_image_root_confines_local_images(tmp_path):
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base2").mkdir()
+    items = [{"image": str(tmp_path / "base2" / "a.png"), "prompt": "p"}, {"image": "../base/b.png", "prompt": "p"}]
+    spec = parse_manifest(
+        json.dumps({"version": 1, "items": items}), "json", base_dir=tmp_path / "base2", image_root=tmp_path / "base",
+        skip_invalid=True,
+    )
+    assert [i.image for i in spec.items] == [str(tmp_path / "base" / "b.png")]
+    assert "leaves the folder this farm reads local images from" in spec.rejected[0].issues[0].message
+    assert spec.image_root == str(tmp_path / "base")
+
+
+def test_check_files_makes_unopenable_local_images_errors_of_their_items(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"x")
+    (tmp_path / "folder.png").mkdir()
+    items = [
+        {"id": "ok", "image": "a.png", "prompt": "p"},
+        {"id": "missing", "image": "nope.png", "prompt": "p"},
+        {"id": "dir", "image": "folder.png", "prompt": "p"},
+        {"id": "remote", "image": "s3://bucket/x.png", "prompt": "p"},
+        {"id": "both", "image": "gone.png", "prompt": "p", "fps": 99},
+    ]
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps({"version": 1, "items": items}))
+    assert len(load_manifest(path, skip_invalid=True).items) == 4  # without check_files: they fail at render time
+    issues = manifest_error(lambda: load_manifest(path, check_files=True)).issues
+    by_item = {(i.item_id, i.field): i for i in issues}
+    assert set(by_item) == {("missing", "image"), ("dir", "image"), ("both", "fps"), ("both", "image")}
+    missing = by_item[("missing", "image")]
+    assert missing.item_index == 1 and missing.value == "nope.png"
+    assert "image file not found: 'nope.png'; check the path (relative paths are relative to the manifest's folder)" in missing.message
+    assert "is a directory" in by_item[("dir", "image")].message
+    spec = load_manifest(path, check_files=True, skip_invalid=True)
+    assert [i.id for i in spec.items] == ["ok", "remote"]
+
+
+def test_outputs_are_normalised(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    text = {"version": 1, "items": [{"image": "a.png", "prompt": "p"}]}
+    assert parse(text, overrides=JobOverrides(output="renders/")).output == str(tmp_path / "renders")
+    assert parse(text, overrides=JobOverrides(output="renders//x/../y/")).output == str(tmp_path / "renders" / "y")
+    assert parse(text).output == str(tmp_path / "farm-output")
+    assert parse({**text, "output": "out/"}).output == "/data/manifests/out"
+    assert parse({**text, "output": "s3://bucket/prefix//"}).output == "s3://bucket/prefix"
+    assert parse(text, overrides=JobOverrides(output="s3://bucket/")).output == "s3://bucket"
+    assert parse(text, overrides=JobOverrides(output="s3://bucket/a//b")).output == "s3://bucket/a//b"
+
+
+def test_check_files_over_many_folders_leaks_no_descriptor(tmp_path):
+    items = []
+    for n in range(100):  # more folders than descriptors kept open
+        (tmp_path / f"f{n}").mkdir()
+        (tmp_path / f"f{n}" / "a.png").write_bytes(b"x")
+        items.append({"image": f"f{n}/a.png", "prompt": f"p{n}"})
+    items.append({"image": "f0/missing.png", "prompt": "p"})
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps({"version": 1, "items": items}))
+    before = len(os.listdir("/proc/self/fd"))
+    spec = load_manifest(path, check_files=True, skip_invalid=True)
+    assert len(spec.items) == 100 and [r.index for r in spec.rejected] == [100]
+    assert len(os.listdir("/proc/self/fd")) == before

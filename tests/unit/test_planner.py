@@ -93,6 +93,7 @@ def test_makespan_simulation_uses_stealing_and_is_close_to_ideal_for_many_items(
 
 
 def test_farm_plan_command_runs_without_ray_or_torch(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"x")  # plan checks that local images exist, not what they hold
     path = tmp_path / "m.json"
     path.write_text(json.dumps({"version": 1, "model": "tiny", "items": MIXED}))
     code = (
@@ -117,6 +118,7 @@ def test_farm_plan_command_runs_without_ray_or_torch(tmp_path):
 def test_farm_plan_table_output(tmp_path, capsys):
     from farm.cli import main
 
+    (tmp_path / "a.png").write_bytes(b"x")
     path = tmp_path / "m.json"
     path.write_text(json.dumps({"version": 1, "model": "tiny", "items": MIXED}))
     assert main(["plan", str(path), "--gpus", "12g:2,24g:1"]) == 0
