@@ -28,7 +28,8 @@ class ConsoleReporter:
 
     def started(self, state: JobState, workers: list[dict]) -> None:
         devices = ", ".join(f"{w['name']} ({w.get('device')})" for w in workers)
-        self.console.print(f"[bold]{state.spec.name}[/]: {len(state.items)} items on {len(workers)} worker(s): {devices}")
+        self.console.print(f"[bold]{state.spec.name}[/]: {len(state.items)} items on {len(workers)} worker(s): {devices}",
+                           soft_wrap=True)
         if self.live:
             self.progress = Progress(
                 TextColumn("[bold]{task.description}"),
@@ -60,10 +61,12 @@ class ConsoleReporter:
         if self.progress is not None:
             self._update(state)
             if outcome.status == FAILED:
-                self.progress.console.print(f"[red]failed[/] {item_id}: {outcome.reason}: {outcome.message}")
+                self.progress.console.print(f"[red]failed[/] {item_id}: {outcome.reason}: {outcome.message}", soft_wrap=True)
             return
         status = "ok" if outcome.status == SUCCEEDED else f"FAILED ({outcome.reason}: {outcome.message})"
-        self.console.print(f"{item_id}: {status} in {outcome.seconds:.1f}s  [{self._stats(state)}]", highlight=False)
+        # soft_wrap: a line per item, never cut in the middle of a path (logs are not 80 columns wide)
+        self.console.print(f"{item_id}: {status} in {outcome.seconds:.1f}s  [{self._stats(state)}]", highlight=False,
+                           soft_wrap=True, markup=False)
 
     def finished(self, state: JobState) -> None:
         if self.progress is not None:
@@ -102,4 +105,4 @@ def print_summary(state: JobState, results_location: str, record_location: str, 
         f"rendered {counts[SUCCEEDED]} new, {counts[SKIPPED]} already committed, {counts[FAILED]} failed",
         highlight=False,
     )
-    console.print(f"results: {results_location}   job record: {record_location}", highlight=False)
+    console.print(f"results: {results_location}   job record: {record_location}", highlight=False, soft_wrap=True)

@@ -89,13 +89,10 @@ def start_workers(
     faults: str | None = None,
 ) -> list[Worker]:
     """Start one render actor per GPU (or CPU workers) and wait for their models to load."""
-    import ray
-
     from farm.models.loading import absolute_model_ref
     from farm.runtime.workers import RenderWorker
 
     model = absolute_model_ref(model)
-
     gpus = int(resources.get("GPU", 0))
     tiers = tiers_in_resources(resources)
     handles: list[Worker] = []
@@ -206,7 +203,7 @@ class Engine:
 
     def busy(self) -> bool:
         with self.lock:
-            return bool((self.jobs and not self.draining) or self.in_flight or self.probing)
+            return bool((self.jobs and not self.draining) or self.in_flight or self.probing or any(self.uploading.values()))
 
     # --- jobs -------------------------------------------------------------------------------
 

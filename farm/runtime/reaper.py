@@ -20,7 +20,6 @@ import os
 import select
 import subprocess
 import sys
-import time
 
 INTERVAL_S = 0.5
 GRACE_S = 3.0

@@ -1,13 +1,17 @@
 """Whole jobs on a real local Ray cluster bound to 127.0.0.1, in process and through the `farm` CLI."""
 
 import json
+import re
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 from conftest import subprocess_env
 from helpers import encode, noise, pattern, png_bomb, write_manifest
-from processes import LOOPBACK_ADDRESSES, listening_addresses, own_processes
+from commands import start
+from processes import LOOPBACK_ADDRESSES, listening_addresses, own_processes, tree
 
 from farm.core.manifest import load_manifest
 from farm.media.video import probe_mp4
@@ -16,10 +20,23 @@ from farm.runtime.executor import RunOptions, run_job
 pytestmark = pytest.mark.integration
 
 
-def farm(*args, cwd=None, timeout=600):
+def farm(*args, cwd=None, timeout=600, **env):
     return subprocess.run(
-        [sys.executable, "-m", "farm", *args], capture_output=True, text=True, cwd=cwd, env=subprocess_env(), timeout=timeout
+        [sys.executable, "-m", "farm", *args], capture_output=True, text=True, cwd=cwd, env=subprocess_env(**env),
+        timeout=timeout,
     )
+
+
+RESULT_LABELS = r"(?:results|job record|video|thumbnail|sidecar|videos are in|tiny model): "
+
+
+def printed_paths_exist(output: str) -> list[str]:
+    """Every path a command printed as where its results are exists afterwards (and none is cut
+    in two by line wrapping)."""
+    paths = [p.rstrip(".,;:)") for p in re.findall(RESULT_LABELS + r"(\S+)", output)]
+    missing = [p for p in paths if not Path(p).exists()]
+    assert paths and not missing, f"printed but missing: {missing} (of {paths})"
+    return paths
 
 
 def test_ray_is_bound_to_loopback(ray_cluster):
@@ -105,8 +122,11 @@ def test_farm_run_with_three_bad_items_renders_the_rest_and_exits_1(tmp_path, ti
         {"id": "bomb", "image": "bomb.png", "prompt": "x"},
     ]
     manifest = write_manifest(tmp_path, items, name="twenty")
-    result = farm("run", str(manifest), "--output", str(tmp_path / "out"), cwd=tmp_path)
+    result = farm("run", str(manifest), "--output", "out/", cwd=tmp_path)  # relative, with a trailing slash
     assert result.returncode == 1, result.stderr[-3000:]
+    assert f"results: {tmp_path / 'out' / 'twenty'}   job record:" in result.stdout
+    assert printed_paths_exist(result.stdout)
+    assert not re.search(r"\d{4,}\.\d/min", result.stdout + result.stderr)  # no rate from the instant failures
 
     folder = tmp_path / "out" / "twenty"
     videos = sorted(p.stem for p in folder.glob("*.mp4"))
@@ -140,9 +160,17 @@ def test_farm_run_rejects_an_invalid_manifest_with_every_error_and_renders_nothi
 
 
 def test_farm_demo_ends_with_playable_videos_matching_the_request(tmp_path, tiny_model_dir):
-    result = farm("demo", "--output", str(tmp_path / "demo"))
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "random weights" in result.stdout and "--model" in result.stdout
+    demo = start(["demo", "--output", str(tmp_path / "demo")], tmp_path)
+    sockets = set()
+    while demo.poll() is None:  # what its embedded cluster listens on, while it runs
+        sockets |= set(listening_addresses(tree(demo.pid)))
+        time.sleep(0.5)
+    stdout, stderr = demo.communicate()
+    assert demo.returncode == 0, stderr[-3000:]
+    assert any(name == "raylet" for _, _, name in sockets)
+    assert all(address in LOOPBACK_ADDRESSES for address, _, _ in sockets), sockets
+    assert "random weights" in stdout and "--model" in stdout
+    printed_paths_exist(stdout)
     folder = tmp_path / "demo" / "demo"
     sidecars = sorted(p for p in folder.glob("*.json") if p.name not in ("job.json", "spec.json"))
     assert len(sidecars) == 5
@@ -187,6 +215,34 @@ def test_farm_render_one_image(tmp_path, tiny_model_dir):
     assert sidecar["requested"] == {} and sidecar["effective"]["steps"] == 10
     assert target.with_suffix(".jpg").is_file()
     assert not any(p.name.startswith(".farm-render") for p in target.parent.iterdir())
+    assert str(target) in printed_paths_exist(result.stdout + result.stderr)  # not the deleted staging folder
+    missing = farm("render", str(tmp_path / "nope.png"), "--prompt", "p", "--model", "tiny")
+    assert missing.returncode == 2 and "nope.png: not found; check the path" in missing.stderr
+    assert "manifest" not in missing.stderr
+
+
+def test_a_folder_named_farm_is_not_imported_and_a_worker_that_cannot_start_exits_3(tmp_path, tiny_model_dir):
+    """Ray puts the driver's folder on the workers' import path; farm starts Ray elsewhere. A
+    worker that cannot start (here: a broken package put on its path on purpose) is exit 3 with
+    the node and the cause, not a traceback."""
+    (tmp_path / "farm").mkdir()
+    (tmp_path / "farm" / "__init__.py").write_text("raise ImportError('not the farm you are looking for')\n")
+    (tmp_path / "still.png").write_bytes(encode(pattern(320, 240), "PNG"))
+    manifest = write_manifest(tmp_path, [{"id": "a", "image": "still.png", "prompt": "p"}], name="shadow",
+                              defaults={"resolution": 256, "frames": 8, "steps": 10})
+    console_script = Path(sys.executable).parent / "farm"  # as a user runs it (`python -m` would import ./farm)
+
+    def run(**env):
+        return subprocess.run([str(console_script), "run", manifest.name, "--output", "out"], cwd=tmp_path,
+                              capture_output=True, text=True, env=subprocess_env(**env), timeout=600)
+
+    shadowed = run()
+    assert shadowed.returncode == 0, shadowed.stderr[-3000:]
+    assert (tmp_path / "out" / "shadow" / "a.mp4").is_file()
+    broken = run(FARM_WORKER_PYTHONPATH=str(tmp_path))
+    assert broken.returncode == 3, broken.stderr[-3000:]
+    assert "render worker cpu-0 on node 127.0.0.1 could not start: ImportError: not the farm you are looking for" in broken.stderr
+    assert "Traceback" not in broken.stderr
 
 
 def test_farm_render_with_unavailable_weights_explains_without_a_traceback(tmp_path):
