@@ -200,38 +200,39 @@ def service(farm_cache, tiny_model_dir, tmp_path_factory):
     }
     previous = {name: os.environ.get(name) for name in env}
     os.environ.update(env)  # the Ray cluster started below hands these to every actor
-    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
-    client.create_bucket(Bucket=BUCKET)
-    client.create_bucket(Bucket="inputs")
-    for n in range(3):
-        client.put_object(Bucket="inputs", Key=f"img{n}.png", Body=encode(pattern(300 + 40 * n, 240), "PNG"))
-    if ray.is_initialized():
-        ray.shutdown()
-    with RayCluster(num_cpus=2) as cluster:
-        coordinator = coordinator_handle({"model": "tiny"})
-        ray.get(coordinator.health.remote(), timeout=300)
-        serve.start(http_options={"host": "127.0.0.1", "port": http_port})
-        serve.run(build_app(), name="farm", route_prefix="/", blocking=False)
-        url = f"http://127.0.0.1:{http_port}"
-        for _ in range(60):
+    try:  # restored even when the service does not start, so no later test sees these settings
+        client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+        client.create_bucket(Bucket=BUCKET)
+        client.create_bucket(Bucket="inputs")
+        for n in range(3):
+            client.put_object(Bucket="inputs", Key=f"img{n}.png", Body=encode(pattern(300 + 40 * n, 240), "PNG"))
+        if ray.is_initialized():
+            ray.shutdown()
+        with RayCluster(num_cpus=2):
+            coordinator = coordinator_handle({"model": "tiny"})
             try:
-                if requests.get(f"{url}/healthz", timeout=5).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            time.sleep(1)
-        yield Service(url, s3_endpoint, ray.get_runtime_context().gcs_address, local)
-        serve.shutdown()
-        ray.kill(coordinator, no_restart=True)
-        del cluster
-    moto.stop()
-    for name, value in previous.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
-
-
+                ray.get(coordinator.health.remote(), timeout=300)
+                serve.start(http_options={"host": "127.0.0.1", "port": http_port})
+                serve.run(build_app(), name="farm", route_prefix="/", blocking=False)
+                url = f"http://127.0.0.1:{http_port}"
+                for _ in range(60):
+                    try:
+                        if requests.get(f"{url}/healthz", timeout=5).status_code == 200:
+                            break
+                    except requests.RequestException:
+                        pass
+                    time.sleep(1)
+                yield Service(url, s3_endpoint, ray.get_runtime_context().gcs_address, local)
+            finally:
+                serve.shutdown()
+                ray.kill(coordinator, no_restart=True)
+    finally:
+        moto.stop()
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 @pytest.fixture

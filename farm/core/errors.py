@@ -72,12 +72,12 @@ class ManifestIssue:
             "item_id": self.item_id,
             "line": self.line,
             "field": self.field,
-            "value": _jsonable(self.value),
+            "value": jsonable_excerpt(self.value),
             "message": self.message,
         }
 
 
-def _jsonable(value: object) -> object:
+def jsonable_excerpt(value: object) -> object:
     """`value` as strict JSON (no NaN, no lone surrogates), cut to an excerpt."""
     if value is None or isinstance(value, bool):
         return value

@@ -21,7 +21,7 @@ import select
 import subprocess
 import sys
 
-INTERVAL_S = 0.5
+INTERVAL_S = 1.0
 GRACE_S = 3.0
 
 

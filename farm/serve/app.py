@@ -16,7 +16,6 @@ import asyncio
 import hmac
 import json
 import logging
-import math
 import os
 import uuid
 from pathlib import Path
@@ -28,7 +27,17 @@ from pydantic import AliasChoices, BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from farm import __version__
-from farm.core.errors import FarmError, ImageError, JobConflictError, ManifestError, ManifestIssue, QueueFullError
+from farm.core.errors import (
+    FarmError,
+    ImageError,
+    JobConflictError,
+    ManifestError,
+    ManifestIssue,
+    QueueFullError,
+    clip,
+    excerpt,
+    jsonable_excerpt,
+)
 from farm.core.job import ITEM_STATES
 from farm.core.ids import RESERVED_ITEM_IDS, is_safe_id
 from farm.core.manifest import DEFAULT_OUTPUT, parse_manifest
@@ -37,6 +46,7 @@ from farm.serve.events import StatusFeed, StreamLimitError, StreamLimits
 
 log = logging.getLogger(__name__)
 
+DETAIL_CHARS = 500  # an error's `detail` at most (a 1 MB value must not make a 1 MB answer)
 YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml")
 FINAL_JOB_STATES = ("succeeded", "partial", "failed", "cancelled")
 
@@ -145,19 +155,8 @@ class CoordinatorClient:
             raise InternalError(f"coordinator.{method}: {type(cause or error).__name__}: {cause or error}") from None
 
 
-def excerpt_text(text: str, limit: int = 500) -> str:
-    """`text` cut to `limit` characters, encodable as UTF-8 whatever it held."""
-    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
-
-
-def excerpt_value(value: Any) -> Any:
-    """A value echoed in an error: JSON-safe and short."""
-    if value is None or isinstance(value, bool) or (isinstance(value, int) and abs(value) < 10**18):
-        return value
-    if isinstance(value, float) and math.isfinite(value):
-        return value
-    return excerpt_text(value if isinstance(value, str) else repr(value), 80)
+def clip_detail(text: str) -> str:
+    return clip(text, DETAIL_CHARS)
 
 
 class InternalError(Exception):
@@ -165,7 +164,7 @@ class InternalError(Exception):
 
 
 def _problem(status: int, detail: str, errors: list[dict] | None = None, headers: dict | None = None) -> JSONResponse:
-    body = {"detail": excerpt_text(detail), "errors": errors or []}
+    body = {"detail": clip_detail(detail), "errors": errors or []}
     return JSONResponse(status_code=status, content=body, headers=headers)
 
 
@@ -183,8 +182,8 @@ def _install_error_handlers(app: FastAPI) -> None:
         errors = [
             {
                 "field": ".".join(str(part) for part in e.get("loc", ()) if part not in ("body", "query", "path")) or None,
-                "message": excerpt_text(str(e.get("msg", "invalid"))),
-                "value": excerpt_value(e.get("input")),
+                "message": clip_detail(str(e.get("msg", "invalid"))),
+                "value": jsonable_excerpt(e.get("input")),
             }
             for e in error.errors()
         ]
@@ -333,7 +332,7 @@ def create_app(client: CoordinatorClient | None = None, settings: ApiSettings | 
     async def job_status(job_id: str):
         status = await client.call("status", job_id)
         if status is None:
-            raise HTTPException(404, f"no job {excerpt_text(job_id, 80)!r}")
+            raise HTTPException(404, f"no job {excerpt(job_id)}")
         return _status(status)
 
     @v1.get("/jobs/{job_id}/items", response_model=ItemPage, responses=problems)
@@ -345,7 +344,7 @@ def create_app(client: CoordinatorClient | None = None, settings: ApiSettings | 
     ):
         page = await client.call("items", job_id, state, cursor, limit)
         if page is None:
-            raise HTTPException(404, f"no job {excerpt_text(job_id, 80)!r}")
+            raise HTTPException(404, f"no job {excerpt(job_id)}")
         return page
 
     @v1.get("/jobs/{job_id}/events", responses={**problems, 429: {"model": Problem}})
@@ -353,7 +352,7 @@ def create_app(client: CoordinatorClient | None = None, settings: ApiSettings | 
         """Server-sent events: `progress` on every change while the job runs, then one `end`
         (an `error` event if the coordinator cannot be reached; reconnect then)."""
         if await public_status(job_id) is None:
-            raise HTTPException(404, f"no job {excerpt_text(job_id, 80)!r}")
+            raise HTTPException(404, f"no job {excerpt(job_id)}")
         who = request.client.host if request.client else "unknown"
         try:
             streams.acquire(who)
@@ -373,16 +372,16 @@ def create_app(client: CoordinatorClient | None = None, settings: ApiSettings | 
     async def cancel_job(job_id: str):
         status = await client.call("cancel", job_id)
         if status is None:
-            raise HTTPException(404, f"no job {excerpt_text(job_id, 80)!r}")
+            raise HTTPException(404, f"no job {excerpt(job_id)}")
         return _status(status)
 
     @v1.get("/jobs/{job_id}/items/{item_id}/video", responses={**problems, 307: {"description": "redirect to the video"}})
     async def item_video(job_id: str, item_id: str, expires: int | None = Query(None, ge=1, le=7 * 24 * 3600)):
         if not is_safe_id(item_id) or item_id in RESERVED_ITEM_IDS:  # job.json & co. are not items
-            raise HTTPException(404, f"no item {excerpt_text(item_id, 80)!r}")
+            raise HTTPException(404, f"no item {excerpt(item_id)}")
         found = await client.call("video", job_id, item_id, expires)
         if found is None:
-            raise HTTPException(404, f"no job {excerpt_text(job_id, 80)!r}")
+            raise HTTPException(404, f"no job {excerpt(job_id)}")
         if not found["committed"]:
             raise HTTPException(404, f"item {item_id!r} has no committed video (yet)")
         if "url" in found:

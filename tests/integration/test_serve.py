@@ -153,6 +153,7 @@ def test_cancel_mid_job_keeps_what_is_committed(service):
     assert len(service.sidecars("api/cancel/")) == counts["succeeded"]
 
 
+@pytest.mark.slow  # over a minute, or repeated by tests/chaos: `python3 dev.py test -m slow`
 def test_killing_the_coordinator_mid_job_renders_nothing_twice(service):
     import ray
 

@@ -207,6 +207,7 @@ def test_a_killed_run_resumes_and_leaves_committed_items_untouched(tmp_path, s3)
     assert record["counts"]["skipped"] + record["counts"]["succeeded"] == 8 and record["counts"]["skipped"] >= 3
 
 
+@pytest.mark.slow  # over a minute, or repeated by tests/chaos: `python3 dev.py test -m slow`
 def test_a_30_second_storage_outage_mid_job_loses_nothing(tmp_path, s3):
     path = manifest(tmp_path, s3, 8, name="outage", remote_first=False)
     run = subprocess.Popen(

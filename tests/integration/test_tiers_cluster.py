@@ -26,6 +26,7 @@ def images(tmp_path):
     (tmp_path / "a.png").write_bytes(encode(pattern(400, 300), "PNG"))
 
 
+@pytest.mark.slow  # over a minute, or repeated by tests/chaos: `python3 dev.py test -m slow`
 def test_mixed_manifest_runs_on_the_planned_tiers_and_the_big_tier_steals(tmp_path, gpu_cluster):
     cluster = gpu_cluster("12g", "12g", "24g", "80g")
     images(tmp_path)
@@ -57,6 +58,7 @@ def test_mixed_manifest_runs_on_the_planned_tiers_and_the_big_tier_steals(tmp_pa
     assert ran_on["large"] in ("24g", "80g")
 
 
+@pytest.mark.slow  # over a minute, or repeated by tests/chaos: `python3 dev.py test -m slow`
 def test_without_an_80g_node_big_items_finish_degraded_or_fail_with_never(tmp_path, gpu_cluster):
     cluster = gpu_cluster("12g", "12g")
     images(tmp_path)
