@@ -79,6 +79,7 @@ def test_memory_savers_mode_stops_after_the_savers(tmp_path, tiny_adapter):
     assert outcome.reason == "oom" and [d["step"] for d in outcome.degradations] == ["memory_savers"] * 3
 
 
+@pytest.mark.slow  # over a minute, or repeated by tests/chaos: `python3 dev.py test -m slow`
 def test_resolution_and_frames_come_after_the_savers(tmp_path, tiny_adapter):
     outcome = ItemRenderer(tiny_adapter, card=card(6.0)).render(task(tmp_path, resolution=1024, frames=8))
     assert outcome.status == SUCCEEDED

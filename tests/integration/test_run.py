@@ -107,35 +107,36 @@ def test_an_unavailable_model_stops_the_job_before_rendering(tmp_path, ray_clust
 
 
 def test_farm_run_with_three_bad_items_renders_the_rest_and_exits_1(tmp_path, tiny_model_dir):
-    """The issue's acceptance case: 20 items, 3 bad (missing file, corrupt image, decompression bomb)."""
+    """Good items (two aspects, an odd frame count) and 3 bad ones (missing file, corrupt image,
+    decompression bomb): the bad ones fail with their reason, the others render."""
     for n, size in enumerate([(640, 480), (480, 640), (512, 512), (1000, 300)]):
         (tmp_path / f"img{n}.png").write_bytes(encode(pattern(*size), "PNG"))
     (tmp_path / "corrupt.jpg").write_bytes(encode(noise(400, 400), "JPEG")[:5000])
     (tmp_path / "bomb.png").write_bytes(png_bomb())
-    items = [{"id": f"good-{n:02d}", "image": f"img{n % 4}.png", "prompt": f"motion {n}"} for n in range(17)]
-    items[3]["aspect"] = "16:9"
-    items[7]["aspect"] = "9:16"
-    items[10]["frames"] = 9
+    items = [{"id": f"good-{n:02d}", "image": f"img{n % 4}.png", "prompt": f"motion {n}"} for n in range(5)]
+    items[1]["aspect"] = "16:9"
+    items[2]["aspect"] = "9:16"
+    items[4]["frames"] = 9
     items += [
         {"id": "missing", "image": "does-not-exist.png", "prompt": "x"},
         {"id": "corrupt", "image": "corrupt.jpg", "prompt": "x"},
         {"id": "bomb", "image": "bomb.png", "prompt": "x"},
     ]
-    manifest = write_manifest(tmp_path, items, name="twenty")
+    manifest = write_manifest(tmp_path, items, name="mixed")
     result = farm("run", str(manifest), "--output", "out/", cwd=tmp_path)  # relative, with a trailing slash
     assert result.returncode == 1, result.stderr[-3000:]
-    assert f"results: {tmp_path / 'out' / 'twenty'}   job record:" in result.stdout
+    assert f"results: {tmp_path / 'out' / 'mixed'}   job record:" in result.stdout
     assert printed_paths_exist(result.stdout)
     assert not re.search(r"\d{4,}\.\d/min", result.stdout + result.stderr)  # no rate from the instant failures
 
-    folder = tmp_path / "out" / "twenty"
+    folder = tmp_path / "out" / "mixed"
     videos = sorted(p.stem for p in folder.glob("*.mp4"))
-    assert videos == [f"good-{n:02d}" for n in range(17)]
+    assert videos == [f"good-{n:02d}" for n in range(5)]
     for stem in videos:
         assert (folder / f"{stem}.jpg").is_file() and (folder / f"{stem}.json").is_file()
-    assert probe_mp4(str(folder / "good-10.mp4")).frames == 9
+    assert probe_mp4(str(folder / "good-04.mp4")).frames == 9
     record = json.loads((folder / "job.json").read_text())
-    assert record["counts"]["succeeded"] == 17 and record["counts"]["failed"] == 3
+    assert record["counts"]["succeeded"] == 5 and record["counts"]["failed"] == 3
     reasons = {key: record["items"][key]["reason"] for key in ("missing", "corrupt", "bomb")}
     assert reasons == {"missing": "image_not_found", "corrupt": "image_invalid", "bomb": "image_too_large"}
     summary = result.stdout
@@ -254,50 +255,41 @@ def test_farm_render_with_unavailable_weights_explains_without_a_traceback(tmp_p
     assert "Traceback" not in result.stderr
 
 
-def test_a_rerun_to_a_local_folder_renders_nothing_and_touches_nothing(tmp_path, ray_cluster):
+def test_a_rerun_to_a_local_folder_touches_nothing_and_redoes_only_what_is_damaged_or_changed(tmp_path, ray_cluster):
+    import hashlib
+    import os
+
     (tmp_path / "a.png").write_bytes(encode(pattern(256, 256), "PNG"))
     items = [{"id": f"i{n}", "image": "a.png", "prompt": f"p{n}"} for n in range(2)]
     spec = load_manifest(write_manifest(tmp_path, items, name="again", output=str(tmp_path / "out")))
     assert run_job(spec, RunOptions()).counts()["succeeded"] == 2
     folder = tmp_path / "out" / "again"
-    before = {p.name: (p.stat().st_mtime_ns, p.stat().st_size) for p in folder.iterdir()}
+
+    def files(prefix: str = "") -> dict:
+        return {p.name: (p.stat().st_mtime_ns, p.stat().st_size) for p in folder.iterdir() if p.name.startswith(prefix)}
+
+    before = files()
     state = run_job(spec, RunOptions())
     assert state.counts()["skipped"] == 2 and state.counts()["succeeded"] == 0 and state.final_state == "succeeded"
-    assert {p.name: (p.stat().st_mtime_ns, p.stat().st_size) for p in folder.iterdir()} == before
-    (tmp_path / "a.png").write_bytes(encode(pattern(256, 250), "PNG"))  # the image changes: both redo
-    assert run_job(spec, RunOptions()).counts()["succeeded"] == 2
-    assert run_job(spec, RunOptions(force=True)).counts()["succeeded"] == 2  # --force renders all again
+    assert files() == before
 
-
-def test_a_rerun_renders_again_a_video_damaged_in_place_and_skips_the_rest(tmp_path, ray_cluster):
-    """Same size and mtime, different bytes: only the sidecar's sha256 can tell."""
-    import hashlib
-    import os
-
-    (tmp_path / "a.png").write_bytes(encode(pattern(256, 256), "PNG"))
-    items = [{"id": f"i{n}", "image": "a.png", "prompt": f"p{n}"} for n in range(3)]
-    spec = load_manifest(write_manifest(tmp_path, items, name="damaged", output=str(tmp_path / "out")))
-    assert run_job(spec, RunOptions()).counts()["succeeded"] == 3
-    folder = tmp_path / "out" / "damaged"
-    def others():
-        return {p.name: (p.stat().st_mtime_ns, p.stat().st_size) for p in folder.iterdir() if p.name[:2] in ("i0", "i2")}
-
-    before = others()
-    old = json.loads((folder / "i1.json").read_text())
+    # i1's video damaged in place, same size and mtime: only the sidecar's sha256 can tell.
+    untouched, old = files("i0"), json.loads((folder / "i1.json").read_text())
     video = folder / "i1.mp4"
     stat, data = video.stat(), bytearray(video.read_bytes())
     middle = len(data) // 2
     data[middle : middle + 64] = bytes(b ^ 0xFF for b in data[middle : middle + 64])
     video.write_bytes(bytes(data))
     os.utime(video, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-
     state = run_job(spec, RunOptions())
-    assert state.counts()["succeeded"] == 1 and state.counts()["skipped"] == 2, state.counts()
-    assert state.items["i1"].state == "succeeded"
+    assert (state.counts()["succeeded"], state.counts()["skipped"]) == (1, 1) and state.items["i1"].state == "succeeded"
     new = json.loads((folder / "i1.json").read_text())
     assert new["commit"]["token"] != old["commit"]["token"], "i1 was committed again"
     fixed = video.read_bytes()
-    assert fixed[4:8] == b"ftyp" and fixed != bytes(data)
-    assert hashlib.sha256(fixed).hexdigest() == new["outputs"]["sha256"]["video"]
+    assert fixed[4:8] == b"ftyp" and hashlib.sha256(fixed).hexdigest() == new["outputs"]["sha256"]["video"]
     assert probe_mp4(str(video)).frames == new["outputs"]["frames"]
-    assert others() == before and len(before) == 6, "the intact items were skipped and left alone"
+    assert files("i0") == untouched and len(untouched) == 3, "the intact item was skipped and left alone"
+
+    (tmp_path / "a.png").write_bytes(encode(pattern(256, 250), "PNG"))  # the image changes: both redo
+    assert run_job(spec, RunOptions()).counts()["succeeded"] == 2
+    assert run_job(spec, RunOptions(force=True)).counts()["succeeded"] == 2  # --force renders all again

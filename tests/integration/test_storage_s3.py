@@ -165,6 +165,7 @@ def test_a_changed_item_is_rendered_again_and_replaces_only_itself(tmp_path, s3)
     assert all(after[k] != before[k] for k in before if "shot-01" in k)
 
 
+@pytest.mark.slow  # over a minute, or repeated by tests/chaos: `python3 dev.py test -m slow`
 def test_a_killed_run_resumes_and_leaves_committed_items_untouched(tmp_path, s3):
     path = manifest(tmp_path, s3, 8, name="resume", remote_first=False)
     run = subprocess.Popen(
