@@ -97,6 +97,9 @@ class FarmClient:
             if raw.startswith("event:"):
                 event = raw.split(":", 1)[1].strip()
             elif raw.startswith("data:"):
-                yield event, json.loads(raw.split(":", 1)[1])
+                data = json.loads(raw.split(":", 1)[1])
+                if event == "error":  # the server lost the job's status; the job itself goes on
+                    raise FarmError(f"{data.get('detail')}; follow the job again with `farm status {job_id}`")
+                yield event, data
                 if event == "end":
                     return
