@@ -281,7 +281,10 @@ class JobState:
 
     @property
     def final_state(self) -> str:
-        counts = self.counts()
+        return self.state_for(self.counts())
+
+    def state_for(self, counts: dict[str, int]) -> str:
+        """The job's state given its `counts()` (callers that have them need not count again)."""
         if counts[QUEUED] or counts[RUNNING]:  # a cancelled job is still finishing its running items
             if self.interrupted:
                 return "interrupted"
@@ -325,7 +328,7 @@ class JobState:
         return {
             "farm_version": __version__,
             "name": self.spec.name,
-            "state": self.final_state,
+            "state": self.state_for(counts),
             "model": self.spec.model,
             "output": self.spec.output,
             "source": self.spec.source,

@@ -15,6 +15,11 @@ import stat
 from farm.core.errors import ImageFileError
 
 
+def open_nonblocking(path: str) -> int:
+    """A read descriptor for `path` that cannot block on a FIFO or become a controlling tty."""
+    return os.open(path, os.O_RDONLY | _O_NONBLOCK | _O_CLOEXEC | _O_NOCTTY)
+
+
 def canonical_path(path: str) -> str:
     """`path` with its links and `..` resolved (absolute when it cannot be resolved)."""
     try:

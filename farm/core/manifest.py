@@ -40,14 +40,12 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, Validat
 from farm.core.errors import ImageFileError, ManifestError, ManifestIssue, clip, excerpt
 from farm.core.ids import RESERVED_ITEM_IDS, derive_item_id, derive_seed, sanitize_id
 from farm.core.localfiles import (
-    _O_CLOEXEC,
-    _O_NOCTTY,
-    _O_NONBLOCK,
     FolderFds,
     canonical_path,
     file_kind,
     inside_folder,
     open_file_checked,
+    open_nonblocking,
     read_at_most,
 )
 from farm.core.ladder import DEFAULT_ORDER
@@ -351,7 +349,7 @@ def read_manifest_file(path: str | Path, limit: int) -> bytes:
     """
     source = str(path)
     try:
-        fd = os.open(path, os.O_RDONLY | _O_NONBLOCK | _O_CLOEXEC | _O_NOCTTY)
+        fd = open_nonblocking(path)
     except OSError as exc:
         raise ManifestError([ManifestIssue(_manifest_open_failure(path, exc))], source) from None
     try:

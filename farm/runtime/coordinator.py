@@ -33,7 +33,7 @@ from farm.core.manifest import DEFAULT_MODEL, JobSpec
 from farm.core.tiers import load_tier_table
 from farm.runtime.engine import ActiveJob, Engine, start_workers
 from farm.runtime.executor import JobRecorder, clear_staging, prepare_job, write_job_files
-from farm.storage import open_store
+from farm.storage import canonical_output, open_store
 from farm.storage.base import item_keys, job_record_key, job_spec_key
 
 log = logging.getLogger(__name__)
@@ -109,6 +109,8 @@ class Coordinator:
         self.config = CoordinatorConfig(**(settings or {}))
         self.table = load_tier_table()
         self.registry = JobRegistry(open_store(self.config.state_uri))
+        state_uri = self.config.state_uri
+        self.state_location = canonical_output(state_uri if "://" in state_uri else os.path.abspath(state_uri))
         self.lock = threading.RLock()
         self.entries: dict[str, dict] = {}  # job id -> registry entry (every job this farm knows)
         self.states: dict[str, JobState] = {}  # job id -> live state (admitted or finished here)
@@ -171,14 +173,12 @@ class Coordinator:
     def _check_apart_from_state(self, spec: JobSpec) -> None:
         """A job never writes into the state folder (its files would be read as job records)."""
         from farm.core.outputs import OutputRefused, overlaps
-        from farm.storage import canonical_output
 
         try:
             target = canonical_output(f"{spec.output.rstrip('/')}/{spec.name}")
-            state = canonical_output(self.config.state_uri)
         except OutputRefused as error:
             raise FarmError(f"output {spec.output!r} cannot be used: {error}") from None
-        if overlaps(target, state):
+        if overlaps(target, self.state_location):
             raise FarmError("the job's output overlaps the farm's state folder; choose another output or name")
 
     def cancel(self, job_id: str) -> dict | None:
@@ -210,7 +210,7 @@ class Coordinator:
                 counts = state.counts()
                 rate, eta = state.throughput(counts)
                 summary.update(
-                    state=entry["state"] if entry["state"] in FINAL_JOB_STATES else state.final_state,
+                    state=entry["state"] if entry["state"] in FINAL_JOB_STATES else state.state_for(counts),
                     counts=counts,
                     started_at=state.started_at,
                     finished_at=state.finished_at,

@@ -212,6 +212,7 @@ def create_app(client: CoordinatorClient | None = None, settings: ApiSettings | 
         return _status(status) if status is not None else None
 
     feed = StatusFeed(public_status, final_states=FINAL_JOB_STATES)
+    allowed_outputs = settings.output_prefixes()  # canonical once: resolving them is file-system I/O
 
     def authorize(request: Request) -> None:
         if not settings.token:
@@ -244,7 +245,7 @@ def create_app(client: CoordinatorClient | None = None, settings: ApiSettings | 
 
         try:
             output = canonical_output(_absolute(spec.output))
-            check_allowed(output, settings.output_prefixes())
+            check_allowed(output, allowed_outputs)
         except OutputRefused as refusal:
             return ManifestIssue(
                 f"{refusal}; omit `output` to use this farm's default output ({settings.default_output}), "
