@@ -5,12 +5,19 @@ thumbnail (`produce`), then commit: upload video and thumbnail, then the sidecar
 as the commit marker (`commit`, see farm.storage.commit). A worker commits in the background
 (`BackgroundCommits`) so its next render starts at once; the queue is bounded.
 
-On a CUDA out-of-memory error the renderer leaves the `except` block (the traceback holds the
-failed attempt's tensors), collects garbage and empties the CUDA cache, then asks the degrade
-ladder for the next option: more memory savers, a bigger GPU (handed back to the coordinator as
-an `escalate` outcome), lower resolution, fewer frames. Every step is recorded. When the ladder
-is exhausted the item fails with reason `oom` and the worker carries on. Any other failure also
-becomes an `ItemOutcome` with a reason; nothing raised here stops the job.
+On a CUDA out-of-memory error (torch's, or a CUDA library's allocation failure raised as a
+RuntimeError) the renderer leaves the `except` block (the traceback holds the failed attempt's
+tensors), collects garbage and empties the CUDA cache, then asks the degrade ladder for the next
+option. An OOM in the VAE decode keeps the finished latents and first retries only the decode
+with the decode savers; otherwise: more memory savers, a bigger GPU (handed back to the
+coordinator as an `escalate` outcome), lower resolution, fewer frames. Every step is recorded.
+When the ladder is exhausted the item fails with reason `oom` and the worker carries on. Frames
+with NaN/Inf fail the item with reason `nan_output`. Any other failure also becomes an
+`ItemOutcome` with a reason; nothing raised here stops the job.
+
+The sidecar keeps what was measured (each phase's peak allocated and reserved CUDA memory) and
+the estimator's figure for the same settings side by side, so `farm calibrate` can fit one to
+the other.
 """
 
 from __future__ import annotations
@@ -30,11 +37,12 @@ from typing import Any
 from farm import __version__
 from farm.core.errors import FarmError, ItemError, StorageError
 from farm.core.job import ESCALATE, SKIPPED, SUCCEEDED, ItemOutcome, RenderTask, inputs_digest
-from farm.core.ladder import BIGGER_TIER, Degradation, RenderSettings, describe_change, next_step
+from farm.core.ladder import BIGGER_TIER, Degradation, RenderSettings, describe_change, next_decode_step, next_step
 from farm.core.tiers import GIB
+from farm.core.vram import estimate_vram, profile_for_model
 from farm.media.images import ImageLimits, PreparedImage, prepare_image
 from farm.media.video import encode_mp4, write_thumbnail
-from farm.models.memory import CardInfo, SimulatedCard, release_memory
+from farm.models.memory import CardInfo, SimulatedCard, allocated_bytes, is_out_of_memory, release_memory
 from farm.storage import open_store
 from farm.storage.base import item_keys
 from farm.storage.commit import commit_item
@@ -48,6 +56,7 @@ class OomEvent:
     phase: str
     settings: RenderSettings
     message: str
+    allocated_after_bytes: int | None = None  # CUDA memory still allocated once the attempt was released
 
     def to_dict(self, tier: str) -> dict[str, Any]:
         width, height = self.settings.size
@@ -59,6 +68,7 @@ class OomEvent:
             "frames": self.settings.frames,
             "savers": list(self.settings.savers),
             "message": self.message,
+            "allocated_after_bytes": self.allocated_after_bytes,
         }
 
 
@@ -88,7 +98,9 @@ class ItemRenderer:
         self.adapter = adapter
         self.worker_name = worker_name
         self.card = card or CardInfo("cpu", None, None, "cpu", False)
-        self.simulated = SimulatedCard(self.card, adapter.profile) if self.card.source == "FARM_GPU_VRAM_GB" else None
+        # The estimator's constants for this GPU kind when a calibration file has them.
+        self.profile = profile_for_model(adapter.model.ref, self.card.gpu.get("name"))
+        self.simulated = SimulatedCard(self.card, self.profile) if self.card.simulated else None
         self.image_limits = image_limits
         self._stores: dict[str, Any] = {}
 
@@ -181,12 +193,12 @@ class ItemRenderer:
                 t0 = time.perf_counter()
                 prepared[size] = prepare_image(data, *size, name=task.image, limits=self.image_limits)
                 timings["preprocess"] += time.perf_counter() - t0
-            result = self._attempt(task, params, settings, prepared[size])
+            result, settings = self._attempt(task, params, settings, prepared[size], degradations, ooms)
             if not isinstance(result, OomEvent):
                 generation = result
                 break
             # Outside the except block now: the failed attempt's tensors are unreachable.
-            release_memory(self.adapter.device)
+            result.allocated_after_bytes = self._released()
             ooms.append(result.to_dict(self.card.tier))
             option = next_step(
                 settings, mode=params.degrade, order=task.degrade_order, bigger_tier_available=task.bigger_tier_available
@@ -261,17 +273,20 @@ class ItemRenderer:
         )
         return Produced(task, scratch, files, sidecar, outcome, started)
 
-    def _attempt(self, task: RenderTask, params, settings: RenderSettings, prepared: PreparedImage):
-        """Generation, or an OomEvent. The OOM is caught here and nothing of it escapes."""
-        import torch
+    def _attempt(self, task: RenderTask, params, settings: RenderSettings, prepared: PreparedImage, degradations, ooms):
+        """(Generation, settings), or (OomEvent, settings) for the ladder to handle.
 
+        A decode OOM is handled here: the latents are kept and only the decode is retried with
+        the decode savers (recorded in `degradations` and `ooms`), as long as that can help.
+        """
         width, height = settings.size
         guidance = params.guidance_scale > 1
-        try:
-            self.adapter.apply_savers(settings.savers)
+        self.adapter.apply_savers(settings.savers)
+
+        def denoise():
             if self.simulated is not None:
-                self.simulated.check_render(width, height, settings.frames, settings.savers, guidance)
-            return self.adapter.generate(
+                self.simulated.check_render(width, height, settings.frames, settings.savers, guidance, "denoise")
+            return self.adapter.denoise(
                 prepared.image,
                 prompt=task.prompt,
                 negative_prompt=params.negative_prompt,
@@ -283,11 +298,80 @@ class ItemRenderer:
                 fps=params.fps,
                 seed=task.seed,
             )
-        except torch.OutOfMemoryError as exc:
-            phase = self.adapter.phase if self.adapter.phase != "idle" else "denoise"
+
+        latents, oom = self._guarded("denoise", settings, denoise)
+        if oom is not None:
+            return oom, settings
+        while True:
+            current = settings
+
+            def decode():
+                if self.simulated is not None:
+                    self.simulated.check_render(width, height, current.frames, current.savers, guidance, "decode")
+                return self.adapter.decode(latents)
+
+            generation, oom = self._guarded("decode", current, decode)
+            if oom is None:
+                return generation, settings
+            oom.allocated_after_bytes = self._released()  # the latents stay: they are what we keep
+            option = next_decode_step(settings, mode=params.degrade)
+            if option is None:
+                del latents
+                return oom, settings
+            ooms.append(oom.to_dict(self.card.tier))
+            step, changed = option
+            before, after = describe_change(step, settings, changed)
+            why = (
+                f"out of memory during decode at {settings.describe()} on {self.card.tier}: {oom.message}; "
+                "the finished latents were kept and only the decode was retried"
+            )
+            degradations.append(Degradation(step, before, after, why).to_dict())
+            settings = changed
+            self.adapter.apply_savers(settings.savers)
+
+    def _released(self) -> int | None:
+        """Hand what a failed attempt left back to the device; on CUDA, what is still allocated
+        (the weights and anything kept on purpose: it should be back to the render's baseline)."""
+        release_memory(self.adapter.device)
+        return allocated_bytes(self.adapter.device) if self.adapter.device.startswith("cuda") else None
+
+    def _guarded(self, phase: str, settings: RenderSettings, call):
+        """(result, None), or (None, OomEvent) when `call` ran out of memory. The exception (and the
+        tensors its traceback holds) is dropped before this returns; anything else propagates."""
+        try:
+            return call(), None
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
             self.adapter.phase = "idle"
             event = OomEvent(phase, settings, str(exc).strip().splitlines()[0][:300])
-        return event
+        return None, event
+
+    def _memory_record(self, generation, settings: RenderSettings, guidance: bool) -> dict:
+        """Measured peaks per phase beside the estimator's figure for the same settings."""
+        width, height = settings.size
+        kind = "cuda" if self.card.gpu else ("simulated" if self.simulated is not None else "cpu")
+        dtype_bytes = self.simulated.dtype_bytes if self.simulated is not None else self.adapter.precision.dtype_bytes
+        estimate = estimate_vram(
+            self.profile, width, height, settings.frames, dtype_bytes=dtype_bytes, savers=settings.savers, guidance=guidance
+        )
+        return {
+            "kind": kind,
+            "gpu_name": self.card.gpu.get("name"),
+            "dtype": self.adapter.dtype_name,
+            "dtype_bytes": dtype_bytes,
+            "savers": list(settings.savers),
+            "baseline_allocated_bytes": self.adapter.memory.baseline_bytes,
+            "phases": generation.phases,
+            "cap_fraction": self.card.cap_fraction,
+            "estimate": {
+                "total_bytes": estimate.total_bytes,
+                "denoise_bytes": estimate.denoise_bytes,
+                "decode_bytes": estimate.decode_bytes,
+                "weights_bytes": estimate.weights_bytes,
+                "overhead_bytes": estimate.overhead_bytes,
+            },
+        }
 
     def _sidecar(
         self, task, prepared, fingerprint, digest, generation, settings, degradations, ooms, timings, warnings, sizes
@@ -323,6 +407,8 @@ class ItemRenderer:
                 "type": self.adapter.device,
                 "worker": self.worker_name,
                 "host": platform.node(),
+                "torch": torch_version(),
+                **({"gpu": self.card.gpu, "cuda_alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF")} if self.card.gpu else {}),
             },
             "tier": {
                 "planned": task.planned_tier,
@@ -336,6 +422,7 @@ class ItemRenderer:
             "timings_seconds": {k: round(v, 4) for k, v in timings.items()},
             "peak_memory_bytes": generation.peak_memory_bytes,
             "memory_kind": generation.memory_kind,
+            "memory": self._memory_record(generation, settings, params.guidance_scale > 1),
             "degraded": bool(degradations),
             "degradations": degradations,
             "ooms": ooms,
@@ -355,6 +442,12 @@ class ItemRenderer:
             "attempt": task.attempt,
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
+
+
+def torch_version() -> str:
+    import torch
+
+    return torch.__version__
 
 
 class BackgroundCommits:

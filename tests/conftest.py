@@ -45,6 +45,34 @@ def tiny_adapter(tiny_model_dir):
     return I2VGenXLAdapter.load("tiny", device="cpu")
 
 
+@pytest.fixture
+def injected(tiny_adapter):
+    """Fault rules on the shared adapter for one test (taken off afterwards); `attach(spec)`
+    returns a count of the UNet's forward calls made since the fixture started."""
+    from farm.models.faults import OomInjector, parse_faults
+
+    calls = {"unet": 0}
+
+    def count(module, args):
+        calls["unet"] += 1
+
+    counting = tiny_adapter.pipeline.unet.register_forward_pre_hook(count)
+    injectors = []
+
+    def attach(spec: str):
+        injector = OomInjector(parse_faults(spec))
+        injector.attach(tiny_adapter.pipeline)
+        tiny_adapter.injector = injector
+        injectors.append(injector)
+        return calls
+
+    yield attach
+    counting.remove()
+    for injector in injectors:
+        injector.detach()
+    tiny_adapter.injector = None
+
+
 @pytest.fixture(scope="module")
 def ray_cluster(farm_cache, tiny_model_dir):
     """A real local Ray cluster on 127.0.0.1 (2 CPUs, no GPU), shut down after the module."""

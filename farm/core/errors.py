@@ -241,6 +241,7 @@ FAILURE_REASONS = (
     "image_refused",
     "invalid_item",
     "oom",
+    "nan_output",
     "no_fitting_tier",
     "render_error",
     "storage_error",

@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from farm.core.params import RESOLUTIONS, frame_size
-from farm.core.vram import SAVER_LEVELS
+from farm.core.vram import SAVER_LEVELS, VAE_SLICING, VAE_TILING
 
 MEMORY_SAVERS, BIGGER_TIER, RESOLUTION, FRAMES = "memory_savers", "bigger_tier", "resolution", "frames"
 STEPS = (MEMORY_SAVERS, BIGGER_TIER, RESOLUTION, FRAMES)
@@ -121,6 +121,21 @@ def next_step(
             if lower:
                 return step, replace(settings, frames=lower[0])
     return None
+
+
+DECODE_SAVERS = (VAE_SLICING, VAE_TILING)
+DECODE_SAVER_LEVEL = next(level for level, savers in enumerate(SAVER_LEVELS) if set(DECODE_SAVERS) <= set(savers))
+
+
+def next_decode_step(settings: RenderSettings, *, mode: str) -> tuple[str, RenderSettings] | None:
+    """After an OOM in the decode: the decode savers, on the same latents, if not yet on.
+
+    None means the decode cannot get cheaper on its own; the caller then climbs the whole
+    ladder (which re-renders).
+    """
+    if MEMORY_SAVERS not in allowed_steps(mode) or settings.saver_level >= DECODE_SAVER_LEVEL:
+        return None
+    return MEMORY_SAVERS, replace(settings, saver_level=DECODE_SAVER_LEVEL)
 
 
 def describe_change(step: str, before: RenderSettings, after: RenderSettings) -> tuple[Any, Any]:

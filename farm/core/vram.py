@@ -14,6 +14,9 @@ largest working set at full latent resolution, which is a transformer feed-forwa
 transformer at the UNet's input. Feed-forward chunking shrinks that to a chunk; attention is
 then the largest. `workspace` (about 1.3) covers temporaries and allocator rounding; it is
 fitted to the public figures listed in docs/vram.md, with the formula written out there.
+Denoise and decode have separate workspace factors (one value unless calibrated), and
+`farm calibrate` refits them and the overhead per GPU kind from measured peaks
+(`farm.core.calibration`); FARM_VRAM_CALIBRATION names the file `profile_for_model` then uses.
 
 Compute per denoising step is `frames x (a x T + b x T^2)` FLOP with T latent tokens per frame
 (a linear term for convolutions and projections, a quadratic one for spatial attention), fitted
@@ -22,9 +25,11 @@ to FLOP counts of the real UNet on meta tensors. Pure code: no torch.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 GIB = 1024**3
+CALIBRATION_ENV = "FARM_VRAM_CALIBRATION"  # a calibration file written by `farm calibrate`
 
 # Memory savers that keep quality, in the order the ladder turns them on.
 VAE_SLICING = "vae_slicing"  # decode one frame at a time
@@ -54,7 +59,7 @@ class ModelProfile:
     temporal_in_width: int  # width of the temporal transformer at the UNet's input (full resolution)
     vae_decoder_top_channels: int
     latent_downsample: int
-    workspace_factor: float
+    workspace_factor: float  # denoise workspace (and decode's, unless decode_workspace_factor is set)
     overhead_bytes: int
     default_decode_chunk: int
     vae_tile_pixels: int
@@ -62,10 +67,16 @@ class ModelProfile:
     flop_per_token_squared: float  # b: FLOP per (tokens per frame)^2 per frame per step
     fixed_seconds: float  # per-render time outside the UNet at tier speed 1 (encode, decode, I/O)
     denoiser: str = "unet"
+    decode_workspace_factor: float | None = None  # None: the same as workspace_factor
+    calibration: str | None = None  # where calibrated constants came from (None: built in)
 
     @property
     def total_params(self) -> int:
         return sum(self.component_params.values())
+
+    @property
+    def decode_factor(self) -> float:
+        return self.workspace_factor if self.decode_workspace_factor is None else self.decode_workspace_factor
 
 
 I2VGENXL_PROFILE = ModelProfile(
@@ -96,13 +107,23 @@ I2VGENXL_PROFILE = ModelProfile(
 PROFILES = {I2VGENXL_PROFILE.name: I2VGENXL_PROFILE}
 
 
-def profile_for_model(model: str) -> ModelProfile:
+def profile_for_model(model: str, gpu_name: str | None = None) -> ModelProfile:
     """Every model farm renders today is an I2VGen-XL (hub id, local folder or `tiny`).
 
     The tiny model deliberately plans with the real model's profile: it stands in for the real
     weights, so plans, tiers and simulated OOMs behave as they would on real GPUs.
+
+    With FARM_VRAM_CALIBRATION set, the constants come from that calibration file: the entry
+    of `gpu_name` (a CUDA device name, e.g. "NVIDIA H200") when it has one, else the largest
+    of every measured GPU's constants (what the planner uses: it does not know the GPU kind).
     """
-    return I2VGENXL_PROFILE
+    profile = I2VGENXL_PROFILE
+    path = os.environ.get(CALIBRATION_ENV)
+    if not path:
+        return profile
+    from farm.models.calibration_file import load_calibration
+
+    return load_calibration(path).profile_for(profile, gpu_name, label=path)
 
 
 @dataclass(frozen=True)
@@ -123,6 +144,11 @@ class VramEstimate:
     @property
     def peak_phase(self) -> str:
         return "denoise" if self.denoise_bytes >= self.decode_bytes else "decode"
+
+    def phase_peak_bytes(self, phase: str) -> int:
+        """The estimated peak of one phase ("denoise" or "decode") with the overhead: what that
+        phase's `max_memory_allocated` measures."""
+        return self.overhead_bytes + (self.denoise_bytes if phase == "denoise" else self.decode_bytes)
 
     def to_dict(self) -> dict:
         return {
@@ -163,6 +189,52 @@ def activation_elements_per_token(profile: ModelProfile, savers: frozenset[str] 
     return skips + max(working)
 
 
+@dataclass(frozen=True)
+class PhaseTerms:
+    """The parts of one render's estimate that do not depend on the fitted constants:
+
+        denoise = weights_denoise + workspace_factor x activation_elements x dtype_bytes
+        decode  = weights_decode + decode workspace factor x vae_elements x dtype_bytes + video_bytes
+    """
+
+    weights_denoise: int
+    weights_decode: int
+    activation_elements: float
+    vae_elements: float
+    video_bytes: int
+    dtype_bytes: int
+
+
+def phase_terms(
+    profile: ModelProfile,
+    width: int,
+    height: int,
+    frames: int,
+    *,
+    dtype_bytes: int = 2,
+    savers: tuple[str, ...] | frozenset[str] = (),
+    guidance: bool = True,
+) -> PhaseTerms:
+    savers = frozenset(savers)
+    down = profile.latent_downsample
+    tokens_per_frame = (height // down) * (width // down)
+    batch = 2 if guidance else 1
+    params = profile.component_params
+    if CPU_OFFLOAD in savers:  # only the component at work is on the GPU
+        weights_denoise = params[profile.denoiser] * dtype_bytes
+        weights_decode = params["vae"] * dtype_bytes
+    else:
+        weights_denoise = weights_decode = profile.total_params * dtype_bytes
+    activations = activation_elements_per_token(profile, savers) * batch * frames * tokens_per_frame
+    chunk = 1 if VAE_SLICING in savers else min(profile.default_decode_chunk, frames)
+    pixels = width * height
+    if VAE_TILING in savers:
+        pixels = min(pixels, profile.vae_tile_pixels)
+    vae_elements = 5 * profile.vae_decoder_top_channels * pixels * chunk  # ResNet working set at full size
+    video = frames * 3 * width * height * 4  # the decoded frames, kept in fp32
+    return PhaseTerms(weights_denoise, weights_decode, activations, vae_elements, video, dtype_bytes)
+
+
 def estimate_vram(
     profile: ModelProfile,
     width: int,
@@ -175,30 +247,13 @@ def estimate_vram(
 ) -> VramEstimate:
     """Peak allocated GPU memory of one render (bytes)."""
     savers = frozenset(savers)
-    factor = profile.workspace_factor
-    down = profile.latent_downsample
-    tokens_per_frame = (height // down) * (width // down)
-    batch = 2 if guidance else 1
-    params = profile.component_params
-    if CPU_OFFLOAD in savers:  # only the component at work is on the GPU
-        weights_denoise = params[profile.denoiser] * dtype_bytes
-        weights_decode = params["vae"] * dtype_bytes
-    else:
-        weights_denoise = weights_decode = profile.total_params * dtype_bytes
-    activations = activation_elements_per_token(profile, savers) * batch * frames * tokens_per_frame
-    denoise = weights_denoise + factor * activations * dtype_bytes
-
-    chunk = 1 if VAE_SLICING in savers else min(profile.default_decode_chunk, frames)
-    pixels = width * height
-    if VAE_TILING in savers:
-        pixels = min(pixels, profile.vae_tile_pixels)
-    vae_elements = 5 * profile.vae_decoder_top_channels * pixels * chunk  # ResNet working set at full size
-    video = frames * 3 * width * height * 4  # the decoded frames, kept in fp32
-    decode = weights_decode + factor * vae_elements * dtype_bytes + video
+    terms = phase_terms(profile, width, height, frames, dtype_bytes=dtype_bytes, savers=savers, guidance=guidance)
+    denoise = terms.weights_denoise + profile.workspace_factor * terms.activation_elements * dtype_bytes
+    decode = terms.weights_decode + profile.decode_factor * terms.vae_elements * dtype_bytes + terms.video_bytes
     total = profile.overhead_bytes + max(denoise, decode)
     return VramEstimate(
         total_bytes=int(total),
-        weights_bytes=int(weights_denoise),
+        weights_bytes=int(terms.weights_denoise),
         denoise_bytes=int(denoise),
         decode_bytes=int(decode),
         overhead_bytes=profile.overhead_bytes,

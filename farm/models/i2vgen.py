@@ -8,22 +8,36 @@ to the last layer. So we compute the embeddings the way the model was trained an
 
 Denoising and VAE decoding are run as separate calls so each is timed, and so decoding can be
 chunked (four frames at a time by default; one at a time with the `vae_slicing` memory saver).
-`phase` says which stage is running, so an out-of-memory error can be attributed to it.
+`phase` says which stage is running, so an out-of-memory error can be attributed to it, and
+the renderer can retry only the decode (the latents kept) when that is where memory ran out.
+Each phase's peak allocated and reserved CUDA memory is measured on its own.
+
+Precision comes from `farm.models.precision` (bf16 where the card has it); with fp16 the VAE
+decoder can run in fp32 (its config's `force_upcast`). Decoded frames are checked for NaN/Inf
+before anything is encoded: `NonFiniteFrames` fails the item instead of committing a black video.
 """
 
 from __future__ import annotations
 
 import math
-import resource
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from farm.core.errors import ItemError
 from farm.core.vram import CPU_OFFLOAD, FF_CHUNKING, I2VGENXL_PROFILE, SAVER_LEVELS, VAE_SLICING, VAE_TILING
 from farm.media.video import to_uint8
 from farm.models.faults import OomInjector
-from farm.models.loading import ResolvedModel, quiet_libraries, resolve_model, select_device
+from farm.models.loading import ResolvedModel, quiet_libraries, resolve_model, select_device, weight_variant
+from farm.models.memory import PhaseMemory
+from farm.models.precision import Precision, precision_for_device
+
+
+class NonFiniteFrames(ItemError):
+    """A render produced NaN or Inf values (numeric overflow, usually fp16)."""
+
+    reason = "nan_output"
 
 
 @dataclass
@@ -35,6 +49,19 @@ class Generation:
     peak_memory_bytes: int
     memory_kind: str
     warnings: list[str] = field(default_factory=list)
+    phases: dict[str, dict[str, int]] = field(default_factory=dict)  # measured peaks per phase
+
+
+def vae_force_upcast(folder) -> bool:
+    """Whether the VAE's config asks to decode in fp32 (AutoencoderKL's default is yes)."""
+    import json
+    from pathlib import Path
+
+    config = Path(folder) / "vae" / "config.json"
+    try:
+        return bool(json.loads(config.read_text()).get("force_upcast", True))
+    except (OSError, ValueError):
+        return True
 
 
 # Feed-forward chunking for a video UNet. diffusers' `enable_forward_chunking` uses one setting
@@ -88,6 +115,11 @@ class I2VGenXLAdapter:
         self.savers: tuple[str, ...] = ()
         self.decode_chunk = self.profile.default_decode_chunk
         self.injector: OomInjector | None = None
+        self.precision = Precision("fp32", "fp32", False)
+        self.weight_variant: str | None = None
+        self.memory = PhaseMemory(device)
+        self._timings: dict[str, float] = {}  # of the render in progress (begin_render resets both)
+        self._notes: list[str] = []
 
     # --- memory savers ---------------------------------------------------------------------
 
@@ -111,20 +143,29 @@ class I2VGenXLAdapter:
         self.savers = tuple(s for s in SAVER_LEVELS[-1] if s in wanted)
 
     @classmethod
-    def load(cls, ref: str, *, device: str | None = None) -> I2VGenXLAdapter:
+    def load(cls, ref: str, *, device: str | None = None, precision: Precision | None = None) -> I2VGenXLAdapter:
         quiet_libraries()  # before the pipeline import, which emits warnings of its own
         import torch
         from diffusers import I2VGenXLPipeline
 
         started = time.perf_counter()
         device = device or select_device()
-        on_cuda = device.startswith("cuda")
-        dtype = torch.float16 if on_cuda else torch.float32
-        resolved = resolve_model(ref, variant="fp16" if on_cuda else None)
-        pipeline = I2VGenXLPipeline.from_pretrained(resolved.path, dtype=dtype)
+        chosen = precision or precision_for_device(device)
+        resolved = resolve_model(ref, variant=chosen.variant, device=device, dtype=chosen.torch_dtype())
+        if precision is None and not vae_force_upcast(resolved.path):
+            chosen = precision_for_device(device, vae_force_upcast=False)
+        variant = weight_variant(resolved.path, prefer_half=chosen.variant is not None)
+        pipeline = I2VGenXLPipeline.from_pretrained(resolved.path, dtype=chosen.torch_dtype(), variant=variant)
         pipeline.to(device)
+        if chosen.vae_upcast:
+            # Only the decoding half: the encoder takes the image in the model's dtype, and a
+            # resident fp32 decoder costs ~100 MB instead of a cast on every render.
+            pipeline.vae.post_quant_conv.to(torch.float32)
+            pipeline.vae.decoder.to(torch.float32)
         pipeline.set_progress_bar_config(disable=True)
-        return cls(pipeline, resolved, device, time.perf_counter() - started)
+        adapter = cls(pipeline, resolved, device, time.perf_counter() - started)
+        adapter.precision, adapter.weight_variant = chosen, variant
+        return adapter
 
     @property
     def dtype_name(self) -> str:
@@ -135,7 +176,12 @@ class I2VGenXLAdapter:
             "id": self.model.ref,
             "source": self.model.source,
             "config_sha256": self.config_sha256,
+            "family": self.profile.name,
             "dtype": self.dtype_name,
+            "precision": self.precision.name,
+            "precision_setting": self.precision.requested,
+            "vae_decode_dtype": "float32" if self.precision.vae_upcast else self.dtype_name,
+            "weight_variant": self.weight_variant,
         }
 
     # --- conditioning ----------------------------------------------------------------------
@@ -169,7 +215,20 @@ class I2VGenXLAdapter:
 
     # --- rendering -------------------------------------------------------------------------
 
-    def generate(
+    def generate(self, image, *, decode_chunk_size: int | None = None, **params) -> Generation:
+        """Denoise then decode in one go (tests, benchmarks); the renderer calls the two phases itself."""
+        latents = self.denoise(image, **params)
+        return self.decode(latents, decode_chunk_size=decode_chunk_size)
+
+    def begin_render(self) -> None:
+        """Start a render's bookkeeping: timings, notes, fault injection, peak-memory counters."""
+        self._timings = {}
+        self._notes = []
+        self.memory.reset()
+        if self.injector is not None:
+            self.injector.begin_render()
+
+    def denoise(
         self,
         image,
         *,
@@ -182,18 +241,12 @@ class I2VGenXLAdapter:
         guidance_scale: float,
         fps: int,
         seed: int,
-        decode_chunk_size: int | None = None,
-    ) -> Generation:
+    ):
+        """Encode the prompt and the image, run the denoising loop; the latents stay on the device."""
         import torch
 
-        timings: dict[str, float] = {}
-        notes: list[str] = []
+        self.begin_render()
         on_cuda = self.device.startswith("cuda")
-        if on_cuda:
-            torch.cuda.reset_peak_memory_stats(self.device)
-        if self.injector is not None:
-            self.injector.begin_render()
-
         if FF_CHUNKING in self.savers:
             down = self.pipeline.vae_scale_factor
             set_feed_forward_chunking(
@@ -202,10 +255,11 @@ class I2VGenXLAdapter:
             )
         started = time.perf_counter()
         self.phase = "denoise"
+        self.memory.begin("denoise")
         positive, negative, truncated = self.encode_prompt(prompt, negative_prompt)
         if truncated:
             limit = self.pipeline.tokenizer.model_max_length
-            notes.append(f"the prompt is longer than CLIP's {limit} tokens; the rest was ignored")
+            self._notes.append(f"the prompt is longer than CLIP's {limit} tokens; the rest was ignored")
         # The initial noise comes from a CPU generator, so a seed gives the same video on any device.
         # The pipeline also samples the image latents from the global RNG (no generator there):
         # seed that too, inside fork_rng so the process's own RNG state is left as it was.
@@ -226,20 +280,44 @@ class I2VGenXLAdapter:
                 generator=generator,
                 output_type="latent",
             ).frames
-        timings["denoise"] = time.perf_counter() - started
+        self.memory.end("denoise")
+        self._timings["denoise"] = time.perf_counter() - started
+        self.phase = "idle"
+        return latents
+
+    def decode(self, latents, *, decode_chunk_size: int | None = None) -> Generation:
+        """VAE-decode `latents` into uint8 frames (checked for NaN/Inf); may be retried with savers."""
+        import torch
 
         started = time.perf_counter()
         self.phase = "decode"
+        self.memory.begin("decode")
+        decoder_dtype = self.pipeline.vae.post_quant_conv.weight.dtype
         with torch.no_grad():
-            video = self.pipeline.decode_latents(latents, decode_chunk_size=decode_chunk_size or self.decode_chunk)
+            video = self.pipeline.decode_latents(
+                latents.to(decoder_dtype), decode_chunk_size=decode_chunk_size or self.decode_chunk
+            )
+            check_finite(video, latents, self.precision)
             array = self.pipeline.video_processor.postprocess_video(video=video, output_type="np")[0]
-        del latents, video
-        timings["decode"] = time.perf_counter() - started
+        del video
+        self.memory.end("decode")
+        self._timings["decode"] = self._timings.get("decode", 0.0) + time.perf_counter() - started
         self.phase = "idle"
 
-        frames_uint8 = to_uint8(array)
-        if on_cuda:
-            peak, kind = int(torch.cuda.max_memory_allocated(self.device)), "cuda_max_allocated"
-        else:
-            peak, kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process_max_rss"
-        return Generation(frames_uint8, timings, peak, kind, notes)
+        peak, kind = self.memory.peak()
+        return Generation(to_uint8(array), dict(self._timings), peak, kind, list(self._notes), self.memory.phases())
+
+
+def check_finite(video, latents, precision: Precision) -> None:
+    """Raise NonFiniteFrames if the decoded video (or the latents it came from) holds NaN/Inf."""
+    import torch
+
+    finite = torch.isfinite(video)
+    if bool(finite.all()):
+        return
+    bad = int(finite.numel() - finite.sum())
+    where = "the denoise" if not bool(torch.isfinite(latents).all()) else "the VAE decode"
+    raise NonFiniteFrames(
+        f"the rendered frames hold {bad} NaN/Inf values of {finite.numel()} (first produced by {where}, "
+        f"precision {precision.name}); nothing was committed. To fix: {precision.advice()}"
+    )

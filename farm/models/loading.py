@@ -1,8 +1,15 @@
-"""Where a model's weights come from: `tiny`, a local diffusers folder, or a Hugging Face id.
+"""Where a model's weights come from: `tiny`, `random:ID`, a local diffusers folder, or a Hugging Face id.
 
 Every source ends as a local folder in diffusers format that `from_pretrained` loads, so the
-tiny model takes exactly the path real weights take. A real model that cannot be found or
-downloaded raises `ModelUnavailableError` saying how to provide the weights.
+tiny model (and the full-size random one, for hardware checks) takes exactly the path real
+weights take. A real model that cannot be found or downloaded raises `ModelUnavailableError`
+saying how to provide the weights.
+
+Weight files come in variants: a Hub repo such as `ali-vilab/i2vgen-xl` ships
+`*.fp16.safetensors` beside (or instead of) the full-precision files, and a download asked for
+the fp16 variant holds only those. `weight_variant` looks at what the folder holds, so the
+loader asks `from_pretrained` for exactly that: the half-size files for a half-precision run
+when they exist, the plain files otherwise (and the variant files when nothing else is there).
 """
 
 from __future__ import annotations
@@ -15,7 +22,10 @@ from pathlib import Path
 from farm.core.errors import ModelUnavailableError
 
 TINY = "tiny"
+RANDOM_PREFIX = "random:"
 DEFAULT_MODEL = "ali-vilab/i2vgen-xl"
+HALF_VARIANT = "fp16"
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".safetensors.index.json", ".bin.index.json")
 
 
 def cache_dir() -> Path:
@@ -32,7 +42,7 @@ class ResolvedModel:
     """A model reference turned into a local folder."""
 
     ref: str
-    source: str  # "tiny", "local" or "hub"
+    source: str  # "tiny", "random", "local" or "hub"
     path: Path
 
     @property
@@ -47,13 +57,26 @@ def absolute_model_ref(ref: str) -> str:
     return str(local.resolve()) if ref.strip() != TINY and local.is_dir() else ref
 
 
-def resolve_model(ref: str, *, variant: str | None = None) -> ResolvedModel:
-    """Find (building or downloading if needed) the local folder holding `ref`'s weights."""
+def resolve_model(ref: str, *, variant: str | None = None, device: str = "cpu", dtype=None) -> ResolvedModel:
+    """Find (building or downloading if needed) the local folder holding `ref`'s weights.
+
+    `variant` is the weight variant worth downloading for a Hub id; `device` and `dtype` say
+    where a `random:` model is built (directly there, in that dtype).
+    """
     ref = ref.strip()
     if ref == TINY:
         from farm.models.tiny import ensure_tiny_model
 
         return ResolvedModel(ref, "tiny", ensure_tiny_model(cache_dir()))
+    if ref.startswith(RANDOM_PREFIX):
+        import torch
+
+        from farm.models.fullsize import ensure_random_model
+
+        folder = ensure_random_model(
+            cache_dir(), ref[len(RANDOM_PREFIX):], device=device, dtype=dtype or torch.float16
+        )
+        return ResolvedModel(ref, "random", folder)
     local = Path(ref).expanduser()
     if local.is_dir():
         if not (local / "model_index.json").is_file():
@@ -97,6 +120,32 @@ def _unavailable_message(repo_id: str, error: Exception | None, offline: bool) -
         "(2) copy a Hugging Face cache that holds the model and set HF_HOME to it, with HF_HUB_OFFLINE=1; "
         "(3) to try the farm without weights, use `--model tiny` (random weights, noise-like videos)."
     )
+
+
+def _weight_files(component: Path) -> list[str]:
+    return [p.name for p in component.iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES)]
+
+
+def _is_variant_file(name: str, variant: str) -> bool:
+    return f".{variant}." in name
+
+
+def weight_variant(folder: Path, *, prefer_half: bool, variant: str = HALF_VARIANT) -> str | None:
+    """The `variant=` to pass to `from_pretrained` for what `folder` holds.
+
+    With `prefer_half`, the variant whenever any component has variant files (diffusers falls
+    back to the plain files for components without them). Without it, the plain files, unless
+    some component has only variant files (a download made with `variant="fp16"`).
+    """
+    has_variant = only_variant = False
+    for component in sorted(p for p in folder.iterdir() if p.is_dir()):
+        names = _weight_files(component)
+        variants = [n for n in names if _is_variant_file(n, variant)]
+        has_variant = has_variant or bool(variants)
+        only_variant = only_variant or (bool(variants) and len(variants) == len(names))
+    if has_variant and (prefer_half or only_variant):
+        return variant
+    return None
 
 
 def config_hash(folder: Path) -> str:

@@ -14,10 +14,9 @@ on a CPU. Every block type of the real UNet is still present one level lower.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
+
+from farm.models.cached_build import build_once
 
 # Bump when the configs below change so that caches built by older versions are rebuilt.
 TINY_MODEL_VERSION = 2
@@ -60,20 +59,26 @@ def tokenizer_vocabulary() -> tuple[dict[str, int], list[str]]:
     return {token: index for index, token in enumerate(vocab_list)}, _MERGES
 
 
-def _write_tokenizer(directory: Path) -> int:
-    from transformers import CLIPTokenizer
-
+def write_tokenizer_files(directory: Path) -> int:
+    """vocab.json and merges.txt of farm's own CLIP BPE tokenizer; returns the vocabulary size."""
     vocab, merges = tokenizer_vocabulary()
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
     (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    return len(vocab)
+
+
+def _write_tokenizer(directory: Path) -> int:
+    from transformers import CLIPTokenizer
+
+    vocab_size = write_tokenizer_files(directory)
     tokenizer = CLIPTokenizer(
         vocab=str(directory / "vocab.json"),
         merges=str(directory / "merges.txt"),
         model_max_length=MAX_PROMPT_TOKENS,
     )
     tokenizer.save_pretrained(directory)
-    return len(vocab)
+    return vocab_size
 
 
 def build_tiny_pipeline(vocab_size: int):
@@ -175,28 +180,14 @@ def tiny_model_dir(cache_dir: Path) -> Path:
 
 def ensure_tiny_model(cache_dir: Path) -> Path:
     """Build the tiny model into the cache (once; safe across concurrent processes)."""
-    from filelock import FileLock
 
-    target = tiny_model_dir(cache_dir)
-    if (target / "model_index.json").is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(target) + ".lock"):
-        if (target / "model_index.json").is_file():
-            return target
-        staging = Path(tempfile.mkdtemp(prefix=".tiny-build-", dir=target.parent))
-        try:
-            vocab_size = _write_tokenizer(staging / "tokenizer")
-            pipeline = build_tiny_pipeline(vocab_size)
-            pipeline.save_pretrained(staging)
-            # save_pretrained skipped the tokenizer (it was None); register it in the index.
-            index_path = staging / "model_index.json"
-            index = json.loads(index_path.read_text())
-            index["tokenizer"] = ["transformers", "CLIPTokenizer"]
-            index_path.write_text(json.dumps(index, indent=2, sort_keys=True))
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(staging, target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-    return target
+    def build(staging: Path) -> None:
+        vocab_size = _write_tokenizer(staging / "tokenizer")
+        build_tiny_pipeline(vocab_size).save_pretrained(staging)
+        # save_pretrained skipped the tokenizer (it was None); register it in the index.
+        index_path = staging / "model_index.json"
+        index = json.loads(index_path.read_text())
+        index["tokenizer"] = ["transformers", "CLIPTokenizer"]
+        index_path.write_text(json.dumps(index, indent=2, sort_keys=True))
+
+    return build_once(tiny_model_dir(cache_dir), build, prefix=".tiny-build-")

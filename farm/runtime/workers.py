@@ -1,9 +1,10 @@
 """The render actor: one per GPU (or one CPU worker), loads the model once, renders many items.
 
-On start it learns its card (CUDA, or FARM_GPU_VRAM_GB when simulating), hence its tier and
-memory budget, and loads the model. A load failure, out-of-memory included, does not kill the
-actor (a crash loop would just reload and fail again): it stays up, reports itself unusable in
-`info()`, and the executor routes around it.
+On start it sets the CUDA allocator up (expandable segments unless the operator chose), learns
+its card (CUDA, capped to a declared smaller card; or FARM_GPU_VRAM_GB when simulating), hence
+its tier and memory budget, and loads the model in the precision the card supports. A load
+failure, out-of-memory included, does not kill the actor (a crash loop would just reload and
+fail again): it stays up, reports itself unusable in `info()`, and the executor routes around it.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ class RenderWorkerImpl:
         self.adapter = None
         self.card = None
         self.memory_baseline_bytes = None
+        from farm.models.memory import prepare_allocator
+
+        prepare_allocator()  # read by torch when CUDA first allocates: before anything else
         if cpu_threads:
             import torch
 
@@ -36,9 +40,9 @@ class RenderWorkerImpl:
         except FarmError as exc:
             self.error = str(exc)
         except Exception as exc:  # keep the actor alive; report instead of crash-looping
-            import torch
+            from farm.models.memory import is_out_of_memory
 
-            if isinstance(exc, torch.OutOfMemoryError):
+            if is_out_of_memory(exc):
                 self.error = f"out of memory while loading model {model_ref!r}: {str(exc).splitlines()[0]}"
             else:
                 self.error = f"loading model {model_ref!r} failed: {type(exc).__name__}: {exc}"
@@ -47,21 +51,23 @@ class RenderWorkerImpl:
         if self.adapter is None:
             from farm.models.memory import release_memory
 
-            release_memory("cuda" if self.card and self.card.source == "cuda" else "cpu")
+            release_memory("cuda" if self.card and self.card.physical_bytes else "cpu")
 
     def _load(self, faults: str | None) -> None:
         from farm.core.tiers import load_tier_table
+        from farm.core.vram import profile_for_model
         from farm.models.faults import OomInjector, parse_faults
         from farm.models.i2vgen import I2VGenXLAdapter
         from farm.models.loading import select_device
-        from farm.models.memory import SimulatedCard, allocated_bytes, detect_card
+        from farm.models.memory import SimulatedCard, allocated_bytes, apply_memory_cap, detect_card
         from farm.renderer import BackgroundCommits, ItemRenderer
         from farm.storage.config import StorageConfig
 
         device = select_device()
         self.card = detect_card(device, load_tier_table(), self.advertised_tier)
-        if self.card.source == "FARM_GPU_VRAM_GB":
-            SimulatedCard(self.card, I2VGenXLAdapter.profile).check_load()
+        apply_memory_cap(self.card, device)
+        if self.card.simulated:
+            SimulatedCard(self.card, profile_for_model(self.model_ref)).check_load()
         self.adapter = I2VGenXLAdapter.load(self.model_ref, device=device)
         rules = parse_faults(faults or os.environ.get("FARM_FAULTS"))
         if rules:

@@ -10,7 +10,6 @@ from helpers import encode, pattern
 from farm.core.job import ESCALATE, FAILED, SUCCEEDED, RenderTask
 from farm.core.manifest import parse_manifest
 from farm.core.tiers import GIB
-from farm.models.faults import OomInjector, parse_faults
 from farm.models.memory import CardInfo, allocated_bytes
 from farm.renderer import ItemRenderer
 
@@ -33,24 +32,6 @@ def task(tmp_path, *, resolution=256, frames=8, degrade="allowed", bigger=False,
     }
     spec = parse_manifest(json.dumps(document), "json", base_dir=tmp_path)
     return RenderTask.for_item(spec, spec.items[0], planned_tier="sim", bigger_tier_available=bigger)
-
-
-@pytest.fixture
-def injected(tiny_adapter):
-    """Attach fault rules to the shared adapter for one test, and take them off afterwards."""
-    injectors = []
-
-    def attach(spec: str):
-        injector = OomInjector(parse_faults(spec))
-        injector.attach(tiny_adapter.pipeline)
-        tiny_adapter.injector = injector
-        injectors.append(injector)
-        return injector
-
-    yield attach
-    for injector in injectors:
-        injector.detach()
-    tiny_adapter.injector = None
 
 
 def test_simulated_card_oom_climbs_the_saver_levels_until_it_fits(tmp_path, tiny_adapter):
