@@ -127,15 +127,21 @@ def cmd_plan(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_INVALID
-    plan = plan_job(spec, shape, table)
+    profile = _vram_profile(spec.model)
+    if profile is None:
+        return EXIT_INVALID
+    plan = plan_job(spec, shape, table)  # the same profile: plan_job asks profile_for_model too
     if args.json:
         document = plan.to_dict()
         document["invalid_items"] = [{"index": r.index, "id": r.id, "message": r.message} for r in spec.rejected]
+        document["vram_calibration"] = profile.calibration
         print(json.dumps(document, indent=1))
         return EXIT_OK
     out = sys.stdout
     if not args.gpus:
         out.write(f"no --gpus given: planning for one GPU of every tier ({', '.join(table.names())})\n")
+    if profile.calibration:
+        out.write(f"VRAM estimates calibrated by {profile.calibration}\n")
     out.write(f"{'item':32} {'tier':>5} {'VRAM GiB':>9} {'budget':>7} {'settings':>18} {'est. s':>7}  planned degradations\n")
     for item_plan in plan.items:
         settings = item_plan.settings
@@ -178,7 +184,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_tiers(args: argparse.Namespace) -> int:
     from farm.core.params import RESOLUTIONS
     from farm.core.tiers import load_tier_table
-    from farm.core.vram import SAVER_LEVELS, estimate_vram, profile_for_model
+    from farm.core.vram import SAVER_LEVELS, estimate_vram
 
     table = load_tier_table(args.tiers)
     if args.node:
@@ -190,7 +196,9 @@ def cmd_tiers(args: argparse.Namespace) -> int:
             return EXIT_OK
         print(f"--num-gpus {options['num_gpus']} --resources '{json.dumps(options['resources'])}'")
         return EXIT_OK
-    profile = profile_for_model(args.model or "ali-vilab/i2vgen-xl")
+    profile = _vram_profile(args.model or os.environ.get("FARM_MODEL") or "ali-vilab/i2vgen-xl")
+    if profile is None:
+        return EXIT_INVALID
     print(f"{'tier':5} {'card GiB':>8} {'budget GiB':>10} {'example':16} {'TFLOP/s':>8}  max frames at 256/512/768/1024p (1:1, no savers | all savers)")
     for tier in table.tiers:
         fits = []
@@ -204,7 +212,68 @@ def cmd_tiers(args: argparse.Namespace) -> int:
             f"{tier.name:5} {tier.card_gib:8.0f} {tier.budget_gib:10.1f} {tier.example:16} "
             f"{tier.peak_tflops * tier.efficiency:8.0f}  {fits[0]:>14} | {fits[1]}"
         )
-    print(f"resource names: {', '.join(t.resource for t in table.tiers)}; estimates for {profile.name}")
+    calibrated = f" (calibrated by {profile.calibration})" if profile.calibration else ""
+    print(f"resource names: {', '.join(t.resource for t in table.tiers)}; estimates for {profile.name}{calibrated}")
+    return EXIT_OK
+
+
+def _vram_profile(model: str):
+    """The estimator's profile for `model`: calibrated when FARM_VRAM_CALIBRATION names a file.
+    None, after saying why, when that file cannot be used (an invalid setting: exit 2)."""
+    from farm.core.vram import profile_for_model
+    from farm.models.calibration_file import CalibrationFileError
+
+    try:
+        return profile_for_model(model)
+    except CalibrationFileError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return None
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """Fit the estimator's constants to the peaks measured on CUDA that sidecars record."""
+    from farm.core.calibration import RULE, CalibrationFile, NotEnoughMeasurements, fit, group
+    from farm.core.vram import CALIBRATION_ENV, GIB, PROFILES
+    from farm.models.calibration_file import collect, write_calibration
+
+    collected = collect(args.outputs)
+    for uri in collected.empty:
+        print(f"warning: no sidecars under {uri}", file=sys.stderr)
+    print(f"read {collected.sidecars} sidecar(s) of {len(collected.jobs)} job(s): "
+          f"{len(collected.measurements)} CUDA measurement(s)")
+    for reason, count in sorted(collected.skipped.items()):
+        print(f"  skipped {count} {reason}")
+    if not collected.measurements:
+        print("error: nothing to calibrate from: only sidecars of renders measured on CUDA GPUs count "
+              "(memory.kind \"cuda\"); render on a GPU, then run `farm calibrate` on that output", file=sys.stderr)
+        return EXIT_INVALID
+    entries, refused = [], []
+    for (family, gpu_name), measurements in group(collected.measurements).items():
+        builtin = PROFILES[family]
+        try:
+            entry = fit(builtin, measurements)
+        except NotEnoughMeasurements as error:
+            refused.append(str(error))
+            continue
+        entries.append(entry)
+        print(f"{family} on {gpu_name}: {entry.points} render(s) ({entry.denoise_points} denoise, "
+              f"{entry.decode_points} decode measurements)")
+        print(f"  overhead {builtin.overhead_bytes / GIB:.3f} -> {entry.overhead_bytes / GIB:.3f} GiB, workspace factor "
+              f"{builtin.workspace_factor:.3f} -> {entry.workspace_factor:.3f} (denoise), "
+              f"{builtin.decode_factor:.3f} -> {entry.decode_workspace_factor:.3f} (decode)")
+        print(f"  error of the estimated peak vs measured: built-in {entry.before.describe()} -> "
+              f"calibrated {entry.quality.describe()}")
+    for message in refused:
+        print(f"{'not calibrated' if entries else 'error'}: {message}", file=sys.stderr)
+    if refused:
+        print(f"the rule: {RULE}. Render more items on that GPU at other resolutions and frame counts "
+              "(e.g. 256p, 512p and 768p at 8 and 24 frames) and run `farm calibrate` again with their outputs",
+              file=sys.stderr)
+    if not entries:
+        print("nothing written", file=sys.stderr)
+        return EXIT_INVALID
+    path = write_calibration(args.output, CalibrationFile.of(entries))
+    print(f"wrote {path}; `farm plan`, the planner and the workers use it with {CALIBRATION_ENV}={path}")
     return EXIT_OK
 
 
@@ -547,6 +616,14 @@ def build_parser() -> argparse.ArgumentParser:
     tiers.add_argument("--node", action="store_true", help="print this node's `ray start` GPU and tier resources")
     tiers.add_argument("--model")
     tiers.set_defaults(func=cmd_tiers)
+
+    calibrate = commands.add_parser(
+        "calibrate", help="fit the VRAM estimator to the peaks measured on CUDA in finished jobs' sidecars"
+    )
+    calibrate.add_argument("outputs", nargs="+", metavar="OUTPUT_URI", help="a job folder (OUTPUT/JOB) or an output root, local or s3://")
+    calibrate.add_argument("--output", default="vram-calibration.json",
+                           help="the calibration file to write (default ./vram-calibration.json)")
+    calibrate.set_defaults(func=cmd_calibrate)
 
     serve_parser = commands.add_parser("serve", help="run the HTTP API (Ray Serve) and the job coordinator")
     serve_parser.add_argument("--host", default="127.0.0.1")
