@@ -174,17 +174,9 @@ class Check:
     def card(self, declared_gib: float | None = None):
         """The worker's card as a worker finds it, optionally declared smaller (the cap)."""
         from farm.core.tiers import load_tier_table
-        from farm.models.memory import VRAM_ENV, detect_card
+        from farm.models.memory import detect_card
 
-        previous = os.environ.pop(VRAM_ENV, None)
-        try:
-            if declared_gib is not None:
-                os.environ[VRAM_ENV] = str(declared_gib)
-            return detect_card(self.plan.device, load_tier_table(), None)
-        finally:
-            os.environ.pop(VRAM_ENV, None)
-            if previous is not None:
-                os.environ[VRAM_ENV] = previous
+        return detect_card(self.plan.device, load_tier_table(), None, declared_gib)
 
     # --- sections --------------------------------------------------------------------------
 

@@ -90,7 +90,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from farm.core.errors import excerpt
 
     try:
-        spec = load_manifest(args.manifest, _job_overrides(args), env_model=os.environ.get("FARM_MODEL"), check_files=True)
+        spec = load_manifest(args.manifest, _job_overrides(args), check_files=True, **_manifest_settings(args))
     except ManifestError as error:
         if args.json:
             print(json.dumps({"valid": False, "errors": [i.to_dict() for i in error.issues]}, indent=1))
@@ -116,21 +116,22 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     try:
         spec = load_manifest(
-            args.manifest, _job_overrides(args), skip_invalid=True, env_model=os.environ.get("FARM_MODEL"), check_files=True
+            args.manifest, _job_overrides(args), skip_invalid=True, check_files=True, **_manifest_settings(args)
         )
     except ManifestError as error:
         _print_manifest_error(error)
         return EXIT_INVALID
-    table = load_tier_table(args.tiers)
+    table = load_tier_table(args.tiers or args.settings.tiers_file)
     try:
         shape = parse_gpus(args.gpus, table) if args.gpus else ClusterShape({name: 1 for name in table.names()})
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_INVALID
-    profile = _vram_profile(spec.model)
+    profile = _vram_profile(spec.model, args.settings.vram_calibration)
     if profile is None:
         return EXIT_INVALID
-    plan = plan_job(spec, shape, table)  # the same profile: plan_job asks profile_for_model too
+    # The same profile: plan_job asks profile_for_model with the same calibration.
+    plan = plan_job(spec, shape, table, calibration=args.settings.vram_calibration)
     if args.json:
         document = plan.to_dict()
         document["invalid_items"] = [{"index": r.index, "id": r.id, "message": r.message} for r in spec.rejected]
@@ -186,17 +187,17 @@ def cmd_tiers(args: argparse.Namespace) -> int:
     from farm.core.tiers import load_tier_table
     from farm.core.vram import SAVER_LEVELS, estimate_vram
 
-    table = load_tier_table(args.tiers)
+    table = load_tier_table(args.tiers or args.settings.tiers_file)
     if args.node:
         from farm.runtime.cluster import local_gpu_resources
 
-        options = local_gpu_resources(table)
+        options = local_gpu_resources(table, args.settings.workers)
         if not options:
             print("# no GPU found (set FARM_GPU_VRAM_GB to declare one)", file=sys.stderr)
             return EXIT_OK
         print(f"--num-gpus {options['num_gpus']} --resources '{json.dumps(options['resources'])}'")
         return EXIT_OK
-    profile = _vram_profile(args.model or os.environ.get("FARM_MODEL") or "ali-vilab/i2vgen-xl")
+    profile = _vram_profile(args.model or args.settings.model_ref, args.settings.vram_calibration)
     if profile is None:
         return EXIT_INVALID
     print(f"{'tier':5} {'card GiB':>8} {'budget GiB':>10} {'example':16} {'TFLOP/s':>8}  max frames at 256/512/768/1024p (1:1, no savers | all savers)")
@@ -217,14 +218,19 @@ def cmd_tiers(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _vram_profile(model: str):
+def _manifest_settings(args: argparse.Namespace) -> dict:
+    """What the settings say about reading manifests (the model when none is named, the size limit)."""
+    return {"env_model": args.settings.model, "max_bytes": args.settings.max_manifest_bytes}
+
+
+def _vram_profile(model: str, calibration: str | None):
     """The estimator's profile for `model`: calibrated when FARM_VRAM_CALIBRATION names a file.
     None, after saying why, when that file cannot be used (an invalid setting: exit 2)."""
     from farm.core.vram import profile_for_model
     from farm.models.calibration_file import CalibrationFileError
 
     try:
-        return profile_for_model(model)
+        return profile_for_model(model, calibration=calibration)
     except CalibrationFileError as error:
         print(f"error: {error}", file=sys.stderr)
         return None
@@ -278,76 +284,23 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from farm.runtime.cluster import prepare_local_environment
+    from farm.runtime.service import ServeOptions, ServiceStartError, serve_until_stopped
 
-    embedded = not (args.address or os.environ.get("RAY_ADDRESS"))
-    if embedded:
-        prepare_local_environment()  # before `ray` is first imported: Ray reads it at import
-    import ray
-    from ray import serve
-
-    from farm.core.tiers import load_tier_table
-    from farm.runtime.cluster import RayCluster, local_gpu_resources
-    from farm.runtime.coordinator import coordinator_handle
-    from farm.runtime.stopping import StopRequest, grace_seconds
-    from farm.serve.app import build_app
-
-    settings = {"model": args.model or os.environ.get("FARM_MODEL") or "ali-vilab/i2vgen-xl"}
-    output = args.output or os.environ.get("FARM_DEFAULT_OUTPUT")
-    if output:
-        # Absolute, since the coordinator and the API replica do not run in this folder; and
-        # in the environment, which the embedded cluster's actors inherit.
-        output = output if "://" in output else os.path.abspath(os.path.expanduser(output))
-        os.environ["FARM_DEFAULT_OUTPUT"] = output
-        settings["default_output"] = output
-    stop = StopRequest("running renders")
-    stop.install()
-    local = local_gpu_resources(load_tier_table()) if embedded else {}
-    with RayCluster(args.address, **local):
-        stop.install()  # again: ray.init replaced the SIGTERM handler
-        print(f"starting the job coordinator and render workers (model {settings['model']!r})...", flush=True)
-        coordinator = coordinator_handle(settings)
-        try:
-            ray.get(coordinator.health.remote(), timeout=args.start_timeout)
-        except Exception as error:  # the workers could not load the model, or storage is unusable
-            print(f"error: the coordinator did not start: {_remote_cause(error)}", file=sys.stderr)
-            ray.kill(coordinator)
-            return EXIT_CANNOT_RUN
-        serve.start(http_options={"host": args.host, "port": args.port})
-        serve.run(build_app(), name="farm", route_prefix="/", blocking=False)
-        print(f"farm serves on http://{args.host}:{args.port} (docs: /docs, health: /healthz); Ctrl-C stops it", flush=True)
-        at_once = False
-        try:
-            while not stop.event.wait(1.0):
-                pass
-        except KeyboardInterrupt:  # a second signal: no grace period
-            at_once = True
-        print("stopping: the API no longer takes requests", file=sys.stderr, flush=True)
-        if not embedded:
-            serve.delete("farm")  # leave a joined cluster as we found it (the coordinator stays)
-            return EXIT_OK
-        serve.shutdown()
-        if not at_once:  # the coordinator goes with the embedded cluster: let running items finish
-            try:
-                drained = ray.get(coordinator.drain.remote(grace_seconds()), timeout=grace_seconds() + 30)
-                print(f"stopped: {drained['handed_back']} running item(s) handed back; unfinished jobs resume "
-                      "at the next start", file=sys.stderr, flush=True)
-            except Exception as error:
-                print(f"warning: the coordinator did not stop cleanly: {_remote_cause(error)}", file=sys.stderr)
+    # --output is made absolute: the coordinator and the API replica do not run in this folder.
+    settings = args.settings.with_model(args.model).with_output(args.output)
+    options = ServeOptions(address=args.address, host=args.host, port=args.port, start_timeout_s=args.start_timeout)
+    try:
+        serve_until_stopped(settings, options)
+    except ServiceStartError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_CANNOT_RUN
     return EXIT_OK
-
-
-def _remote_cause(error: BaseException) -> str:
-    """The last line of what went wrong, without Ray's remote traceback."""
-    cause = getattr(error, "cause", None) or error
-    lines = str(cause).strip().splitlines()
-    return lines[-1] if lines else type(cause).__name__
 
 
 def _client(args: argparse.Namespace):
     from farm.client import FarmClient
 
-    return FarmClient(getattr(args, "endpoint", None))
+    return FarmClient(getattr(args, "endpoint", None), settings=args.settings.client)
 
 
 def _print_status(status: dict) -> None:
@@ -420,10 +373,11 @@ def _execute(spec, args: argparse.Namespace, manifest: Path | None = None, *, sh
     from farm.storage import open_store
     from farm.storage.base import job_record_key
 
-    stop = StopRequest()
+    stop = StopRequest(grace_s=args.settings.engine.stop_grace_s)
     stop.install()
     options = RunOptions(
         address=args.address,
+        settings=args.settings,
         workers=args.workers,
         force=getattr(args, "force", False),
         manifest=(manifest.name, manifest.read_bytes()) if manifest else None,
@@ -463,7 +417,7 @@ def _execute(spec, args: argparse.Namespace, manifest: Path | None = None, *, sh
 def cmd_run(args: argparse.Namespace) -> int:
     try:
         spec = load_manifest(
-            args.manifest, _job_overrides(args), skip_invalid=args.skip_invalid, env_model=os.environ.get("FARM_MODEL")
+            args.manifest, _job_overrides(args), skip_invalid=args.skip_invalid, **_manifest_settings(args)
         )
     except ManifestError as error:
         _print_manifest_error(error)
@@ -518,7 +472,7 @@ def cmd_render(args: argparse.Namespace) -> int:
         overrides = JobOverrides(name="render", model=args.model, output=str(staging), params=_param_overrides(args))
         try:
             spec = parse_manifest(
-                json.dumps(document), "json", base_dir=Path.cwd(), overrides=overrides, env_model=os.environ.get("FARM_MODEL")
+                json.dumps(document), "json", base_dir=Path.cwd(), overrides=overrides, env_model=args.settings.model
             )
         except ManifestError as error:
             _print_manifest_error(error)
@@ -549,7 +503,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
         print("building the tiny model (random weights) if needed...")
         print(f"tiny model: {ensure_tiny_model(cache_dir())}")
-    spec = load_manifest(manifest, JobOverrides(output=str(output), model=args.model))
+    spec = load_manifest(manifest, JobOverrides(output=str(output), model=args.model), max_bytes=args.settings.max_manifest_bytes)
     code = _execute(spec, args)
     print()
     print(TINY_NOTICE if spec.model == "tiny" else "")
@@ -673,6 +627,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _interrupt_on_sigterm()
     try:
+        from farm.settings import SettingsError, load_settings
+
+        try:
+            args.settings = load_settings()  # the one read of the environment's farm settings
+        except SettingsError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return EXIT_INVALID
         return args.func(args)
     except ManifestError as error:
         _print_manifest_error(error)

@@ -7,7 +7,6 @@ manifests are sent as they are; JSONL and CSV are turned into a JSON manifest fi
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,9 +38,16 @@ def _where(error: dict) -> str:
 
 
 class FarmClient:
-    def __init__(self, endpoint: str | None = None, token: str | None = None, timeout_s: float = 60.0):
-        self.endpoint = (endpoint or os.environ.get("FARM_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
-        self.token = token if token is not None else os.environ.get("FARM_API_TOKEN")
+    """A farm service's HTTP API, for the remote CLI and scripts. Unset arguments come from
+    `settings` (farm.settings.ClientSettings: FARM_ENDPOINT, FARM_API_TOKEN; read from the
+    environment when none are given)."""
+
+    def __init__(self, endpoint: str | None = None, token: str | None = None, timeout_s: float = 60.0, settings=None):
+        from farm.settings import ClientSettings
+
+        settings = settings or ClientSettings()
+        self.endpoint = (endpoint or settings.endpoint or DEFAULT_ENDPOINT).rstrip("/")
+        self.token = token if token is not None else settings.token
         self.timeout_s = timeout_s
         self.session = requests.Session()
         if self.token:

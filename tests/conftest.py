@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import boto3
 import requests
-from helpers import encode, pattern
+from helpers import MotoServer, encode, free_port, pattern
 
 
 @pytest.fixture(scope="session")
@@ -134,14 +134,6 @@ TOKEN = "test-token-0123456789"
 BUCKET = "renders"
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class Service:
     def __init__(self, url: str, s3_endpoint: str, cluster_address: str, local: Path):
         self.url = url
@@ -188,7 +180,6 @@ def service(farm_cache, tiny_model_dir, tmp_path_factory):
     import logging
 
     import ray
-    from moto.server import ThreadedMotoServer
     from ray import serve
 
     from farm.runtime.cluster import RayCluster
@@ -196,10 +187,9 @@ def service(farm_cache, tiny_model_dir, tmp_path_factory):
     from farm.serve.app import build_app
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's request log
-    s3_port, http_port = free_port(), free_port()
-    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=s3_port, verbose=False)
+    moto, http_port = MotoServer(), free_port()
     moto.start()
-    s3_endpoint = f"http://127.0.0.1:{s3_port}"
+    s3_endpoint = moto.endpoint
     local = tmp_path_factory.mktemp("service-local")
     (local / "images").mkdir()
     (local / "images" / "still.png").write_bytes(encode(pattern(320, 240), "PNG"))

@@ -1,10 +1,13 @@
-"""Test helpers: images of every kind, manifests, and reading results back."""
+"""Test helpers: images of every kind, manifests, reading results back, free ports and an S3
+server (moto) on 127.0.0.1."""
 
 from __future__ import annotations
 
 import io
 import json
+import socket
 import struct
+import time
 import zlib
 from pathlib import Path
 
@@ -54,3 +57,39 @@ def write_manifest(folder: Path, items: list[dict], *, name: str = "job", model:
 
 def read_sidecar(path: Path) -> dict:
     return json.loads(path.read_text())
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (the OS picks it)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class MotoServer:
+    """moto's S3 (and IAM) server in a thread, on 127.0.0.1 only, on `port` or a free one.
+
+    `start()` returns the server; `restart(pause_s)` stops it and starts a new one on the same
+    port after `pause_s` (moto keeps its data in process, so the buckets survive)."""
+
+    def __init__(self, port: int | None = None):
+        self.port = port or free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self._server = None
+
+    def start(self) -> MotoServer:
+        from moto.server import ThreadedMotoServer
+
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self._server.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+
+    def restart(self, pause_s: float) -> None:
+        self.stop()
+        time.sleep(pause_s)
+        self.start()

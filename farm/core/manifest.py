@@ -287,24 +287,6 @@ def detect_format(path: Path) -> Format:
     return FORMATS[suffix]  # type: ignore[return-value]
 
 
-def manifest_byte_limit() -> int:
-    """The largest manifest file read, in bytes: FARM_MAX_MANIFEST_BYTES, default 64 MiB."""
-    raw = os.environ.get(MAX_MANIFEST_BYTES_ENV, "").strip()
-    if not raw:
-        return MAX_MANIFEST_BYTES
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise ManifestError(
-            [ManifestIssue(f"{MAX_MANIFEST_BYTES_ENV}={excerpt(raw, 40)} is not a positive number of bytes; "
-                           f"set it to a whole number such as {MAX_MANIFEST_BYTES}")],
-            "environment",
-        )
-    return value
-
-
 def load_manifest(
     path: str | Path,
     overrides: JobOverrides | None = None,
@@ -317,7 +299,7 @@ def load_manifest(
     """Read and validate a manifest file. Raises `ManifestError` listing every problem.
 
     The file must be a regular file (a symbolic link to one is fine) of at most `max_bytes`
-    (default `manifest_byte_limit()`). With `check_files`, local images that cannot be opened are
+    (default FARM_MAX_MANIFEST_BYTES's, 64 MiB). With `check_files`, local images that cannot be opened are
     errors of their items (`farm validate`, `farm plan`); without, they fail at render time.
     """
     path = Path(path)
@@ -326,7 +308,7 @@ def load_manifest(
     except ManifestError:
         _refuse_if_not_regular(path)  # "is a directory" says more than "unknown extension"
         raise
-    data = read_manifest_file(path, manifest_byte_limit() if max_bytes is None else max_bytes)
+    data = read_manifest_file(path, MAX_MANIFEST_BYTES if max_bytes is None else max_bytes)
     return parse_manifest(
         data,
         fmt,

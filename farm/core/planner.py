@@ -141,6 +141,31 @@ class Planner:
         self._cache[key] = plan
         return plan
 
+    def fit_to_tier(self, item: JobItem, tier: str, *, order, blocked=()) -> tuple[RenderSettings, list[Degradation]]:
+        """Settings for `item` on a card of `tier`, planned afresh from its requested parameters
+        (an item moved to a bigger card does not keep the savers the smaller one needed): the
+        first rung of its ladder whose estimate fits the tier's budget and that has not already
+        run out of memory there (`blocked`: RenderSettings that failed on this tier)."""
+        params = item.params
+        guidance = params.guidance_scale > 1
+        settings = RenderSettings(params.resolution, params.aspect, params.frames)
+        budget = self.table[tier].budget_bytes if tier in self.table else None
+        degradations: list[Degradation] = []
+        while settings in blocked or (budget is not None and self.estimate(settings, guidance).total_bytes > budget):
+            option = next_step(settings, mode=params.degrade, order=[s for s in order if s != BIGGER_TIER])
+            if option is None:
+                break
+            step, changed = option
+            before, after = describe_change(step, settings, changed)
+            why = (f"planned for {tier}: {settings.describe()} ran out of memory there before" if settings in blocked
+                   else f"planned for {tier}: about {self.estimate(settings, guidance).total_gib:.1f} GiB at "
+                        f"{settings.describe()} exceeds its {budget / GIB:.1f} GiB budget")
+            if degradations and degradations[-1].step == step == MEMORY_SAVERS:
+                before = degradations.pop().before  # one record for consecutive saver levels
+            degradations.append(Degradation(step, before, after, why))
+            settings = changed
+        return settings, degradations
+
     def _plan(self, item_id: str, params, *, order, unfit: str) -> ItemPlan:
         guidance = params.guidance_scale > 1
         settings = RenderSettings(params.resolution, params.aspect, params.frames)
@@ -181,9 +206,12 @@ class Planner:
         )
 
 
-def plan_job(spec: JobSpec, shape: ClusterShape, table: TierTable, *, dtype_bytes: int = 2) -> JobPlan:
-    """Plan every valid item of `spec` on `shape`; simulate the dispatch for the makespan."""
-    planner = Planner(table, shape, profile_for_model(spec.model), dtype_bytes=dtype_bytes)
+def plan_job(
+    spec: JobSpec, shape: ClusterShape, table: TierTable, *, dtype_bytes: int = 2, calibration: str | None = None
+) -> JobPlan:
+    """Plan every valid item of `spec` on `shape`; simulate the dispatch for the makespan.
+    `calibration`: a `farm calibrate` file (FARM_VRAM_CALIBRATION) for the estimator's constants."""
+    planner = Planner(table, shape, profile_for_model(spec.model, calibration=calibration), dtype_bytes=dtype_bytes)
     items = [planner.plan_item(item, order=spec.degrade_order, unfit=spec.unfit) for item in spec.items]
     plan = JobPlan(items=items, shape=shape)
     steps = {item.id: item.params for item in spec.items}

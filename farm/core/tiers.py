@@ -14,7 +14,6 @@ of its peak). The table can be replaced with a YAML/JSON file (`FARM_TIERS_FILE`
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,8 +101,7 @@ class TierTable:
 
 
 def load_tier_table(path: str | None = None) -> TierTable:
-    """The default table, or the one in `path` / FARM_TIERS_FILE (a list of tier mappings)."""
-    path = path or os.environ.get("FARM_TIERS_FILE")
+    """The default table, or the one in `path` (FARM_TIERS_FILE: a list of tier mappings)."""
     if not path:
         return TierTable()
     text = Path(path).read_text()

@@ -25,7 +25,6 @@ to FLOP counts of the real UNet on meta tensors. Pure code: no torch.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 GIB = 1024**3
@@ -107,23 +106,22 @@ I2VGENXL_PROFILE = ModelProfile(
 PROFILES = {I2VGENXL_PROFILE.name: I2VGENXL_PROFILE}
 
 
-def profile_for_model(model: str, gpu_name: str | None = None) -> ModelProfile:
+def profile_for_model(model: str, gpu_name: str | None = None, calibration: str | None = None) -> ModelProfile:
     """Every model farm renders today is an I2VGen-XL (hub id, local folder or `tiny`).
 
     The tiny model deliberately plans with the real model's profile: it stands in for the real
     weights, so plans, tiers and simulated OOMs behave as they would on real GPUs.
 
-    With FARM_VRAM_CALIBRATION set, the constants come from that calibration file: the entry
+    With a `calibration` file (FARM_VRAM_CALIBRATION), the constants come from it: the entry
     of `gpu_name` (a CUDA device name, e.g. "NVIDIA H200") when it has one, else the largest
     of every measured GPU's constants (what the planner uses: it does not know the GPU kind).
     """
     profile = I2VGENXL_PROFILE
-    path = os.environ.get(CALIBRATION_ENV)
-    if not path:
+    if not calibration:
         return profile
     from farm.models.calibration_file import load_calibration
 
-    return load_calibration(path).profile_for(profile, gpu_name, label=path)
+    return load_calibration(calibration).profile_for(profile, gpu_name, label=calibration)
 
 
 @dataclass(frozen=True)

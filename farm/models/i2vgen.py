@@ -143,17 +143,29 @@ class I2VGenXLAdapter:
         self.savers = tuple(s for s in SAVER_LEVELS[-1] if s in wanted)
 
     @classmethod
-    def load(cls, ref: str, *, device: str | None = None, precision: Precision | None = None) -> I2VGenXLAdapter:
+    def load(
+        cls,
+        ref: str,
+        *,
+        device: str | None = None,
+        precision: Precision | None = None,
+        requested_precision: str = "auto",
+        vae_upcast: str = "auto",
+    ) -> I2VGenXLAdapter:
+        """Load `ref` once. `precision` as decided, else decided here for the device from the
+        settings (`requested_precision`: FARM_PRECISION, `vae_upcast`: FARM_VAE_UPCAST)."""
         quiet_libraries()  # before the pipeline import, which emits warnings of its own
         import torch
         from diffusers import I2VGenXLPipeline
 
         started = time.perf_counter()
         device = device or select_device()
-        chosen = precision or precision_for_device(device)
+        chosen = precision or precision_for_device(device, requested=requested_precision, vae_upcast=vae_upcast)
         resolved = resolve_model(ref, variant=chosen.variant, device=device, dtype=chosen.torch_dtype())
         if precision is None and not vae_force_upcast(resolved.path):
-            chosen = precision_for_device(device, vae_force_upcast=False)
+            chosen = precision_for_device(
+                device, requested=requested_precision, vae_upcast=vae_upcast, vae_force_upcast=False
+            )
         variant = weight_variant(resolved.path, prefer_half=chosen.variant is not None)
         pipeline = I2VGenXLPipeline.from_pretrained(resolved.path, dtype=chosen.torch_dtype(), variant=variant)
         pipeline.to(device)

@@ -161,10 +161,10 @@ def config_hash(folder: Path) -> str:
     return digest.hexdigest()
 
 
-def select_device() -> str:
+def select_device(forced: str | None = None) -> str:
+    """`forced` (FARM_DEVICE) when set, else CUDA when available, else the CPU."""
     import torch
 
-    forced = os.environ.get("FARM_DEVICE")
     if forced:
         return forced
     return "cuda" if torch.cuda.is_available() else "cpu"

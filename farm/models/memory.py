@@ -96,17 +96,15 @@ class CardInfo:
         }
 
 
-def declared_card_bytes(table: TierTable, advertised_tier: str | None) -> tuple[int | None, str | None]:
-    """The card size the operator declared: FARM_GPU_VRAM_GB, else the tier the worker was started for."""
-    told = os.environ.get(VRAM_ENV)
-    if told:
-        try:
-            gib = float(told)
-        except ValueError:
-            gib = float("nan")
-        if not gib > 0 or gib == float("inf"):
-            raise ValueError(f"{VRAM_ENV}={told!r} is not a positive number of GiB; set e.g. {VRAM_ENV}=24")
-        return int(gib * GIB), VRAM_ENV
+def declared_card_bytes(
+    table: TierTable, advertised_tier: str | None, vram_gb: float | None = None
+) -> tuple[int | None, str | None]:
+    """The card size the operator declared: `vram_gb` (FARM_GPU_VRAM_GB), else the tier the
+    worker was started for."""
+    if vram_gb is not None:
+        if not vram_gb > 0 or vram_gb == float("inf"):
+            raise ValueError(f"{VRAM_ENV}={vram_gb!r} is not a positive number of GiB; set e.g. {VRAM_ENV}=24")
+        return int(vram_gb * GIB), VRAM_ENV
     tier = table[advertised_tier] if advertised_tier and advertised_tier in table else None
     return (int(tier.card_gib * GIB), "tier") if tier is not None else (None, None)
 
@@ -132,10 +130,12 @@ def gpu_description(device: str) -> dict:
     }
 
 
-def detect_card(device: str, table: TierTable, advertised_tier: str | None = None) -> CardInfo:
-    """This worker's card: the declared size (FARM_GPU_VRAM_GB, or its tier) capped to the real
-    card on CUDA; the declared size simulated without a GPU; else the CPU."""
-    declared, source = declared_card_bytes(table, advertised_tier)
+def detect_card(
+    device: str, table: TierTable, advertised_tier: str | None = None, vram_gb: float | None = None
+) -> CardInfo:
+    """This worker's card: the declared size (`vram_gb`: FARM_GPU_VRAM_GB, or its tier) capped to
+    the real card on CUDA; the declared size simulated without a GPU; else the CPU."""
+    declared, source = declared_card_bytes(table, advertised_tier, vram_gb)
     on_cuda = device.startswith("cuda")
     physical, gpu = None, {}
     if on_cuda:

@@ -12,7 +12,6 @@ The decision is pure: the caller passes what the device supports.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 from farm.core.errors import FarmError
@@ -63,19 +62,14 @@ class Precision:
         return "the model itself produced non-finite values at fp32: check its weights and parameters"
 
 
-def read_setting(env: str, allowed: tuple[str, ...], default: str = "auto") -> str:
-    value = os.environ.get(env, default).strip().lower() or default
-    if value not in allowed:
-        raise FarmError(f"{env}={value!r} is not a valid setting; use one of {', '.join(allowed)}")
-    return value
-
-
 def choose_precision(
     requested: str, *, on_cuda: bool, bf16_supported: bool, vae_upcast: str = "auto", vae_force_upcast: bool = True
 ) -> Precision:
     """The precision a worker runs in, from the setting and what the device supports."""
     if requested not in PRECISIONS:
         raise FarmError(f"{PRECISION_ENV}={requested!r} is not a valid setting; use one of {', '.join(PRECISIONS)}")
+    if vae_upcast not in VAE_UPCAST_MODES:
+        raise FarmError(f"{VAE_UPCAST_ENV}={vae_upcast!r} is not a valid setting; use one of {', '.join(VAE_UPCAST_MODES)}")
     if requested == "auto":
         name = ("bf16" if bf16_supported else "fp16") if on_cuda else "fp32"
     elif requested == "bf16" and on_cuda and not bf16_supported:
@@ -94,10 +88,12 @@ def choose_precision(
     return Precision(name=name, requested=requested, vae_upcast=upcast)
 
 
-def precision_for_device(device: str, *, vae_force_upcast: bool = True) -> Precision:
-    """Read the settings and decide for `device` (the one place that asks torch)."""
-    requested = read_setting(PRECISION_ENV, PRECISIONS)
-    upcast = read_setting(VAE_UPCAST_ENV, VAE_UPCAST_MODES)
+def precision_for_device(
+    device: str, *, requested: str = "auto", vae_upcast: str = "auto", vae_force_upcast: bool = True
+) -> Precision:
+    """Decide for `device` (the one place that asks torch) from the settings (FARM_PRECISION,
+    FARM_VAE_UPCAST: farm.settings.WorkerSettings)."""
+    requested, upcast = requested.strip().lower(), vae_upcast.strip().lower()
     on_cuda = device.startswith("cuda")
     bf16_supported = False
     if on_cuda:

@@ -41,19 +41,19 @@ def prepare_local_environment() -> None:
         os.environ.setdefault(name, value)
 
 
-def local_gpu_resources(table) -> dict:
+def local_gpu_resources(table, workers) -> dict:
     """Ray start options for this machine's GPUs: `num_gpus` and the `farm_tier_<tier>` resources.
 
-    FARM_GPU_VRAM_GB (with FARM_GPU_COUNT, default: the GPUs nvidia-smi lists, else 1) declares
-    the cards, which simulates GPUs on a machine without any. Otherwise nvidia-smi is asked.
+    `workers` (farm.settings.WorkerSettings): FARM_GPU_VRAM_GB (with FARM_GPU_COUNT, default: the
+    GPUs nvidia-smi lists, else 1) declares the cards, which simulates GPUs on a machine without
+    any. Otherwise nvidia-smi is asked.
     """
     from farm.core.tiers import GIB
 
     cards_mib = _nvidia_smi_memory_mib()
-    told = os.environ.get("FARM_GPU_VRAM_GB")
-    if told:
-        count = int(os.environ.get("FARM_GPU_COUNT") or len(cards_mib) or 1)
-        cards = [float(told) * GIB] * count
+    if workers.gpu_vram_gb:
+        count = workers.gpu_count or len(cards_mib) or 1
+        cards = [workers.gpu_vram_gb * GIB] * count
     else:
         cards = [mib * 1024**2 for mib in cards_mib]
     resources: dict[str, float] = {}

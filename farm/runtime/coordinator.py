@@ -24,15 +24,15 @@ import uuid
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from farm import __version__
 from farm.core.errors import FarmError, JobConflictError, QueueFullError, StorageError
-from farm.core.job import FINAL_ITEM_STATES, JobState
-from farm.core.manifest import DEFAULT_MODEL, JobSpec
+from farm.core.job import FINAL_ITEM_STATES, FINAL_JOB_STATES, JobStatus, JobState
+from farm.core.manifest import JobSpec
 from farm.core.tiers import load_tier_table
 from farm.runtime.engine import ActiveJob, Engine, start_workers
 from farm.runtime.executor import JobRecorder, clear_staging, prepare_job, write_job_files
+from farm.settings import FarmSettings, load_settings
 from farm.storage import canonical_output, open_store
 from farm.storage.base import item_keys, job_record_key, job_spec_key
 
@@ -40,20 +40,6 @@ log = logging.getLogger(__name__)
 
 COORDINATOR_NAME = "farm-coordinator"
 NAMESPACE = "farm"
-FINAL_JOB_STATES = ("succeeded", "partial", "failed", "cancelled")
-
-
-class CoordinatorConfig(BaseSettings):
-    """Operator settings of the service (environment, prefix FARM_)."""
-
-    model_config = SettingsConfigDict(env_prefix="FARM_", extra="ignore", protected_namespaces=())
-
-    model: str = DEFAULT_MODEL
-    state_uri: str = os.path.join(os.path.expanduser("~"), ".cache", "farm", "state")
-    default_output: str = "./farm-output"
-    max_queued_jobs: int = 100
-    faults: str | None = None
-    record_interval_s: float = 2.0
 
 
 class JobRecordEntry(BaseModel):
@@ -64,7 +50,7 @@ class JobRecordEntry(BaseModel):
     id: StrictStr = Field(pattern=r"^j-[0-9a-f]{12}$")
     name: StrictStr = Field(min_length=1)
     output: StrictStr = Field(min_length=1)
-    state: Literal[(*FINAL_JOB_STATES, "queued", "running")]  # type: ignore[valid-type]
+    state: Literal[tuple(s.value for s in (*FINAL_JOB_STATES, JobStatus.QUEUED, JobStatus.RUNNING))]  # type: ignore[valid-type]
     submitted_at: float
     items: int | None = None
     priority: int = 0
@@ -104,12 +90,26 @@ class JobRegistry:
         return sorted(entries, key=lambda e: (e.get("submitted_at") or 0, e["id"]))
 
 
+def coordinator_settings(settings: FarmSettings | dict | None) -> FarmSettings:
+    """The settings a coordinator runs with: those handed over by `farm serve`, or read from the
+    environment here (a RayService's app creates the coordinator with none); a dict overrides
+    `model` and `default_output` of the environment's."""
+    if isinstance(settings, FarmSettings):
+        return settings
+    overrides = settings or {}
+    return load_settings().with_model(overrides.get("model")).with_output(overrides.get("default_output"))
+
+
 class Coordinator:
-    def __init__(self, settings: dict | None = None):
-        self.config = CoordinatorConfig(**(settings or {}))
-        self.table = load_tier_table()
-        self.registry = JobRegistry(open_store(self.config.state_uri))
-        state_uri = self.config.state_uri
+    """The service's job state and render pool (a detached Ray actor; see the module text)."""
+
+    def __init__(self, settings: FarmSettings | dict | None = None):
+        self.settings = coordinator_settings(settings)
+        self.model = self.settings.model_ref
+        self.table = load_tier_table(self.settings.tiers_file)
+        state_uri = self.settings.coordinator.state_uri
+        state_uri = state_uri if "://" in state_uri else os.path.expanduser(state_uri)
+        self.registry = JobRegistry(open_store(state_uri))
         self.state_location = canonical_output(state_uri if "://" in state_uri else os.path.abspath(state_uri))
         self.lock = threading.RLock()
         self.entries: dict[str, dict] = {}  # job id -> registry entry (every job this farm knows)
@@ -123,8 +123,8 @@ class Coordinator:
 
         self.metrics = FarmMetrics()
         self.metrics.tier_budgets({t.name: t.budget_bytes for t in self.table.tiers})
-        self.workers = start_workers(self.config.model, ray.cluster_resources(), self.table, faults=self.config.faults)
-        self.engine = Engine(self.workers, self.table, self.metrics)
+        self.workers = start_workers(self.model, ray.cluster_resources(), self.table, settings=self.settings)
+        self.engine = Engine(self.workers, self.table, self.metrics, self.settings)
         self._reload()
         self.metrics.skipped_records.set(len(self.registry.skipped))
         threading.Thread(target=self._admit_loop, name="farm-admission", daemon=True).start()
@@ -135,13 +135,14 @@ class Coordinator:
     def submit(self, spec_data: dict, manifest: tuple[str, bytes] | None = None) -> dict:
         """Accept a validated job; returns its registry entry. Raises FarmError with the reason."""
         spec = JobSpec.from_dict(spec_data)
-        if spec.model != self.config.model:
-            raise FarmError(f"this farm renders with model {self.config.model!r}, not {spec.model!r}; omit `model` or use it")
+        if spec.model != self.model:
+            raise FarmError(f"this farm renders with model {self.model!r}, not {spec.model!r}; omit `model` or use it")
         self._check_apart_from_state(spec)
         with self.lock:
             waiting = sum(1 for e in self.entries.values() if e["state"] == "queued")
-            if waiting >= self.config.max_queued_jobs:
-                raise QueueFullError(f"{waiting} jobs are already queued (the limit is {self.config.max_queued_jobs}); try later")
+            limit = self.settings.coordinator.max_queued_jobs
+            if waiting >= limit:
+                raise QueueFullError(f"{waiting} jobs are already queued (the limit is {limit}); try later")
             clash = next(
                 (e for e in self.entries.values()
                  if e["state"] not in FINAL_JOB_STATES and e["output"] == spec.output and e["name"] == spec.name),
@@ -288,7 +289,7 @@ class Coordinator:
             "storage": storage_ok,
             "skipped_job_records": self.registry.skipped[:20],
             "active_jobs": active,
-            "model": self.config.model,
+            "model": self.model,
             "uptime_seconds": round(time.time() - self.started_at, 1),
         }
 
@@ -366,7 +367,7 @@ class Coordinator:
             raise FarmError(f"the job's spec.json is missing from {entry['output']}")
         spec = JobSpec.from_dict(json.loads(data), output=entry["output"])
         state = JobState(spec)
-        recorder = JobRecorder(state, store, self.config.record_interval_s)
+        recorder = JobRecorder(state, store, self.settings.engine.record_interval_s)
         job = ActiveJob(id=entry["id"], state=state, recorder=recorder, priority=entry.get("priority", 0))
         job.on_finish = lambda finished: self._job_done(finished, store)
         plan, decision = prepare_job(self.engine, job, store)
@@ -420,12 +421,11 @@ class Coordinator:
             threading.Thread(target=self._notify, args=(entry,), daemon=True).start()
 
     def _notify(self, entry: dict) -> None:
-        from farm.storage.config import UrlFetchConfig
         from farm.storage.inputs import post_json
 
         payload = {k: entry.get(k) for k in ("id", "name", "state", "output", "counts", "finished_at", "message")}
         try:
-            post_json(entry["notify_url"], payload, UrlFetchConfig())
+            post_json(entry["notify_url"], payload, self.settings.url)
         except FarmError as error:
             log.warning("webhook for job %s not delivered: %s", entry["id"], error)
 
@@ -449,7 +449,7 @@ class Coordinator:
         return state
 
 
-def coordinator_handle(settings: dict | None = None, *, create: bool = True) -> Any:
+def coordinator_handle(settings: FarmSettings | dict | None = None, *, create: bool = True) -> Any:
     """The running coordinator, or a new one (named, detached, restarted by Ray after a crash)."""
     import ray
 

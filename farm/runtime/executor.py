@@ -22,7 +22,8 @@ from farm.core.planner import JobPlan, plan_job
 from farm.core.tiers import TierTable, load_tier_table
 from farm.runtime.cluster import RayCluster, local_gpu_resources
 from farm.runtime.engine import ActiveJob, Engine, NullReporter, start_workers, stop_workers
-from farm.runtime.stopping import StopRequest, grace_seconds
+from farm.runtime.stopping import StopRequest
+from farm.settings import FarmSettings, load_settings
 from farm.storage import open_store
 from farm.storage.base import STAGING, job_record_key, job_spec_key
 from farm.storage.resume import ResumeDecision, scan_committed
@@ -40,18 +41,22 @@ class ProgressReporter(Protocol):
 
 @dataclass
 class RunOptions:
+    """How to run one job locally. Unset fields come from `settings` (farm.settings; read from
+    the environment by `run_job` when none is given)."""
+
     address: str | None = None
-    workers: int | None = None  # CPU workers when the cluster has no GPU (default 1)
+    settings: FarmSettings | None = None
+    workers: int | None = None  # CPU workers when the cluster has no GPU (FARM_CPU_WORKERS)
     cpu_threads: int | None = None  # default: all cores of the worker's node (CPU workers)
-    record_interval_s: float = 2.0
+    record_interval_s: float | None = None  # FARM_RECORD_INTERVAL_S
     faults: str | None = None  # fault injection rules for the workers (tests, chaos runs)
-    tiers: TierTable | None = None
+    tiers: TierTable | None = None  # default: FARM_TIERS_FILE's, else the built-in table
     force: bool = False  # render items even when an identical result is committed
     manifest: tuple[str, bytes] | None = None  # (file name, bytes) of the manifest as submitted
     metrics: object | None = None  # a farm.metrics.FarmMetrics to update while the job runs
     reporter: ProgressReporter = field(default_factory=NullReporter)
     stop: StopRequest | None = None  # set by SIGTERM/Ctrl-C: finish running items, start no more
-    stop_grace_s: float = field(default_factory=grace_seconds)
+    stop_grace_s: float | None = None  # FARM_STOP_GRACE_S
 
 
 class JobRecorder:
@@ -150,7 +155,7 @@ def prepare_job(
     if engine.metrics is not None and decision.skip:
         engine.metrics.items.labels("skipped", "none", spec.model).inc(len(decision.skip))
     todo = replace(spec, items=[i for i in spec.items if i.id not in decision.skip], rejected=[])
-    plan = plan_job(todo, engine.shape, engine.table)
+    plan = plan_job(todo, engine.shape, engine.table, calibration=engine.settings.vram_calibration)
     job.state.workers = engine.worker_infos()
     job.state.plan = {k: v for k, v in plan.to_dict().items() if k != "items"}
     return plan, decision
@@ -163,27 +168,29 @@ def run_job(spec: JobSpec, options: RunOptions | None = None) -> JobState:
     any GPU time is spent.
     """
     options = options or RunOptions()
+    settings = options.settings or load_settings()
     if "://" not in spec.output and not os.path.isabs(spec.output):
         # Workers resolve paths in their own working folder, not this process's.
         spec = replace(spec, output=os.path.abspath(spec.output))
-    table = options.tiers or load_tier_table()
+    table = options.tiers or load_tier_table(settings.tiers_file)
     store = open_store(spec.output)
     store.check_access(spec.name)
     write_job_files(store, spec, options.manifest)
     state = JobState(spec)
     had_record = store.head(job_record_key(spec.name)) is not None
-    recorder = JobRecorder(state, store, options.record_interval_s)
-    local = local_gpu_resources(table) if not (options.address or os.environ.get("RAY_ADDRESS")) else {}
+    record_interval_s = settings.engine.record_interval_s if options.record_interval_s is None else options.record_interval_s
+    recorder = JobRecorder(state, store, record_interval_s)
+    local = local_gpu_resources(table, settings.workers) if not (options.address or os.environ.get("RAY_ADDRESS")) else {}
     try:
         with RayCluster(options.address, **local) as cluster:
             if options.stop is not None:
                 options.stop.install()  # again: ray.init replaced the SIGTERM handler
             workers = start_workers(
-                spec.model, cluster.resources, table,
+                spec.model, cluster.resources, table, settings=settings,
                 cpu_workers=options.workers, cpu_threads=options.cpu_threads, faults=options.faults,
             )
             try:
-                engine = Engine(workers, table, options.metrics)
+                engine = Engine(workers, table, options.metrics, settings)
                 if options.metrics is not None:
                     options.metrics.tier_budgets({t.name: t.budget_bytes for t in table.tiers})
                     options.metrics.job_states({"running": 1})
@@ -194,7 +201,8 @@ def run_job(spec: JobSpec, options: RunOptions | None = None) -> JobState:
                     recorder.write(force=True)
                 engine.admit(job, plan, decision.replace)
                 stop = options.stop.event if options.stop is not None else None
-                state.interrupted = not engine.run_until_done(stop, options.stop_grace_s)
+                grace_s = settings.engine.stop_grace_s if options.stop_grace_s is None else options.stop_grace_s
+                state.interrupted = not engine.run_until_done(stop, grace_s)
                 engine.publish()
             finally:
                 stop_workers(workers)

@@ -11,24 +11,15 @@ running code), so `install()` is called again after the cluster is up.
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
 import threading
 
-DEFAULT_GRACE_S = 30.0
-
-
-def grace_seconds() -> float:
-    """FARM_STOP_GRACE_S: how long running items may take to finish after a stop request."""
-    try:
-        return max(0.0, float(os.environ.get("FARM_STOP_GRACE_S", DEFAULT_GRACE_S)))
-    except ValueError:
-        return DEFAULT_GRACE_S
-
-
 class StopRequest:
-    def __init__(self, what: str = "running items"):
+    """The first SIGINT/SIGTERM sets `event`; a second raises KeyboardInterrupt (stop at once)."""
+
+    def __init__(self, what: str = "running items", grace_s: float = 30.0):
+        self.grace_s = grace_s  # FARM_STOP_GRACE_S, from the caller's settings
         self.event = threading.Event()
         self.signal: int | None = None
         self.what = what
@@ -46,7 +37,7 @@ class StopRequest:
         self.event.set()
         name = signal.Signals(number).name
         print(
-            f"stopping ({name}): no new work; {self.what} get up to {grace_seconds():.0f} s to finish "
+            f"stopping ({name}): no new work; {self.what} get up to {self.grace_s:.0f} s to finish "
             "(FARM_STOP_GRACE_S); send it again to stop at once",
             file=sys.stderr,
             flush=True,

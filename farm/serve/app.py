@@ -16,15 +16,13 @@ import asyncio
 import hmac
 import json
 import logging
-import os
 import uuid
 from pathlib import Path
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, RedirectResponse, StreamingResponse
-from pydantic import AliasChoices, BaseModel, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, Field
 
 from farm import __version__
 from farm.core.errors import (
@@ -38,43 +36,17 @@ from farm.core.errors import (
     excerpt,
     jsonable_excerpt,
 )
-from farm.core.job import ITEM_STATES
+from farm.core.job import FINAL_JOB_STATES, ITEM_STATES
 from farm.core.ids import RESERVED_ITEM_IDS, is_safe_id
-from farm.core.manifest import DEFAULT_OUTPUT, parse_manifest
+from farm.core.manifest import parse_manifest
 from farm.core.params import ASPECTS, PRESETS
 from farm.serve.events import StatusFeed, StreamLimitError, StreamLimits
+from farm.settings import ApiSettings, FarmSettings, absolute_location
 
 log = logging.getLogger(__name__)
 
 DETAIL_CHARS = 500  # an error's `detail` at most (a 1 MB value must not make a 1 MB answer)
 YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml")
-FINAL_JOB_STATES = ("succeeded", "partial", "failed", "cancelled")
-
-
-class ApiSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="FARM_API_", extra="ignore", protected_namespaces=(), populate_by_name=True)
-
-    token: str | None = None  # FARM_API_TOKEN
-    max_body_bytes: int = 64 * 1024 * 1024
-    max_items: int = 10_000
-    max_upload_bytes: int = 50 * 1024 * 1024
-    max_upload_pixels: int = 40_000_000
-    local_base: str | None = None  # a folder on the server whose images manifests may name
-    # Comma-separated output prefixes (folders, s3://BUCKET/PREFIX) that submitted jobs may write
-    # under; empty: the default output only.
-    allowed_outputs: str = ""
-    max_streams: int = Field(default=1000, ge=1)  # open event streams, all clients together
-    max_streams_per_client: int = Field(default=16, ge=1)  # per client address
-    call_timeout_s: float = Field(default=30.0, gt=0)  # for one call to the coordinator
-    default_output: str = Field(default=DEFAULT_OUTPUT, validation_alias=AliasChoices("FARM_DEFAULT_OUTPUT"))
-    model: str | None = Field(default=None, validation_alias=AliasChoices("FARM_MODEL"))
-
-    def output_prefixes(self) -> list[str]:
-        """The allowed prefixes, canonical (see farm.storage.canonical_output)."""
-        from farm.storage import canonical_output
-
-        listed = [p.strip() for p in self.allowed_outputs.split(",") if p.strip()] or [self.default_output]
-        return [canonical_output(_absolute(p)) for p in listed]
 
 
 # --- response models (they make the OpenAPI document precise) ---------------------------------
@@ -120,39 +92,27 @@ class Problem(BaseModel):
 
 
 class CoordinatorClient:
-    """Every call to the coordinator actor goes through here (one place to fake in tests).
+    """The API's one way to the coordinator (`farm.runtime.service.CoordinatorClient`, which holds
+    the Ray handle), its failures turned into HTTP answers. Tests fake this class, or the handle."""
 
-    What the coordinator raises reaches the routes as the farm's own error, never as Ray's
-    wrapper (whose text holds the remote traceback, pids and the node's address); anything
-    else becomes a logged internal error."""
+    def __init__(self, handle=None, timeout_s: float | None = None, settings: FarmSettings | None = None):
+        from farm.runtime.service import CoordinatorClient as RayCoordinatorClient
 
-    def __init__(self, handle=None, timeout_s: float = 30.0):
-        self._handle = handle
-        self.timeout_s = timeout_s
+        self._client = RayCoordinatorClient(handle, timeout_s, settings)
 
     @property
-    def handle(self):
-        if self._handle is None:
-            from farm.runtime.coordinator import coordinator_handle
-
-            self._handle = coordinator_handle()
-        return self._handle
+    def timeout_s(self) -> float:
+        return self._client.timeout_s
 
     async def call(self, method: str, *args, **kwargs):
-        from ray.exceptions import RayActorError, RayTaskError
+        from farm.runtime.service import CoordinatorFailure, CoordinatorUnavailable
 
         try:
-            return await asyncio.wait_for(getattr(self.handle, method).remote(*args, **kwargs), self.timeout_s)
-        except RayActorError:
-            self._handle = None  # it is restarting; look it up again next time
-            raise HTTPException(503, "the job coordinator is restarting; retry in a few seconds") from None
-        except asyncio.TimeoutError:
-            raise HTTPException(503, f"the job coordinator did not answer within {self.timeout_s:.0f} s; retry") from None
-        except RayTaskError as error:
-            cause = error.cause if isinstance(getattr(error, "cause", None), BaseException) else None
-            if isinstance(cause, FarmError):
-                raise cause from None
-            raise InternalError(f"coordinator.{method}: {type(cause or error).__name__}: {cause or error}") from None
+            return await self._client.call(method, *args, **kwargs)
+        except CoordinatorUnavailable as error:
+            raise HTTPException(503, str(error)) from None
+        except CoordinatorFailure as error:
+            raise InternalError(str(error)) from None
 
 
 def clip_detail(text: str) -> str:
@@ -196,9 +156,18 @@ def _install_error_handlers(app: FastAPI) -> None:
         return _problem(500, f"internal error {incident}; the server's log has the details (search for the id)")
 
 
-def create_app(client: CoordinatorClient | None = None, settings: ApiSettings | None = None) -> FastAPI:
-    settings = settings or ApiSettings()
-    client = client or CoordinatorClient(timeout_s=settings.call_timeout_s)
+def create_app(
+    client: CoordinatorClient | None = None,
+    settings: ApiSettings | None = None,
+    coordinator_settings: FarmSettings | None = None,
+) -> FastAPI:
+    """The FastAPI app. `settings`: the API's (FARM_API_*); `coordinator_settings`: the whole
+    configuration, for a coordinator the app has to create (none running yet)."""
+    settings = settings or (coordinator_settings.api if coordinator_settings else ApiSettings())
+    client = client or CoordinatorClient(timeout_s=settings.call_timeout_s, settings=coordinator_settings)
+    from farm.storage.config import UrlFetchConfig
+
+    url_settings = coordinator_settings.url if coordinator_settings else UrlFetchConfig()  # webhooks, read once
     app = FastAPI(
         title="farm",
         version=__version__,
@@ -244,7 +213,7 @@ def create_app(client: CoordinatorClient | None = None, settings: ApiSettings | 
         from farm.storage import canonical_output
 
         try:
-            output = canonical_output(_absolute(spec.output))
+            output = canonical_output(absolute_location(spec.output))
             check_allowed(output, allowed_outputs)
         except OutputRefused as refusal:
             return ManifestIssue(
@@ -259,11 +228,10 @@ def create_app(client: CoordinatorClient | None = None, settings: ApiSettings | 
     async def check_notify_url(spec) -> ManifestIssue | None:
         if not spec.notify_url:
             return None
-        from farm.storage.config import UrlFetchConfig
         from farm.storage.inputs import check_url
 
         try:
-            await asyncio.to_thread(check_url, spec.notify_url, UrlFetchConfig())
+            await asyncio.to_thread(check_url, spec.notify_url, url_settings)
         except FarmError as error:
             return ManifestIssue(str(error), field="notify_url", value=spec.notify_url)
         return None
@@ -491,37 +459,12 @@ def _status(status: dict) -> dict:
     return data
 
 
-def _absolute(location: str) -> str:
-    return location if "://" in location else os.path.abspath(os.path.expanduser(location))
-
-
-def _serve_deployment():
-    from ray import serve
-
-    settings = ApiSettings()
-    # Serve's default (5 ongoing requests per replica) let six open event streams hold every
-    # slot, so /healthz and status requests queued behind them. Streams are cheap coroutines
-    # (farm.serve.events) with their own bound; leave room for ordinary requests beside them.
-    ongoing = settings.max_streams + 256
-
-    @serve.deployment(
-        name="farm-api", num_replicas=1, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=ongoing,
-    )
-    @serve.ingress(create_app(settings=settings))
-    class FarmAPI:
-        """The Serve replica: nothing but the FastAPI app (job state lives in the coordinator)."""
-
-        def __init__(self):
-            from farm.runtime.cluster import bind_serve_replica_to_loopback
-
-            bind_serve_replica_to_loopback()
-
-    return FarmAPI
-
-
 def build_app(args: dict | None = None):
-    """Application builder for `serve run farm.serve.app:build_app` and RayService configs."""
-    return _serve_deployment().bind()
+    """Application builder for `serve run farm.serve.app:build_app` and RayService configs;
+    `farm serve` hands its settings over as `{"settings": FarmSettings}`."""
+    from farm.runtime.service import serve_deployment
+
+    return serve_deployment((args or {}).get("settings")).bind()
 
 
 def __getattr__(name: str):  # `farm.serve.app:app` without building it at import time

@@ -30,41 +30,56 @@ import os
 from typing import Literal
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from farm.settings_base import FarmBaseSettings
 
 
-class StorageConfig(BaseSettings):
+class StorageConfig(FarmBaseSettings):
+    """S3-compatible output storage (credentials come from boto3's own chain)."""
+
     model_config = SettingsConfigDict(env_prefix="FARM_S3_", extra="ignore")
 
-    endpoint_url: str | None = None
-    region: str | None = None
-    addressing_style: Literal["path", "virtual", "auto"] | None = None
-    checksums: Literal["when_supported", "when_required"] = "when_supported"
-    conditional_writes: bool = True
-    max_attempts: int = Field(default=5, ge=1, le=20)
-    connect_timeout_s: float = Field(default=5.0, gt=0)
-    read_timeout_s: float = Field(default=60.0, gt=0)
-    retry_window_s: float = Field(default=300.0, ge=0)
-    multipart_threshold_bytes: int = Field(default=16 * 1024 * 1024, ge=5 * 1024 * 1024)
-    multipart_chunk_bytes: int = Field(default=16 * 1024 * 1024, ge=5 * 1024 * 1024)
-    max_concurrency: int = Field(default=4, ge=1, le=64)
-    presign_expiry_s: int = Field(default=3600, ge=1, le=7 * 24 * 3600)
-    upload_queue: int = Field(default=2, ge=1, le=64)
+    endpoint_url: str | None = Field(None, description="The endpoint (MinIO, Ceph, R2, a test server); else "
+                                     "AWS_ENDPOINT_URL_S3, else AWS.")
+    region: str | None = Field(None, description="Region name (default: boto3's own resolution, else us-east-1).")
+    addressing_style: Literal["path", "virtual", "auto"] | None = Field(
+        None, description="Bucket addressing (default: path with a custom endpoint, else auto).")
+    checksums: Literal["when_supported", "when_required"] = Field(
+        "when_supported", description="Request checksums; `when_required` for servers that reject boto3's "
+        "default CRC checksums.")
+    conditional_writes: bool = Field(True, description="Commit sidecars with If-None-Match / If-Match, so two "
+                                     "racing renders of one item cannot both commit.")
+    max_attempts: int = Field(5, ge=1, le=20, description="boto3 `standard` retry mode attempts per request.")
+    connect_timeout_s: float = Field(5.0, gt=0, description="Connect timeout of one request.")
+    read_timeout_s: float = Field(60.0, gt=0, description="Read timeout of one request.")
+    retry_window_s: float = Field(300.0, ge=0, description="How long transient errors (timeouts, 5xx, throttling, "
+                                  "refused connections) are retried with backoff before an item fails.")
+    multipart_threshold_bytes: int = Field(16 * 1024 * 1024, ge=5 * 1024 * 1024,
+                                           description="Uploads from this size on are multipart.")
+    multipart_chunk_bytes: int = Field(16 * 1024 * 1024, ge=5 * 1024 * 1024, description="Multipart part size.")
+    max_concurrency: int = Field(4, ge=1, le=64, description="Parallel parts of one upload.")
+    presign_expiry_s: int = Field(3600, ge=1, le=7 * 24 * 3600, description="Lifetime of presigned download URLs.")
+    upload_queue: int = Field(2, ge=1, le=64, description="Rendered items a worker may hold waiting for upload.")
 
     @property
     def resolved_endpoint(self) -> str | None:
         return self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or None
 
 
-class UrlFetchConfig(BaseSettings):
+class UrlFetchConfig(FarmBaseSettings):
+    """Image URLs in manifests, and job webhooks."""
+
     model_config = SettingsConfigDict(env_prefix="FARM_URL_", extra="ignore")
 
-    allowed_hosts: str = ""
-    max_bytes: int = Field(default=50 * 1024 * 1024, ge=1)
-    timeout_s: float = Field(default=20.0, gt=0)
-    max_redirects: int = Field(default=3, ge=0, le=10)
-    allow_http: bool = False
-    allow_loopback: bool = False
+    allowed_hosts: str = Field("", description="Comma-separated hosts (`*.example.com` allowed); empty: URLs "
+                               "and webhooks disabled.")
+    max_bytes: int = Field(50 * 1024 * 1024, ge=1, description="Largest image fetched.")
+    timeout_s: float = Field(20.0, gt=0, description="One fetch, at most.")
+    max_redirects: int = Field(3, ge=0, le=10, description="Redirects followed (each checked as the first URL).")
+    allow_http: bool = Field(False, description="Accept http:// as well as https://.")
+    allow_loopback: bool = Field(False, description="Development only: accept 127.0.0.0/8 and ::1 (never private, "
+                                 "link-local or metadata addresses).")
 
     @property
     def hosts(self) -> list[str]:

@@ -34,10 +34,9 @@ def start(tmp_path, name: str, count: int, cluster, **options):
 
 
 def test_a_node_removed_mid_job(tmp_path, gpu_cluster, chaos_report, monkeypatch):
-    from farm.runtime import engine
-
-    # The lost worker's restart can never be placed (its node is gone): give up on it after 20 s.
-    monkeypatch.setattr(engine, "PROBE_TIMEOUT_S", 20.0)
+    # The lost worker's restart can never be placed (its node is gone): give up on it after 20 s
+    # (run_job reads the settings when it starts, after this).
+    monkeypatch.setenv("FARM_WORKER_RESTART_TIMEOUT_S", "20")
     cluster = gpu_cluster("12g", "12g", "24g")
     spec, store, options = start(tmp_path, "node-removed", 12, cluster)
     victim = next(node for node in cluster.worker_nodes)

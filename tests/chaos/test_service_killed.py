@@ -11,7 +11,7 @@ import signal
 import pytest
 from chaoskit import CommitWatcher, audit, committed_etags
 from commands import FAST, health, images, serve, submit, wait_for
-from conftest import free_port
+from helpers import free_port
 from processes import end, tree, wait_until_gone
 
 from farm.storage import open_store

@@ -16,8 +16,7 @@ import time
 import boto3
 import pytest
 from chaoskit import BackgroundJob, CommitWatcher, OutageProxy, audit, chaos_items, committed_etags, write_images
-from conftest import free_port
-from helpers import write_manifest
+from helpers import MotoServer, free_port, write_manifest
 
 from farm.core.manifest import load_manifest
 from farm.runtime.executor import RunOptions, run_job
@@ -29,19 +28,16 @@ OUTAGE_S = 30.0
 
 
 def test_the_s3_endpoint_down_for_30_seconds_mid_job(tmp_path, gpu_cluster, chaos_report, monkeypatch):
-    from moto.server import ThreadedMotoServer
-
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    moto_port, port = free_port(), free_port()
+    moto, port = MotoServer(), free_port()
     endpoint = f"http://127.0.0.1:{port}"  # the farm sees moto through the proxy we take down
     for name, value in {
         "FARM_S3_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_DEFAULT_REGION": "us-east-1",
     }.items():
         monkeypatch.setenv(name, value)  # before the cluster starts: its workers inherit them
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=moto_port, verbose=False)
-    server.start()
-    proxy = OutageProxy(moto_port, port)
+    moto.start()
+    proxy = OutageProxy(moto.port, port)
     proxy.up()
     try:
         boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="renders")
@@ -73,7 +69,7 @@ def test_the_s3_endpoint_down_for_30_seconds_mid_job(tmp_path, gpu_cluster, chao
         chaos_report(result)
     finally:
         proxy.down()
-        server.stop()
+        moto.stop()
 
 
 @pytest.fixture

@@ -70,11 +70,10 @@ def test_half_precision_prefers_the_variant_and_full_precision_the_plain_files(t
     assert weight_variant(tmp_path, prefer_half=True) is None  # no weights at all: nothing to ask for
 
 
-def test_bf16_precision_renders_and_the_sidecar_says_so(tmp_path, tiny_model_dir, monkeypatch):
+def test_bf16_precision_renders_and_the_sidecar_says_so(tmp_path, tiny_model_dir):
     from farm.models.i2vgen import I2VGenXLAdapter
 
-    monkeypatch.setenv("FARM_PRECISION", "bf16")
-    adapter = I2VGenXLAdapter.load(str(tiny_model_dir), device="cpu")
+    adapter = I2VGenXLAdapter.load(str(tiny_model_dir), device="cpu", requested_precision="bf16")
     assert adapter.pipeline.unet.dtype == torch.bfloat16 and not adapter.precision.vae_upcast
     outcome = ItemRenderer(adapter).render(task(tmp_path))
     assert outcome.status == SUCCEEDED, outcome.message
@@ -84,11 +83,10 @@ def test_bf16_precision_renders_and_the_sidecar_says_so(tmp_path, tiny_model_dir
     assert sidecar["memory"]["dtype_bytes"] == 2 and sidecar["memory"]["kind"] == "cpu"
 
 
-def test_fp16_with_force_upcast_decodes_in_fp32(tiny_model_dir, monkeypatch):
+def test_fp16_with_force_upcast_decodes_in_fp32(tiny_model_dir):
     from farm.models.i2vgen import I2VGenXLAdapter
 
-    monkeypatch.setenv("FARM_PRECISION", "fp16")
-    adapter = I2VGenXLAdapter.load(str(tiny_model_dir), device="cpu")
+    adapter = I2VGenXLAdapter.load(str(tiny_model_dir), device="cpu", requested_precision="fp16")
     vae = adapter.pipeline.vae
     assert adapter.precision.vae_upcast and adapter.describe()["vae_decode_dtype"] == "float32"
     assert vae.decoder.conv_in.weight.dtype == torch.float32 and vae.encoder.conv_in.weight.dtype == torch.float16

@@ -4,7 +4,6 @@ dashboard query is evaluated through Prometheus's HTTP API."""
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -15,18 +14,12 @@ import pytest
 
 from conftest import subprocess_env
 from farm.dashboards import DASHBOARDS, queries, render
-from helpers import encode, pattern, write_manifest
+from helpers import encode, free_port, pattern, write_manifest
 
 pytestmark = pytest.mark.integration
 
 ITEMS = 4
 CORE_PANELS = ("Videos per minute", "Render time", "Peak memory")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def query(job, expr: str) -> dict:

@@ -12,8 +12,8 @@ import sys
 
 import pytest
 from commands import FAST, assert_loopback_only, health, images, serve, start, submit, wait_for
-from conftest import free_port, subprocess_env
-from helpers import write_manifest
+from conftest import subprocess_env
+from helpers import free_port, write_manifest
 from processes import end, own_processes, tree, wait_until_gone
 
 pytestmark = pytest.mark.integration

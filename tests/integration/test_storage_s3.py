@@ -7,7 +7,6 @@ runs it; the test talks to the same endpoint with boto3 to inspect objects and E
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,26 +22,19 @@ from conftest import subprocess_env
 from farm.storage.commit import commit_item
 from farm.storage.config import StorageConfig
 from farm.storage.s3 import S3Store
-from helpers import FAST, encode, noise, pattern, write_manifest
+from helpers import FAST, MotoServer, encode, noise, pattern, write_manifest
 
 pytestmark = pytest.mark.integration
 
 BUCKET = "renders"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @dataclass
 class S3:
     endpoint: str
-    port: int
     key_id: str
     secret: str
-    server: object
+    server: MotoServer
 
     def client(self, **kwargs):
         return boto3.client(
@@ -73,31 +65,23 @@ class S3:
         return found
 
     def restart(self, pause_s: float) -> None:
-        from moto.server import ThreadedMotoServer
-
-        self.server.stop()
-        time.sleep(pause_s)
-        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
-        self.server.start()
+        self.server.restart(pause_s)
 
 
 @pytest.fixture(scope="module")
 def s3(farm_cache, tiny_model_dir):
     """moto in server mode on 127.0.0.1; IAM user `farm` with S3 access; authentication enforced."""
     import moto.settings
-    from moto.server import ThreadedMotoServer
 
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
+    server = MotoServer().start()
+    endpoint = server.endpoint
     bootstrap = dict(endpoint_url=endpoint, aws_access_key_id="bootstrap", aws_secret_access_key="bootstrap", region_name="us-east-1")
     iam = boto3.client("iam", **bootstrap)
     iam.create_user(UserName="farm")
     policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
     iam.put_user_policy(UserName="farm", PolicyName="s3", PolicyDocument=json.dumps(policy))
     key = iam.create_access_key(UserName="farm")["AccessKey"]
-    env = S3(endpoint, port, key["AccessKeyId"], key["SecretAccessKey"], server)
+    env = S3(endpoint, key["AccessKeyId"], key["SecretAccessKey"], server)
     client = env.client()
     client.create_bucket(Bucket=BUCKET)
     client.create_bucket(Bucket="inputs")

@@ -263,8 +263,7 @@ def write_calibration(path: Path, *entries: dict) -> Path:
     return path
 
 
-def test_profile_without_the_setting_is_the_built_in_one(monkeypatch):
-    monkeypatch.delenv(CALIBRATION_ENV, raising=False)
+def test_profile_without_the_setting_is_the_built_in_one():
     assert profile_for_model("ali-vilab/i2vgen-xl") is P
     assert profile_for_model("tiny", gpu_name="NVIDIA H200") is P
 
@@ -275,13 +274,12 @@ def test_profile_per_gpu_and_the_most_conservative_without_one(tmp_path, monkeyp
         {"gpu_name": "NVIDIA H200", "overhead_bytes": 1 * GIB, "workspace_factor": 1.2, "decode_workspace_factor": 1.5},
         {"gpu_name": "NVIDIA L4", "overhead_bytes": GIB // 2, "workspace_factor": 1.4, "decode_workspace_factor": 1.0},
     )
-    monkeypatch.setenv(CALIBRATION_ENV, str(path))
-    h200 = profile_for_model("ali-vilab/i2vgen-xl", gpu_name="NVIDIA H200")
-    l4 = profile_for_model("ali-vilab/i2vgen-xl", "NVIDIA L4")
+    h200 = profile_for_model("ali-vilab/i2vgen-xl", gpu_name="NVIDIA H200", calibration=str(path))
+    l4 = profile_for_model("ali-vilab/i2vgen-xl", "NVIDIA L4", str(path))
     assert (h200.overhead_bytes, h200.workspace_factor, h200.decode_workspace_factor) == (GIB, 1.2, 1.5)
     assert h200.calibration == f"{path}: NVIDIA H200" and l4.workspace_factor == 1.4
-    planner = profile_for_model("ali-vilab/i2vgen-xl")  # no GPU named: never below any measured GPU
-    unknown = profile_for_model("ali-vilab/i2vgen-xl", gpu_name="NVIDIA B200")
+    planner = profile_for_model("ali-vilab/i2vgen-xl", calibration=str(path))  # no GPU named: never below any
+    unknown = profile_for_model("ali-vilab/i2vgen-xl", gpu_name="NVIDIA B200", calibration=str(path))
     constants = (GIB, 1.4, 1.5)  # the largest of each
     assert (planner.overhead_bytes, planner.workspace_factor, planner.decode_workspace_factor) == constants
     assert (unknown.overhead_bytes, unknown.workspace_factor, unknown.decode_workspace_factor) == constants
@@ -299,9 +297,8 @@ def test_profile_per_gpu_and_the_most_conservative_without_one(tmp_path, monkeyp
 ])
 def test_a_malformed_file_names_the_file_and_the_field(tmp_path, monkeypatch, change, field):
     path = write_calibration(tmp_path / "bad.json", change)
-    monkeypatch.setenv(CALIBRATION_ENV, str(path))
     with pytest.raises(CalibrationFileError) as raised:
-        profile_for_model("ali-vilab/i2vgen-xl")
+        profile_for_model("ali-vilab/i2vgen-xl", calibration=str(path))
     assert str(raised.value).startswith(f"calibration file {path}: ") and field in str(raised.value)
 
 
@@ -351,10 +348,9 @@ def test_the_planner_uses_the_calibration_file(tmp_path, monkeypatch):
 
     spec = load_manifest(plan_manifest(tmp_path))
     shape, table = ClusterShape({"24g": 1, "80g": 1}), TierTable()
-    monkeypatch.delenv(CALIBRATION_ENV, raising=False)
     before = {p.item_id: p.estimate.total_bytes for p in plan_job(spec, shape, table).items}
-    monkeypatch.setenv(CALIBRATION_ENV, str(write_calibration(tmp_path / "c.json", {"overhead_bytes": 3 * GIB})))
-    after = {p.item_id: p.estimate.total_bytes for p in plan_job(spec, shape, table).items}
+    calibration = str(write_calibration(tmp_path / "c.json", {"overhead_bytes": 3 * GIB}))
+    after = {p.item_id: p.estimate.total_bytes for p in plan_job(spec, shape, table, calibration=calibration).items}
     assert all(after[i] - before[i] == 3 * GIB - P.overhead_bytes for i in before)
 
 

@@ -312,12 +312,14 @@ def test_the_size_limit_is_a_setting(tmp_path, monkeypatch):
     size = path.stat().st_size
     message = manifest_error(lambda: load_manifest(path, max_bytes=100)).issues[0].message
     assert f"{size} bytes, over the 100-byte limit" in message
-    monkeypatch.setenv("FARM_MAX_MANIFEST_BYTES", "50")
-    assert "over the 50-byte limit" in manifest_error(lambda: load_manifest(path)).issues[0].message
-    monkeypatch.setenv("FARM_MAX_MANIFEST_BYTES", str(size))
-    assert len(load_manifest(path).items) == 2
-    monkeypatch.setenv("FARM_MAX_MANIFEST_BYTES", "lots")
-    assert "FARM_MAX_MANIFEST_BYTES" in manifest_error(lambda: load_manifest(path)).issues[0].message
+    # The setting (FARM_MAX_MANIFEST_BYTES) is read once by the edge and passed as max_bytes.
+    from farm.settings import SettingsError, load_settings
+
+    limit = load_settings({"FARM_MAX_MANIFEST_BYTES": "50"}).max_manifest_bytes
+    assert "over the 50-byte limit" in manifest_error(lambda: load_manifest(path, max_bytes=limit)).issues[0].message
+    assert len(load_manifest(path, max_bytes=size).items) == 2
+    with pytest.raises(SettingsError, match="FARM_MAX_MANIFEST_BYTES='lots'"):
+        load_settings({"FARM_MAX_MANIFEST_BYTES": "lots"})
 
 
 def test_a_file_without_a_size_is_still_read_bounded(tmp_path):

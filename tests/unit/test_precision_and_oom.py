@@ -42,14 +42,16 @@ def test_the_vae_decodes_in_fp32_when_fp16_would_overflow():
     assert not choose_precision("fp32", on_cuda=False, bf16_supported=False, vae_upcast="always").vae_upcast
 
 
-def test_precision_env_setting_is_validated(monkeypatch):
+def test_precision_setting_is_validated():
     from farm.models.precision import precision_for_device
+    from farm.settings import load_settings
 
-    monkeypatch.setenv("FARM_PRECISION", "fp8")
     with pytest.raises(FarmError, match="FARM_PRECISION='fp8'"):
-        precision_for_device("cpu")
-    monkeypatch.setenv("FARM_PRECISION", "BF16")
-    assert precision_for_device("cpu").name == "bf16"
+        load_settings({"FARM_PRECISION": "fp8"})
+    with pytest.raises(FarmError, match="FARM_PRECISION='fp8'"):
+        precision_for_device("cpu", requested="fp8")
+    workers = load_settings({"FARM_PRECISION": "BF16"}).workers
+    assert precision_for_device("cpu", requested=workers.precision).name == "bf16"
 
 
 @pytest.mark.parametrize("kind", sorted(RUNTIME_OOM_MESSAGES))
@@ -84,22 +86,25 @@ def test_a_decode_oom_asks_for_the_decode_savers_once():
     assert next_decode_step(settings, mode="never") is None
 
 
-def test_a_declared_smaller_card_caps_a_real_one(monkeypatch):
+def test_a_declared_smaller_card_caps_a_real_one():
+    from farm.settings import SettingsError, load_settings
+
     table = TierTable()
-    monkeypatch.setenv("FARM_GPU_VRAM_GB", "12")
-    assert declared_card_bytes(table, None) == (12 * GIB, "FARM_GPU_VRAM_GB")
+    declared = load_settings({"FARM_GPU_VRAM_GB": "12"}).workers.gpu_vram_gb
+    assert declared_card_bytes(table, None, declared) == (12 * GIB, "FARM_GPU_VRAM_GB")
     capped = CardInfo("12g", 12 * GIB, 10 * GIB, "FARM_GPU_VRAM_GB", False, physical_bytes=140 * GIB)
     assert capped.cap_fraction == pytest.approx(12 / 140)
     assert CardInfo("80g", 80 * GIB, 75 * GIB, "cuda", False, physical_bytes=80 * GIB).cap_fraction is None
-    simulated = detect_card("cpu", table)  # no GPU: the declared card is simulated, never capped
+    simulated = detect_card("cpu", table, vram_gb=declared)  # no GPU: the declared card is simulated, never capped
     assert simulated.simulated and simulated.cap_fraction is None and simulated.tier == "12g"
-    monkeypatch.delenv("FARM_GPU_VRAM_GB")
     assert declared_card_bytes(table, "24g") == (24 * GIB, "tier")
     assert detect_card("cpu", table, "24g").tier == "cpu"  # a tier label alone simulates nothing
-    for bad in ("twelve", "-4", "nan", "inf"):
-        monkeypatch.setenv("FARM_GPU_VRAM_GB", bad)
+    for bad in ("twelve", "-4", "0"):
+        with pytest.raises(SettingsError, match=f"FARM_GPU_VRAM_GB='{bad}'"):
+            load_settings({"FARM_GPU_VRAM_GB": bad})
+    for bad in (float("nan"), float("inf"), -4.0):
         with pytest.raises(ValueError, match="positive number of GiB"):
-            declared_card_bytes(table, None)
+            declared_card_bytes(table, None, bad)
 
 
 def test_workers_get_expandable_segments_unless_the_operator_chose(monkeypatch):

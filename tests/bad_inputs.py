@@ -1,30 +1,22 @@
-"""The bad-input corpus: hostile or broken manifests, images and HTTP requests.
+"""The bad-input corpus: hostile or broken manifests, images and HTTP requests, built in code so
+the corpus documents itself.
 
 Each case must get a clear error that names what is wrong (the item, the field or the file, and
 the value or the problem), without a crash; and a job that contains bad items must finish its
-good ones (`test_a_job_full_of_bad_images_still_renders_its_good_ones`). The inputs are built in
-code, so the corpus documents itself.
+good ones. The tests, by layer: tests/unit/test_bad_inputs_manifest.py (manifests, and the size of
+the corpus), tests/unit/test_bad_inputs_images.py (image files and URLs),
+tests/unit/test_bad_inputs_http.py (the HTTP API, in process with a fake coordinator) and
+tests/integration/test_bad_inputs_job.py (a `farm run` job full of bad images).
 """
 
 import io
 import json
 import os
 import struct
-import subprocess
-import sys
 import zlib
-from pathlib import Path
 
-import pytest
-from PIL import Image
-
-from farm.core.errors import ImageError, ManifestError
-from farm.core.ids import is_safe_id
-from farm.core.manifest import parse_manifest
-from farm.media.images import ImageLimits, prepare_image, read_image_file
-from farm.storage.config import UrlFetchConfig
-from farm.storage.inputs import fetch_url
 from helpers import encode, noise, pattern, png_bomb
+from PIL import Image
 
 # --- manifests --------------------------------------------------------------------------------
 
@@ -116,55 +108,6 @@ MANIFESTS = [
 ]
 
 
-@pytest.mark.parametrize("case, fmt, content, field, fragment", MANIFESTS, ids=[m[0] for m in MANIFESTS])
-def test_bad_manifests_are_rejected_with_a_clear_error(case, fmt, content, field, fragment):
-    with pytest.raises(ManifestError) as caught:
-        parse_manifest(content, fmt, base_dir=Path("/data"))
-    issues = caught.value.issues
-    assert issues, case
-    text = "\n".join(str(i) for i in issues)
-    if field is not None:
-        assert any((i.field or "").split(".")[0] == field for i in issues), text
-    assert fragment in text, text
-    assert all(i.message for i in issues)
-
-
-def test_every_issue_of_the_corpus_is_short_and_strict_json():
-    """What `farm validate --json` and the HTTP API send back: never NaN, never a lone surrogate
-    (it cannot be encoded), never a megabyte echoed back."""
-    for case, fmt, content, _field, _fragment in MANIFESTS:
-        with pytest.raises(ManifestError) as caught:
-            parse_manifest(content, fmt, base_dir=Path("/data"))
-        for issue in caught.value.issues:
-            text = json.dumps(issue.to_dict(), allow_nan=False, ensure_ascii=False)
-            text.encode("utf-8")
-            str(issue).encode("utf-8")
-            assert len(text) < 2000 and len(str(issue)) < 2000, (case, len(text))
-        str(caught.value).encode("utf-8")
-
-
-def test_path_traversal_in_ids_never_escapes_the_output():
-    spec = parse_manifest(
-        doc(item(id="../../etc/passwd"), item(id="/abs/x", image="b.png"), item(id="a\\b", image="c.png")),
-        "json",
-        base_dir=Path("/data"),
-    )
-    for job_item in spec.items:
-        assert is_safe_id(job_item.id) and "/" not in job_item.id and not job_item.id.startswith(".")
-
-
-def test_ssrf_urls_are_refused_when_the_worker_fetches_them():
-    config = UrlFetchConfig(allowed_hosts="cdn.example.com,169.254.169.254", allow_http=True)
-    for url, fragment in [
-        ("http://169.254.169.254/latest/meta-data/iam", "link-local"),
-        ("https://evil.example/x.png", "not in the allowed hosts"),
-        ("http://metadata.google.internal/computeMetadata/v1/", "not in the allowed hosts"),
-    ]:
-        with pytest.raises(ImageError) as caught:
-            fetch_url(url, config)
-        assert caught.value.reason == "image_refused" and fragment in str(caught.value)
-
-
 # --- images -----------------------------------------------------------------------------------
 
 
@@ -217,70 +160,7 @@ IMAGES = [
 ]
 
 
-@pytest.mark.parametrize("case, name, content, reason, fragment", IMAGES, ids=[i[0] for i in IMAGES])
-def test_bad_images_fail_their_item_with_a_clear_reason(case, name, content, reason, fragment):
-    with pytest.raises(ImageError) as caught:
-        prepare_image(content, 256, 256, name=name)
-    assert caught.value.reason == reason, str(caught.value)
-    assert fragment in str(caught.value) and name in str(caught.value)
-
-
-def test_files_that_are_not_regular_images(tmp_path):
-    with pytest.raises(ImageError, match="not a file"):
-        read_image_file(str(tmp_path))
-    big = tmp_path / "big.png"
-    big.write_bytes(b"\0" * 2048)
-    with pytest.raises(ImageError, match="2048 bytes"):
-        read_image_file(str(big), ImageLimits(max_bytes=1024))
-
-
-def test_odd_but_valid_images_render_with_a_warning():
-    frames = [Image.new("RGB", (64, 64), c) for c in ((255, 0, 0), (0, 0, 255))]
-    buffer = io.BytesIO()
-    frames[0].save(buffer, "WEBP", save_all=True, append_images=frames[1:], lossless=True)
-    animated = prepare_image(buffer.getvalue(), 64, 64, name="anim.webp")
-    assert any("2 frames" in w for w in animated.warnings)
-    renamed = prepare_image(encode(pattern(64, 64), "PNG"), 64, 64, name="photo.jpg")
-    assert any("JPEG extension but contains PNG" in w for w in renamed.warnings)
-
-
 # --- HTTP requests ----------------------------------------------------------------------------
-
-
-class FakeCoordinator:
-    """Stands in for the coordinator actor: the HTTP layer's validation is what is tested here."""
-
-    def __init__(self):
-        self.submitted = []
-
-    async def call(self, method, *args, **kwargs):
-        if method == "submit":
-            self.submitted.append(args[0])
-            return {"id": "j-fake"}
-        if method in ("status", "cancel", "items", "video"):
-            return None
-        if method == "list_jobs":
-            return {"jobs": [], "next_cursor": None}
-        if method == "health":
-            return {"ok": True}
-        if method == "metrics_text":
-            return b""
-        raise AssertionError(method)
-
-
-@pytest.fixture(scope="module")
-def api():
-    from fastapi.testclient import TestClient
-
-    from farm.serve.app import ApiSettings, create_app
-
-    settings = ApiSettings(token="t0ken", max_body_bytes=2 * 1024 * 1024, max_items=100, max_upload_bytes=1024 * 1024, max_upload_pixels=1_000_000)
-    fake = FakeCoordinator()
-    client = TestClient(create_app(fake, settings), raise_server_exceptions=False)
-    client.headers["Authorization"] = "Bearer t0ken"
-    client.fake = fake
-    return client
-
 
 S3_ITEM = {"image": "s3://in/a.png", "prompt": "p"}
 HTTP = [
@@ -304,46 +184,3 @@ HTTP = [
     ("upload with a bad parameter", "POST", "/v1/renders", {"files": {"image": ("a.png", encode(pattern(64, 64), "PNG"), "image/png")}, "data": {"prompt": "p", "fps": "99"}}, 422, "fps"),
     ("upload without a prompt", "POST", "/v1/renders", {"files": {"image": ("a.png", encode(pattern(64, 64), "PNG"), "image/png")}}, 422, "prompt"),
 ]
-
-
-@pytest.mark.parametrize("case, method, path, kwargs, status, fragment", HTTP, ids=[h[0] for h in HTTP])
-def test_bad_requests_get_a_4xx_that_says_why(api, case, method, path, kwargs, status, fragment):
-    response = api.request(method, path, **kwargs)
-    assert response.status_code == status, (case, response.status_code, response.text[:300])
-    assert fragment in response.text, response.text[:500]
-
-
-def test_the_corpus_is_big_enough():
-    assert len(MANIFESTS) + len(IMAGES) + len(HTTP) >= 30
-
-
-# --- a job around bad items -------------------------------------------------------------------
-
-
-@pytest.mark.integration
-def test_a_job_full_of_bad_images_still_renders_its_good_ones(tmp_path, tiny_model_dir):
-    from conftest import subprocess_env
-
-    items = []
-    for n, (case, name, content, _reason, _fragment) in enumerate(IMAGES):
-        (tmp_path / name).write_bytes(content)
-        items.append({"id": f"bad-{n:02d}", "image": name, "prompt": case})
-    for n in range(2):
-        (tmp_path / f"good{n}.png").write_bytes(encode(pattern(320, 240), "PNG"))
-        items.append({"id": f"good-{n}", "image": f"good{n}.png", "prompt": "fine"})
-    items.append({"id": "invalid", "image": "good0.png", "prompt": "p", "frames": 99})
-    manifest = tmp_path / "corpus.json"
-    manifest.write_text(json.dumps({"version": 1, "name": "corpus", "model": "tiny",
-                                    "defaults": {"resolution": 256, "frames": 8, "steps": 10}, "items": items}))
-    result = subprocess.run(
-        [sys.executable, "-m", "farm", "run", str(manifest), "--skip-invalid", "--output", str(tmp_path / "out")],
-        capture_output=True, text=True, timeout=600, env=subprocess_env(),
-    )
-    assert result.returncode == 1, result.stderr[-3000:]
-    assert "Traceback" not in result.stderr
-    record = json.loads((tmp_path / "out" / "corpus" / "job.json").read_text())
-    assert record["counts"]["succeeded"] == 2 and record["counts"]["failed"] == len(IMAGES) + 1
-    for n, (_case, name, _content, reason, _fragment) in enumerate(IMAGES):
-        entry = record["items"][f"bad-{n:02d}"]
-        assert entry["state"] == "failed" and entry["reason"] == reason and name in entry["message"]
-    assert record["items"]["invalid"]["reason"] == "invalid_item"

@@ -1,0 +1,165 @@
+"""`farm serve`: start (or join) a Ray cluster, the job coordinator and the Serve HTTP app,
+then wait for a stop request and drain.
+
+Settings travel as arguments: the coordinator actor and the API replica get the caller's
+`FarmSettings` (with `--model`/`--output` applied), nothing is passed through the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+
+from farm.settings import FarmSettings
+
+
+class ServiceStartError(Exception):
+    """The coordinator did not start (the model could not load, storage is unusable, ...)."""
+
+
+@dataclass
+class ServeOptions:
+    """Where `farm serve` listens and which cluster it uses."""
+
+    address: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    start_timeout_s: float = 600.0
+
+
+def serve_until_stopped(settings: FarmSettings, options: ServeOptions) -> None:
+    """Run the service until SIGTERM/Ctrl-C. Raises ServiceStartError when it cannot start."""
+    from farm.runtime.cluster import prepare_local_environment
+
+    embedded = not (options.address or os.environ.get("RAY_ADDRESS"))
+    if embedded:
+        prepare_local_environment()  # before `ray` is first imported: Ray reads it at import
+    import ray
+    from ray import serve
+
+    from farm.core.tiers import load_tier_table
+    from farm.runtime.cluster import RayCluster, local_gpu_resources
+    from farm.runtime.coordinator import coordinator_handle
+    from farm.runtime.stopping import StopRequest
+    from farm.serve.app import build_app
+
+    grace_s = settings.engine.stop_grace_s
+    stop = StopRequest("running renders", grace_s)
+    stop.install()
+    local = local_gpu_resources(load_tier_table(settings.tiers_file), settings.workers) if embedded else {}
+    with RayCluster(options.address, **local):
+        stop.install()  # again: ray.init replaced the SIGTERM handler
+        print(f"starting the job coordinator and render workers (model {settings.model_ref!r})...", flush=True)
+        coordinator = coordinator_handle(settings)
+        try:
+            ray.get(coordinator.health.remote(), timeout=options.start_timeout_s)
+        except Exception as error:  # the workers could not load the model, or storage is unusable
+            ray.kill(coordinator)
+            raise ServiceStartError(f"the coordinator did not start: {remote_cause(error)}") from None
+        serve.start(http_options={"host": options.host, "port": options.port})
+        serve.run(build_app({"settings": settings}), name="farm", route_prefix="/", blocking=False)
+        print(f"farm serves on http://{options.host}:{options.port} (docs: /docs, health: /healthz); "
+              "Ctrl-C stops it", flush=True)
+        at_once = False
+        try:
+            while not stop.event.wait(1.0):
+                pass
+        except KeyboardInterrupt:  # a second signal: no grace period
+            at_once = True
+        print("stopping: the API no longer takes requests", file=sys.stderr, flush=True)
+        if not embedded:
+            serve.delete("farm")  # leave a joined cluster as we found it (the coordinator stays)
+            return
+        serve.shutdown()
+        if not at_once:  # the coordinator goes with the embedded cluster: let running items finish
+            try:
+                drained = ray.get(coordinator.drain.remote(grace_s), timeout=grace_s + 30)
+                print(f"stopped: {drained['handed_back']} running item(s) handed back; unfinished jobs resume "
+                      "at the next start", file=sys.stderr, flush=True)
+            except Exception as error:
+                print(f"warning: the coordinator did not stop cleanly: {remote_cause(error)}", file=sys.stderr)
+
+
+def serve_deployment(settings: FarmSettings | None = None):
+    """The Serve deployment of the HTTP API, its app built with `settings` (read from the
+    environment of the process that builds it when none are given: a RayService's controller)."""
+    from ray import serve
+
+    from farm.serve.app import create_app
+    from farm.settings import load_settings
+
+    settings = settings or load_settings()
+    api = settings.api
+    # Serve's default (5 ongoing requests per replica) let six open event streams hold every
+    # slot, so /healthz and status requests queued behind them. Streams are cheap coroutines
+    # (farm.serve.events) with their own bound; leave room for ordinary requests beside them.
+    ongoing = api.max_streams + 256
+
+    @serve.deployment(
+        name="farm-api", num_replicas=1, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=ongoing,
+    )
+    @serve.ingress(create_app(CoordinatorClient(settings=settings), settings=api))
+    class FarmAPI:
+        """The Serve replica: nothing but the FastAPI app (job state lives in the coordinator)."""
+
+        def __init__(self):
+            from farm.runtime.cluster import bind_serve_replica_to_loopback
+
+            bind_serve_replica_to_loopback()
+
+    return FarmAPI
+
+
+class CoordinatorUnavailable(Exception):
+    """The coordinator is restarting or did not answer in time (the API answers 503)."""
+
+
+class CoordinatorFailure(Exception):
+    """The coordinator raised something that is not a farm error (a bug: logged, answered 500)."""
+
+
+class CoordinatorClient:
+    """Every call from the API to the coordinator actor goes through here (one place to fake in
+    tests). What the coordinator raises comes back as the farm's own error, never as Ray's
+    wrapper (whose text holds the remote traceback, pids and the node's address)."""
+
+    def __init__(self, handle=None, timeout_s: float | None = None, settings: FarmSettings | None = None):
+        self._handle = handle
+        self.settings = settings  # for a coordinator this client creates (none running yet)
+        self.timeout_s = timeout_s if timeout_s is not None else (settings.api.call_timeout_s if settings else 30.0)
+
+    @property
+    def handle(self):
+        if self._handle is None:
+            from farm.runtime.coordinator import coordinator_handle
+
+            self._handle = coordinator_handle(self.settings)
+        return self._handle
+
+    async def call(self, method: str, *args, **kwargs):
+        import asyncio
+
+        from ray.exceptions import RayActorError, RayTaskError
+
+        from farm.core.errors import FarmError
+
+        try:
+            return await asyncio.wait_for(getattr(self.handle, method).remote(*args, **kwargs), self.timeout_s)
+        except RayActorError:
+            self._handle = None  # it is restarting; look it up again next time
+            raise CoordinatorUnavailable("the job coordinator is restarting; retry in a few seconds") from None
+        except asyncio.TimeoutError:
+            raise CoordinatorUnavailable(f"the job coordinator did not answer within {self.timeout_s:.0f} s; retry") from None
+        except RayTaskError as error:
+            cause = error.cause if isinstance(getattr(error, "cause", None), BaseException) else None
+            if isinstance(cause, FarmError):
+                raise cause from None
+            raise CoordinatorFailure(f"coordinator.{method}: {type(cause or error).__name__}: {cause or error}") from None
+
+
+def remote_cause(error: BaseException) -> str:
+    """The last line of what went wrong, without Ray's remote traceback."""
+    cause = getattr(error, "cause", None) or error
+    lines = str(cause).strip().splitlines()
+    return lines[-1] if lines else type(cause).__name__
