@@ -147,31 +147,58 @@ def replay_policy(items: list[tuple[str, str]], work: dict[str, float], workers:
 # --- instrumentation -------------------------------------------------------------------------
 
 
-def timed_engine_class():
-    from farm.runtime.engine import Engine
+class Timings:
+    """Wall-clock stamps of the engine's calls, taken at its worker-handle seam (no subclass of
+    the engine): each render sent, each reply taken (per worker and call kind), each wait."""
 
-    class TimedEngine(Engine):
-        """farm's Engine, unchanged, with wall-clock stamps on each send and each reply processed."""
+    def __init__(self):
+        self.reset()
 
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            self.sends: dict[str, list[float]] = defaultdict(list)  # worker -> send times (renders)
-            self.replies: dict[str, list[float]] = defaultdict(list)  # worker -> reply processing start
-            self.steps = 0
+    def reset(self) -> None:
+        self.sends: dict[str, list[float]] = defaultdict(list)  # worker -> render send times
+        self.replies: dict[tuple[str, str], list[float]] = defaultdict(list)  # (worker, kind) -> reply taken
+        self.kinds: dict = {}  # call -> (worker, kind)
+        self.steps = 0  # waits, one per engine step with calls open
 
-        def step(self, timeout: float = 1.0) -> None:
-            self.steps += 1
-            super().step(timeout)
 
-        def _send(self, worker, job_id, item_id, **kwargs) -> None:
-            self.sends[worker.name].append(time.time())
-            super()._send(worker, job_id, item_id, **kwargs)
+TIMINGS = Timings()
 
-        def _finished(self, ref) -> None:
-            self.replies[self.in_flight[ref][0].name].append(time.time())
-            super()._finished(ref)
 
-    return TimedEngine
+def timed_handle(name: str, actor):
+    """farm's Ray worker handle, unchanged, stamping each call it starts."""
+    from farm.runtime.handles import RayWorkerHandle
+
+    class TimedHandle(RayWorkerHandle):
+        def render(self, task: dict):
+            TIMINGS.sends[name].append(time.time())
+            call = super().render(task)
+            TIMINGS.kinds[call] = (name, "render")
+            return call
+
+        def commits_done(self, wait_s: float):
+            call = super().commits_done(wait_s)
+            TIMINGS.kinds[call] = (name, "commits")
+            return call
+
+    return TimedHandle(actor)
+
+
+def timed_pool():
+    """farm's Ray call pool, unchanged, stamping each reply the engine takes."""
+    from farm.runtime.handles import RayCallPool
+
+    class TimedPool(RayCallPool):
+        def wait(self, calls: list, timeout: float) -> list:
+            TIMINGS.steps += 1
+            return super().wait(calls, timeout)
+
+        def result(self, call, timeout: float | None = None):
+            tag = TIMINGS.kinds.pop(call, None)
+            if tag is not None:
+                TIMINGS.replies[tag].append(time.time())
+            return super().result(call, timeout)
+
+    return TimedPool()
 
 
 def timed_recorder_class():
@@ -264,8 +291,9 @@ def run_once(run: int, spec, manifest_path: Path, workers, table, speeds: dict[s
     import ray
 
     from farm.core.job import SUCCEEDED, JobState
-    from farm.runtime.engine import ActiveJob
-    from farm.runtime.executor import RunOptions, clear_staging, prepare_job, write_job_files
+    from farm.runtime.engine import ActiveJob, Engine
+    from farm.runtime.executor import clear_staging, prepare_job, write_job_files
+    from farm.settings import load_settings
     from farm.storage import open_store
 
     spec = replace(spec, name=f"{spec.name}-{run}")
@@ -274,8 +302,9 @@ def run_once(run: int, spec, manifest_path: Path, workers, table, speeds: dict[s
     store.check_access(spec.name)
     write_job_files(store, spec, (manifest_path.name, manifest_path.read_bytes()))
     state = JobState(spec)
-    recorder = timed_recorder_class()(state, store, RunOptions().record_interval_s)
-    engine = timed_engine_class()(workers, table)
+    recorder = timed_recorder_class()(state, store, load_settings().engine.record_interval_s)
+    TIMINGS.reset()
+    engine = Engine(workers, table, pool=timed_pool())
     job = ActiveJob(id=spec.name, state=state, recorder=recorder)
     sampler = MemorySampler()
     rss_before = sampler.rss()
@@ -322,7 +351,7 @@ def run_once(run: int, spec, manifest_path: Path, workers, table, speeds: dict[s
     }
 
     # --- timing -------------------------------------------------------------------------------
-    t0 = min(t for sends in engine.sends.values() for t in sends)  # first dispatch
+    t0 = min(t for sends in TIMINGS.sends.values() for t in sends)  # first dispatch
     last_commit = max(when for t in timelines.values() for _, _, when in t["commits"])
     makespan = last_commit - t0
     work = {p.item_id: p.settings.frames * spf for p in plan.items}  # seconds at speed 1, as slept
@@ -342,9 +371,9 @@ def run_once(run: int, spec, manifest_path: Path, workers, table, speeds: dict[s
     for w in workers:
         events = timelines[w.name]["events"]
         speed = speeds[w.name]
-        renders = [e for e in events if e[0] == "render"]
-        replies, sends = engine.replies[w.name], engine.sends[w.name]
-        assert len(replies) == len(events) and len(sends) == len(renders), (w.name, len(replies), len(events), len(sends), len(renders))
+        renders = [e for e in events if e[0] == "render"]  # commits calls run beside them
+        replies, sends = TIMINGS.replies[(w.name, "render")], TIMINGS.sends[w.name]
+        assert len(replies) == len(renders) == len(sends), (w.name, len(replies), len(renders), len(sends))
         busy = sum(e[4] - e[3] for e in renders)
         nominal = sum(work[e[1]] / speed for e in renders)
         busy_by_tier[w.tier] += nominal * speed
@@ -356,21 +385,18 @@ def run_once(run: int, spec, manifest_path: Path, workers, table, speeds: dict[s
 
         add("sleep overshoot", busy - nominal)
         add("start (first dispatch to first task)", renders[0][2] - t0 if renders else makespan)
-        render_index = 0
-        for k, event in enumerate(events):
-            if event[0] == "render":
-                overhead = (event[3] - event[2]) + (event[5] - event[4])
-                in_call.append(overhead)
-                add("in-call (task decode, commit queueing, reply)", overhead)
-                if k > 0:
-                    gap = event[2] - events[k - 1][5]
-                    gaps.append(gap)
-                    pickups.append(replies[k - 1] - events[k - 1][5])
-                    processing.append(sends[render_index] - replies[k - 1])
-                    deliveries.append(event[2] - sends[render_index])
-                    add("dispatch gaps (reply to next task)", gap)
-                    gap_series.append((events[k - 1][5] - t0, gap, pickups[-1], processing[-1], deliveries[-1]))
-                render_index += 1
+        for k, event in enumerate(renders):
+            overhead = (event[3] - event[2]) + (event[5] - event[4])
+            in_call.append(overhead)
+            add("in-call (task decode, commit queueing, reply)", overhead)
+            if k > 0:
+                gap = event[2] - renders[k - 1][5]
+                gaps.append(gap)
+                pickups.append(replies[k - 1] - renders[k - 1][5])
+                processing.append(sends[k] - replies[k - 1])
+                deliveries.append(event[2] - sends[k])
+                add("dispatch gaps (reply to next task)", gap)
+                gap_series.append((renders[k - 1][5] - t0, gap, pickups[-1], processing[-1], deliveries[-1]))
         if renders:
             add("tail (after a worker's last item)", t0 + makespan - renders[-1][5])
     capacity = sum(speeds.values())
@@ -406,7 +432,7 @@ def run_once(run: int, spec, manifest_path: Path, workers, table, speeds: dict[s
         "gap_series": gap_series,
         "driver_cpu_s": cpu1 - cpu0,
         "driver_cpu_ms_per_item": 1e3 * (cpu1 - cpu0) / len(ids),
-        "steps": engine.steps,
+        "steps": TIMINGS.steps,
         "rss_before": rss_before,
         "rss_peak": sampler.peak,
         "rss_after": sampler.samples[-1][1],
@@ -539,7 +565,7 @@ def main() -> None:
                     num_gpus=1, num_cpus=1, resources={f"farm_tier_{tier}": 1}
                 ).remote(f"{tier}-{index}", spf, tier, str(work_dir))
                 actors.append(actor)
-                workers.append(Worker(f"{tier}-{index}", actor, tier))
+                workers.append(Worker(f"{tier}-{index}", timed_handle(f"{tier}-{index}", actor), tier))
         infos = ray.get([w.actor.info.remote() for w in workers])
         for worker, info in zip(workers, infos):
             worker.info = info

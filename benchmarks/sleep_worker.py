@@ -39,6 +39,7 @@ from farm.core.vram import I2VGENXL_PROFILE
 from farm.media.video import encode_mp4, write_thumbnail
 from farm.models.memory import detect_card, device_memory
 from farm.renderer import BackgroundCommits, ItemRenderer, Produced
+from farm.settings import load_settings
 from farm.storage.config import StorageConfig
 
 LABEL = "BENCHMARK ONLY: benchmarks/sleep_worker.py sleeps instead of rendering"
@@ -87,7 +88,8 @@ class SleepRenderWorkerImpl:
         self.name = name
         self.seconds_per_frame = float(seconds_per_frame)
         self.speed = float(os.environ.get(SPEED_ENV, "1"))
-        self.card = detect_card("cpu", load_tier_table(), advertised_tier)  # FARM_GPU_VRAM_GB -> tier
+        vram_gb = load_settings().workers.gpu_vram_gb  # this node's FARM_GPU_VRAM_GB -> tier
+        self.card = detect_card("cpu", load_tier_table(), advertised_tier, vram_gb)
         self.adapter = _SleepAdapter()
         self.renderer = _TimedRenderer(self.adapter, worker_name=name, card=self.card)
         self.commits = BackgroundCommits(self.renderer, StorageConfig().upload_queue)
@@ -150,7 +152,7 @@ class SleepRenderWorkerImpl:
         )
         sidecar = self._sidecar(task_obj, settings, frames, seconds)
         self.commits.submit(Produced(task_obj, _CannedClip(), dict(self.files), sidecar, outcome, started))
-        reply = self._reply(self.commits.finished())
+        reply = self._reply([])
         self.events.append(("render", task_obj.item_id, received, sleep_start, sleep_end, time.time()))
         return reply
 
@@ -160,8 +162,17 @@ class SleepRenderWorkerImpl:
         self.events.append(("flush", None, received, received, received, time.time()))
         return reply
 
-    def _reply(self, outcomes) -> dict:
-        return {"outcomes": [o.to_dict() for o in outcomes], "pending": self.commits.pending(), "memory": self.memory()}
+    def commits_done(self, wait_s: float = 10.0) -> dict:
+        """As RenderWorker's: returns as soon as a commit finishes (beside a render call)."""
+        received = time.time()
+        reply = self._reply([], wait_s)
+        self.events.append(("commits", None, received, received, received, time.time()))
+        return reply
+
+    def _reply(self, outcomes, wait_s: float = 0.0) -> dict:
+        sequence, finished, pending = self.commits.report(wait_s)
+        return {"outcomes": [o.to_dict() for o in [*outcomes, *finished]], "pending": pending, "sequence": sequence,
+                "memory": self.memory()}
 
     def memory(self) -> dict:
         return device_memory(self.adapter, self.card)
@@ -214,4 +225,4 @@ class SleepRenderWorkerImpl:
         }
 
 
-SleepRenderWorker = ray.remote(max_restarts=0, max_task_retries=0)(SleepRenderWorkerImpl)
+SleepRenderWorker = ray.remote(max_restarts=0, max_task_retries=0, max_concurrency=2)(SleepRenderWorkerImpl)

@@ -14,13 +14,14 @@ import threading
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.exposition import start_http_server
 
+from farm.core.job import FAILED, JOB_STATES, SUCCEEDED
+
 disable_created_metrics()  # no `*_created` series: they only add cardinality here
 
 GIB = 1024**3
 RENDER_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600)
 MEMORY_BUCKETS = tuple(gib * GIB for gib in (1, 2, 4, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64, 80))
 UPLOAD_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
-JOB_STATES = ("queued", "running", "succeeded", "partial", "failed", "cancelled", "interrupted")
 WORKER_STATES = ("idle", "busy", "lost")
 
 
@@ -64,13 +65,13 @@ class FarmMetrics:
         """One final item outcome (succeeded, failed, skipped); called exactly once per item."""
         tier = outcome.tier or "none"
         self.items.labels(outcome.status, tier, model).inc()
-        if outcome.status == "failed":
+        if outcome.status == FAILED:
             self.failures.labels(outcome.reason or "unknown", tier).inc()
         for oom in outcome.ooms:
             self.ooms.labels(oom.get("tier") or tier, str(oom.get("resolution"))).inc()
         for step in outcome.degradations:
             self.degradations.labels(step.get("step", "unknown")).inc()
-        if outcome.status != "succeeded":
+        if outcome.status != SUCCEEDED:
             return
         resolution = str((outcome.settings or {}).get("resolution", "unknown"))
         self.frames.labels(tier, model).inc(outcome.frames or 0)

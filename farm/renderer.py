@@ -94,12 +94,13 @@ class ItemRenderer:
         worker_name: str = "local",
         card: CardInfo | None = None,
         image_limits: ImageLimits = ImageLimits(),
+        calibration: str | None = None,
     ):
         self.adapter = adapter
         self.worker_name = worker_name
         self.card = card or CardInfo("cpu", None, None, "cpu", False)
-        # The estimator's constants for this GPU kind when a calibration file has them.
-        self.profile = profile_for_model(adapter.model.ref, self.card.gpu.get("name"))
+        # The estimator's constants for this GPU kind when a calibration file (FARM_VRAM_CALIBRATION) has them.
+        self.profile = profile_for_model(adapter.model.ref, self.card.gpu.get("name"), calibration)
         self.simulated = SimulatedCard(self.card, self.profile) if self.card.simulated else None
         self.image_limits = image_limits
         self._stores: dict[str, Any] = {}
@@ -462,8 +463,10 @@ class BackgroundCommits:
         self._slots = threading.BoundedSemaphore(capacity)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="farm-commit")
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)  # a commit finished
         self._done: list[ItemOutcome] = []
         self._pending: dict[tuple[str, str], Future] = {}  # (job id, item id) -> its commit
+        self._sequence = 0  # of the reports: a later report's pending list replaces an earlier's
 
     def submit(self, produced: Produced) -> None:
         self._slots.acquire()
@@ -479,6 +482,7 @@ class BackgroundCommits:
         with self._lock:
             self._done.append(outcome)
             self._pending.pop((produced.task.job_id, produced.task.item_id), None)
+            self._changed.notify_all()
 
     def pending(self) -> list[tuple[str, str]]:
         with self._lock:
@@ -488,6 +492,17 @@ class BackgroundCommits:
         with self._lock:
             done, self._done = self._done, []
         return done
+
+    def report(self, wait_s: float = 0.0) -> tuple[int, list[ItemOutcome], list[tuple[str, str]]]:
+        """(sequence, finished outcomes, still pending), taken together; with `wait_s`, first
+        wait up to that long for a commit to finish (returns at once when one has or none is
+        pending). Each outcome is reported once; a report with a higher sequence is newer."""
+        with self._lock:
+            if wait_s and not self._done and self._pending:
+                self._changed.wait(wait_s)
+            done, self._done = self._done, []
+            self._sequence += 1
+            return self._sequence, done, list(self._pending)
 
     def flush(self) -> list[ItemOutcome]:
         """Wait for every pending commit; return all finished outcomes."""

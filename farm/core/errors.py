@@ -12,6 +12,8 @@ import math
 import reprlib
 from dataclasses import dataclass
 
+from farm.core.enums import StrEnum
+
 # Users' values are echoed in messages, job records and HTTP answers, cut to an excerpt: a 1 MB
 # prompt or a 60 MB manifest line must not come back whole.
 EXCERPT_CHARS = 80
@@ -233,18 +235,21 @@ class CommitConflict(StorageError):
     """A conditional write lost: another render of the same item committed first."""
 
 
-# Reasons an item can fail with. Kept small: they become metric labels.
-FAILURE_REASONS = (
-    "image_not_found",
-    "image_invalid",
-    "image_too_large",
-    "image_refused",
-    "invalid_item",
-    "oom",
-    "nan_output",
-    "no_fitting_tier",
-    "render_error",
-    "storage_error",
-    "worker_lost",
-    "model_unavailable",
-)
+class FailureReason(StrEnum):
+    """Why an item failed. Kept small: they become metric labels (`farm_items_total{reason}`)."""
+
+    IMAGE_NOT_FOUND = "image_not_found"
+    IMAGE_INVALID = "image_invalid"
+    IMAGE_TOO_LARGE = "image_too_large"
+    IMAGE_REFUSED = "image_refused"
+    INVALID_ITEM = "invalid_item"
+    OOM = "oom"
+    NAN_OUTPUT = "nan_output"
+    NO_FITTING_TIER = "no_fitting_tier"
+    RENDER_ERROR = "render_error"
+    STORAGE_ERROR = "storage_error"
+    WORKER_LOST = "worker_lost"
+    MODEL_UNAVAILABLE = "model_unavailable"
+
+
+FAILURE_REASONS = tuple(reason.value for reason in FailureReason)

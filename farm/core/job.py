@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from farm import __version__
+from farm.core.enums import StrEnum
+from farm.core.errors import FailureReason
 from farm.core.ladder import DEFAULT_ORDER, RenderSettings
 from farm.core.manifest import JobItem, JobSpec
 from farm.core.params import RenderParams
@@ -22,11 +24,53 @@ from farm.core.params import RenderParams
 MAX_ATTEMPTS = 3
 MIN_RATE_WINDOW_S = 5.0
 
-QUEUED, RUNNING, SUCCEEDED, FAILED, SKIPPED = "queued", "running", "succeeded", "failed", "skipped"
-CANCELLED = "cancelled"
-ESCALATE = "escalate"
-ITEM_STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, SKIPPED, CANCELLED)
+
+
+class ItemState(StrEnum):
+    """Where one item of a job is (the job record's `items.ID.state`)."""
+
+    QUEUED = "queued"
+    RUNNING = "running"  # sent to a worker, rendering or uploading
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"  # committed by an earlier run (or by a racing render)
+    CANCELLED = "cancelled"
+
+
+class JobStatus(StrEnum):
+    """A job's state: the coordinator's registry, the API, the metrics and job.json use these."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"  # every item
+    PARTIAL = "partial"  # some items
+    FAILED = "failed"  # none
+    CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"  # stopped by a signal before the end (`farm resume` finishes it)
+
+
+QUEUED, RUNNING, SUCCEEDED, FAILED, SKIPPED, CANCELLED = (
+    ItemState.QUEUED, ItemState.RUNNING, ItemState.SUCCEEDED, ItemState.FAILED, ItemState.SKIPPED, ItemState.CANCELLED
+)
+ESCALATE = "escalate"  # an outcome's status when the worker's ladder wants a bigger GPU (not an item state)
+ITEM_STATES = tuple(ItemState)
 FINAL_ITEM_STATES = (SUCCEEDED, FAILED, SKIPPED, CANCELLED)
+JOB_STATES = tuple(JobStatus)
+FINAL_JOB_STATES = (JobStatus.SUCCEEDED, JobStatus.PARTIAL, JobStatus.FAILED, JobStatus.CANCELLED)
+
+# The item state changes JobState makes; anything else is a bug and raises IllegalItemTransition.
+ITEM_TRANSITIONS = {
+    QUEUED: {RUNNING, FAILED, CANCELLED, SKIPPED},
+    RUNNING: {RUNNING, QUEUED, SUCCEEDED, FAILED, SKIPPED},
+    SUCCEEDED: set(),
+    FAILED: set(),
+    SKIPPED: set(),
+    CANCELLED: set(),
+}
+
+
+class IllegalItemTransition(RuntimeError):
+    """An item state change that the job's lifecycle does not allow."""
 
 
 def inputs_digest(*, image_sha256: str, prompt: str, params: dict[str, Any], seed: int, model: str, model_config_sha256: str) -> str:
@@ -136,11 +180,15 @@ class ItemOutcome:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ItemOutcome:
-        return cls(**data)
+        outcome = cls(**data)
+        if outcome.reason is not None:
+            outcome.reason = FailureReason(outcome.reason)
+        return outcome
 
     @classmethod
-    def failure(cls, item_id: str, reason: str, message: str, **extra: Any) -> ItemOutcome:
-        return cls(item_id=item_id, status=FAILED, reason=reason, message=message, **extra)
+    def failure(cls, item_id: str, reason: FailureReason | str, message: str, **extra: Any) -> ItemOutcome:
+        """A failed item; `reason` must be a FailureReason (a bare string is checked against them)."""
+        return cls(item_id=item_id, status=FAILED, reason=FailureReason(reason), message=message, **extra)
 
 
 @dataclass
@@ -188,7 +236,7 @@ class JobState:
         for rejected in spec.rejected:
             key = rejected.id or f"items[{rejected.index}]"
             self.items[key] = ItemStatus(
-                index=rejected.index, state=FAILED, reason="invalid_item", message=rejected.message
+                index=rejected.index, state=FAILED, reason=FailureReason.INVALID_ITEM, message=rejected.message
             )
         self.workers: dict[str, dict[str, Any]] = {}
         self.plan: dict[str, Any] | None = None
@@ -210,31 +258,37 @@ class JobState:
     def queued_ids(self) -> list[str]:
         return [item.id for item in self.spec.items if self.items[item.id].state == QUEUED]
 
+    def _move(self, item_id: str, state: ItemState) -> ItemStatus:
+        status = self.items[item_id]
+        if state not in ITEM_TRANSITIONS[status.state]:
+            raise IllegalItemTransition(f"item {item_id!r} of job {self.spec.name!r}: {status.state} -> {state}")
+        status.state = state
+        return status
+
     def mark_running(self, item_id: str, worker: str, tier: str | None = None, *, new_attempt: bool = True) -> None:
         """`new_attempt=False` when an item only moves (out of memory, to a bigger GPU)."""
-        status = self.items[item_id]
-        status.state, status.worker, status.tier = RUNNING, worker, tier
+        status = self._move(item_id, RUNNING)
+        status.worker, status.tier = worker, tier
         status.attempts += new_attempt
 
     def mark_planned(self, item_id: str, tier: str | None) -> None:
         self.items[item_id].planned_tier = tier
 
-    def fail(self, item_id: str, reason: str, message: str) -> None:
-        status = self.items[item_id]
-        status.state, status.reason, status.message = FAILED, reason, message
+    def fail(self, item_id: str, reason: FailureReason | str, message: str) -> None:
+        reason = FailureReason(reason)
+        status = self._move(item_id, FAILED)
+        status.reason, status.message = reason, message
 
     def mark_cancelled(self, item_id: str) -> None:
-        status = self.items[item_id]
-        if status.state == QUEUED:
-            status.state, status.message = CANCELLED, "the job was cancelled before this item started"
+        if self.items[item_id].state == QUEUED:
+            self._move(item_id, CANCELLED).message = "the job was cancelled before this item started"
 
     def mark_skipped(self, item_id: str, message: str) -> None:
-        status = self.items[item_id]
-        status.state, status.message = SKIPPED, message
+        self._move(item_id, SKIPPED).message = message
 
     def record(self, outcome: ItemOutcome) -> None:
-        status = self.items[outcome.item_id]
-        status.state = outcome.status if outcome.status in (SUCCEEDED, SKIPPED) else FAILED
+        """A worker's final outcome of a running item."""
+        status = self._move(outcome.item_id, outcome.status if outcome.status in (SUCCEEDED, SKIPPED) else FAILED)
         status.reason, status.message = outcome.reason, outcome.message
         status.seconds, status.worker = outcome.seconds, outcome.worker or status.worker
         status.tier = outcome.tier or status.tier
@@ -244,21 +298,21 @@ class JobState:
         """A worker died mid-render. Requeue the item if it has attempts left; True if requeued."""
         status = self.items[item_id]
         if status.attempts < MAX_ATTEMPTS:
-            status.state, status.worker = QUEUED, None
+            self._move(item_id, QUEUED).worker = None
             return True
-        status.state, status.reason, status.message = FAILED, "worker_lost", message
+        self._move(item_id, FAILED)
+        status.reason, status.message = FailureReason.WORKER_LOST, message
         return False
 
     def hand_back(self, item_id: str) -> None:
         """A running item that was stopped before it committed: queued again, nothing counted."""
-        status = self.items[item_id]
-        if status.state == RUNNING:
-            status.state, status.worker = QUEUED, None
+        if self.items[item_id].state == RUNNING:
+            self._move(item_id, QUEUED).worker = None
 
-    def fail_remaining(self, reason: str, message: str) -> None:
-        for status in self.items.values():
+    def fail_remaining(self, reason: FailureReason | str, message: str) -> None:
+        for item_id, status in self.items.items():
             if status.state in (QUEUED, RUNNING):
-                status.state, status.reason, status.message = FAILED, reason, message
+                self.fail(item_id, reason, message)
 
     def finish(self) -> None:
         self.finished_at = self._clock()
@@ -280,22 +334,22 @@ class JobState:
         return all(s.state in FINAL_ITEM_STATES for s in self.items.values())
 
     @property
-    def final_state(self) -> str:
+    def final_state(self) -> JobStatus:
         return self.state_for(self.counts())
 
-    def state_for(self, counts: dict[str, int]) -> str:
+    def state_for(self, counts: dict[str, int]) -> JobStatus:
         """The job's state given its `counts()` (callers that have them need not count again)."""
         if counts[QUEUED] or counts[RUNNING]:  # a cancelled job is still finishing its running items
             if self.interrupted:
-                return "interrupted"
-            return "running" if self.started_at else "queued"
+                return JobStatus.INTERRUPTED
+            return JobStatus.RUNNING if self.started_at else JobStatus.QUEUED
         if self.cancelled:
-            return "cancelled"
+            return JobStatus.CANCELLED
         if counts[FAILED] == 0:
-            return "succeeded"
+            return JobStatus.SUCCEEDED
         if counts[SUCCEEDED] + counts[SKIPPED] == 0:
-            return "failed"
-        return "partial"
+            return JobStatus.FAILED
+        return JobStatus.PARTIAL
 
     def throughput(self, counts: dict[str, int] | None = None) -> tuple[float | None, float | None]:
         """(rendered items per minute, seconds left), or None while unknown.

@@ -19,7 +19,21 @@ from farm.core.job import ItemOutcome, RenderTask
 
 
 class RenderWorkerImpl:
-    def __init__(self, model_ref: str, name: str, cpu_threads: int | None = None, faults: str | None = None, advertised_tier: str | None = None):
+    """One render worker (a Ray actor as `RenderWorker`): the model loaded once, items one by one."""
+
+    def __init__(
+        self,
+        model_ref: str,
+        name: str,
+        cpu_threads: int | None = None,
+        faults: str | None = None,
+        advertised_tier: str | None = None,
+        settings=None,
+    ):
+        # The coordinator's or the CLI's settings, and (read here: the card and the device are
+        # this node's) the worker settings of this node's environment.
+        self.settings = settings
+        self.local = None
         self.name = name
         self.model_ref = model_ref
         self.advertised_tier = advertised_tier
@@ -36,6 +50,10 @@ class RenderWorkerImpl:
 
             torch.set_num_threads(cpu_threads)
         try:
+            from farm.settings import load_settings
+
+            here = load_settings()
+            self.settings, self.local = self.settings or here, here.workers
             self._load(faults)
         except FarmError as exc:
             self.error = str(exc)
@@ -61,24 +79,43 @@ class RenderWorkerImpl:
         from farm.models.loading import select_device
         from farm.models.memory import SimulatedCard, allocated_bytes, apply_memory_cap, detect_card
         from farm.renderer import BackgroundCommits, ItemRenderer
-        from farm.storage.config import StorageConfig
-
-        device = select_device()
-        self.card = detect_card(device, load_tier_table(), self.advertised_tier)
+        settings, local = self.settings, self.local
+        device = select_device(local.device)
+        self.card = detect_card(device, load_tier_table(settings.tiers_file), self.advertised_tier, local.gpu_vram_gb)
         apply_memory_cap(self.card, device)
         if self.card.simulated:
-            SimulatedCard(self.card, profile_for_model(self.model_ref)).check_load()
-        self.adapter = I2VGenXLAdapter.load(self.model_ref, device=device)
-        rules = parse_faults(faults or os.environ.get("FARM_FAULTS"))
+            SimulatedCard(self.card, profile_for_model(self.model_ref, calibration=settings.vram_calibration)).check_load()
+        self.adapter = I2VGenXLAdapter.load(
+            self.model_ref, device=device, requested_precision=local.precision, vae_upcast=local.vae_upcast
+        )
+        rules = parse_faults(faults or settings.workers.faults or local.faults)
         if rules:
             self.adapter.injector = OomInjector(rules, self.card.tier)
             self.adapter.injector.attach(self.adapter.pipeline)
-        self.renderer = ItemRenderer(self.adapter, worker_name=self.name, card=self.card)
-        self.commits = BackgroundCommits(self.renderer, StorageConfig().upload_queue)
+        self.renderer = ItemRenderer(
+            self.adapter, worker_name=self.name, card=self.card, calibration=settings.vram_calibration
+        )
+        self.commits = BackgroundCommits(self.renderer, settings.storage.upload_queue)
         self.memory_baseline_bytes = allocated_bytes(device)
 
+    @classmethod
+    def in_process(cls, name: str, adapter, card, *, upload_queue: int = 2) -> RenderWorkerImpl:
+        """A worker around an adapter already loaded in this process (no Ray, no model load):
+        for `farm.runtime.handles.LocalWorkerHandle`, which runs a whole job in a test."""
+        from farm.models.memory import allocated_bytes
+        from farm.renderer import BackgroundCommits, ItemRenderer
+
+        worker = cls.__new__(cls)
+        worker.name, worker.model_ref, worker.advertised_tier = name, adapter.model.ref, card.tier
+        worker.settings = worker.local = None
+        worker.error, worker.adapter, worker.card = None, adapter, card
+        worker.renderer = ItemRenderer(adapter, worker_name=name, card=card)
+        worker.commits = BackgroundCommits(worker.renderer, upload_queue)
+        worker.memory_baseline_bytes = allocated_bytes(adapter.device)
+        return worker
+
     def info(self, measure_memory: bool = False) -> dict:
-        context = ray.get_runtime_context()
+        node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
         info = {
             "name": self.name,
             "ok": self.renderer is not None,
@@ -88,7 +125,7 @@ class RenderWorkerImpl:
             "load_seconds": self.adapter.load_seconds if self.adapter else None,
             "card": self.card.to_dict() if self.card else None,
             "tier": self.card.tier if self.card else None,
-            "node_id": context.get_node_id(),
+            "node_id": node_id,
             "pid": os.getpid(),
             "memory_baseline_bytes": self.memory_baseline_bytes,
         }
@@ -110,7 +147,6 @@ class RenderWorkerImpl:
             outcomes.append(produced)
         else:
             self.commits.submit(produced)  # blocks while the upload queue is full
-        outcomes += self.commits.finished()
         return self._reply(outcomes)
 
     def flush(self) -> dict:
@@ -119,8 +155,20 @@ class RenderWorkerImpl:
             return {"outcomes": [], "pending": []}
         return self._reply(self.commits.flush())
 
-    def _reply(self, outcomes) -> dict:
-        return {"outcomes": [o.to_dict() for o in outcomes], "pending": self.commits.pending(), "memory": self.memory()}
+    def commits_done(self, wait_s: float = 10.0) -> dict:
+        """Commits that finished, as soon as one does (or after `wait_s`); same shape as
+        `render`. The engine keeps one such call open while uploads are pending, beside the
+        render calls (the actor runs two calls at a time), so a commit reaches the job's
+        progress the moment it happens, not when the next render returns."""
+        if self.renderer is None:
+            return {"outcomes": [], "pending": []}
+        return self._reply([], wait_s)
+
+    def _reply(self, outcomes, wait_s: float = 0.0) -> dict:
+        sequence, finished, pending = self.commits.report(wait_s)
+        outcomes = [*outcomes, *finished]
+        return {"outcomes": [o.to_dict() for o in outcomes], "pending": pending, "sequence": sequence,
+                "memory": self.memory()}
 
     def memory(self) -> dict:
         """Device memory in use and in total: CUDA's figures, the simulated card's, or the host's."""
@@ -130,4 +178,6 @@ class RenderWorkerImpl:
 
 
 # max_restarts: a worker process that dies (segfault, host OOM killer) comes back and reloads.
-RenderWorker = ray.remote(max_restarts=2, max_task_retries=0)(RenderWorkerImpl)
+# max_concurrency 2: a `commits_done` call stays open beside the render calls (never two renders:
+# the engine sends one at a time).
+RenderWorker = ray.remote(max_restarts=2, max_task_retries=0, max_concurrency=2)(RenderWorkerImpl)

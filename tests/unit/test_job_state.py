@@ -40,16 +40,19 @@ def test_the_first_items_give_a_sane_rate_and_eta(tmp_path):
     clock = Clock()
     state = job(tmp_path, 10, clock)
     clock.now += 0.5  # the first render finishes half a second after the start
+    state.mark_running("i0", "cpu-0")  # an outcome is of a running item (JobState raises otherwise)
     state.record(ItemOutcome("i0", "succeeded"))
     rate, eta = state.throughput()
     assert rate == pytest.approx(12.0)  # a window of at least 5 s: 1 item / 5 s, not 120/min
     assert eta == pytest.approx(45.0)
     for n in range(1, 5):
         clock.now += 10.0
+        state.mark_running(f"i{n}", "cpu-0")
         state.record(ItemOutcome(f"i{n}", "succeeded"))
     rate, eta = state.throughput()
     assert rate == pytest.approx(5 / 40.5 * 60, rel=1e-3) and eta == pytest.approx(5 / (5 / 40.5), rel=1e-3)
     for n in range(5, 10):
+        state.mark_running(f"i{n}", "cpu-0")
         state.record(ItemOutcome(f"i{n}", "succeeded"))
     state.finish()
     assert state.throughput()[1] is None  # nothing left
@@ -69,3 +72,19 @@ def test_a_stop_hands_running_items_back_and_the_job_says_interrupted(tmp_path):
     assert (counts["succeeded"], counts["queued"], counts["running"]) == (1, 2, 0)
     assert state.final_state == "interrupted" and state.to_record()["state"] == "interrupted"
     assert state.items["i1"].attempts == 1  # the attempt happened; a resumed job counts afresh
+
+
+def test_item_states_change_only_as_a_job_goes(tmp_path):
+    from farm.core.job import IllegalItemTransition
+
+    state = job(tmp_path, 2, Clock())
+    with pytest.raises(IllegalItemTransition, match="'i0' of job 'job': queued -> succeeded"):
+        state.record(ItemOutcome("i0", "succeeded"))
+    state.mark_running("i0", "cpu-0")
+    state.record(ItemOutcome("i0", "succeeded"))
+    with pytest.raises(IllegalItemTransition, match="succeeded -> running"):
+        state.mark_running("i0", "cpu-0")
+    with pytest.raises(ValueError, match="'disk_full' is not a valid FailureReason"):
+        state.fail("i1", "disk_full", "the reason is not one of farm's")
+    state.fail("i1", "oom", "out of memory")
+    assert state.items["i1"].reason == "oom" and state.final_state == "partial"

@@ -1,0 +1,563 @@
+"""The dispatch state machine: every scheduling decision of the farm, as pure code.
+
+In the manner of Dask distributed's worker state machine: the runtime turns what happened (a job
+admitted, a worker's reply, a worker lost, a cancel) into events, `DispatchState.handle(*events)`
+updates the state and returns instructions (send this task to that worker, probe a worker, stop
+one, a job is finished), and the runtime carries them out. No I/O, no Ray and no clock here:
+times, when they matter, come inside events (a probe that timed out arrives as `WorkerProbed`
+with `ok=False`).
+
+The decisions it owns:
+- routing: an idle worker takes the highest-priority job's item, jobs of one priority in turn,
+  its own tier first, then smaller tiers (stealing); smallest workers choose first
+  (`farm.core.jobqueue`);
+- a worker's reply: outcomes recorded, uploads still pending remembered (the item stays
+  `running` until its commit is reported); while a worker has uploads pending, one
+  `commits_done` call stays open to it (`WatchCommits`), so each commit is an event the moment
+  it happens, also while the worker renders its next item;
+- escalation: a worker whose ladder wants a bigger GPU hands the item back; it moves to an idle
+  worker of the nearest bigger tier, else goes back to the same worker with the bigger tier
+  refused; "a bigger tier is available" means a live worker of a bigger tier exists;
+- a worker lost mid-item: what it held (rendering and uploading) is queued again at the front
+  (up to `MAX_ATTEMPTS` tries), and the worker probed; gone for good: its tier's queued items
+  are planned again on the tiers left, or fail when no worker is left;
+- cancellation: queued items dropped (running ones finish and are kept);
+- nobody left who can take the queued work: those items fail;
+- draining: nothing new is sent; what is still held can be handed back;
+- a job's end: nothing of it queued, rendering or uploading.
+
+Per-item state: `JobState.items` (the job record's view) and one `DispatchItem` per queued or
+running item (its plan and what the ladder changed so far).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Callable, Iterable
+
+from farm.core.errors import FailureReason
+from farm.core.job import ESCALATE, RUNNING, ItemOutcome, JobState, RenderTask
+from farm.core.jobqueue import JobQueue
+from farm.core.ladder import BIGGER_TIER, RenderSettings
+from farm.core.planner import ItemPlan, JobPlan, Planner
+from farm.core.tiers import CPU_TIER, ClusterShape, TierTable
+from farm.core.vram import I2VGENXL_PROFILE, SAVER_LEVELS, ModelProfile
+
+# --- events ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JobAdmitted:
+    """A job's planned items join the queue (items rejected at plan time fail at once)."""
+
+    job_id: str
+    state: JobState
+    plan: JobPlan
+    priority: int = 0
+    replace_etags: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class JobCancelled:
+    job_id: str
+
+
+RENDER, COMMITS = "render", "commits"  # the two kinds of calls to a worker that reply with outcomes
+
+
+@dataclass(frozen=True)
+class WorkerReplied:
+    """A worker's call returned: finished outcomes, and what still uploads. `call` is RENDER (the
+    worker is free again) or COMMITS (a watch on its uploads; the worker may still be rendering).
+    `sequence` orders the worker's reports: an older report's pending list is stale."""
+
+    worker: str
+    outcomes: tuple[ItemOutcome, ...]
+    pending: tuple[tuple[str, str], ...]
+    call: str = RENDER
+    sequence: int | None = None
+
+
+@dataclass(frozen=True)
+class WorkerCallFailed:
+    """The worker's own code raised (a bug): the item it was given fails, the worker is fine."""
+
+    worker: str
+    message: str
+    call: str = RENDER
+
+
+@dataclass(frozen=True)
+class WorkerLost:
+    """The worker's process died (or its node left) during a call (one event per death: the
+    runtime drops the worker's other calls)."""
+
+    worker: str
+    message: str
+
+
+@dataclass(frozen=True)
+class WorkerProbed:
+    """The answer to a probe of a lost worker: back (restarted, model loaded) or gone for good."""
+
+    worker: str
+    ok: bool
+
+
+@dataclass(frozen=True)
+class DrainRequested:
+    """The farm is stopping: send nothing new."""
+
+
+@dataclass(frozen=True)
+class HandBackHeld:
+    """A drain is over: items still rendering or uploading go back to their job's queue state."""
+
+
+@dataclass(frozen=True)
+class Tick:
+    """Nothing happened; look for work to send (and for work nobody can take)."""
+
+
+Event = (JobAdmitted | JobCancelled | WorkerReplied | WorkerCallFailed | WorkerLost | WorkerProbed
+         | DrainRequested | HandBackHeld | Tick)
+
+# --- instructions ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SendTask:
+    worker: str
+    task: RenderTask
+
+
+@dataclass(frozen=True)
+class WatchCommits:
+    """Open a `commits_done` call to the worker: it returns as soon as one of its uploads commits."""
+
+    worker: str
+
+
+@dataclass(frozen=True)
+class ProbeWorker:
+    worker: str
+
+
+@dataclass(frozen=True)
+class StopWorker:
+    """Stop a worker that is gone for good (so that nothing restarts it somewhere later)."""
+
+    worker: str
+
+
+@dataclass(frozen=True)
+class ItemFinished:
+    """An item reached its final state through an outcome (for progress and metrics)."""
+
+    job_id: str
+    outcome: ItemOutcome
+
+
+@dataclass(frozen=True)
+class ItemsCancelled:
+    job_id: str
+    count: int
+
+
+@dataclass(frozen=True)
+class HandedBack:
+    items: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class JobFinished:
+    job_id: str
+
+
+Instruction = (SendTask | WatchCommits | ProbeWorker | StopWorker | ItemFinished | ItemsCancelled | HandedBack
+               | JobFinished)
+
+def blocked_settings(oom: dict, aspect: str) -> RenderSettings | None:
+    """The settings an OOM record (a sidecar's `ooms` entry) ran out of memory with."""
+    savers = tuple(oom.get("savers") or ())
+    if savers not in SAVER_LEVELS or "resolution" not in oom or "frames" not in oom:
+        return None
+    return RenderSettings(oom["resolution"], aspect, oom["frames"], SAVER_LEVELS.index(savers))
+
+
+# --- state -------------------------------------------------------------------------------------
+
+
+class WorkerPhase(str, Enum):
+    IDLE = "idle"
+    RENDERING = "rendering"
+    PROBING = "probing"  # lost: waiting to hear whether it is back or gone
+    GONE = "gone"
+
+
+_WORKER_TRANSITIONS = {
+    WorkerPhase.IDLE: {WorkerPhase.RENDERING, WorkerPhase.PROBING},  # an idle worker dies in its commits call
+    WorkerPhase.RENDERING: {WorkerPhase.IDLE, WorkerPhase.RENDERING, WorkerPhase.PROBING},
+    WorkerPhase.PROBING: {WorkerPhase.IDLE, WorkerPhase.GONE},
+    WorkerPhase.GONE: set(),
+}
+
+
+class IllegalTransition(RuntimeError):
+    """A state change the machine does not allow (a bug in the caller or in the machine)."""
+
+
+@dataclass
+class WorkerSlot:
+    """What the dispatcher knows of one worker."""
+
+    name: str
+    tier: str
+    phase: WorkerPhase = WorkerPhase.IDLE
+    job_id: str | None = None  # the item it is rendering
+    item_id: str | None = None
+    uploading: set[tuple[str, str]] = field(default_factory=set)
+    watching: bool = False  # a commits call is open
+    sequence: int = -1  # of the newest report whose pending list `uploading` is
+
+    @property
+    def live(self) -> bool:
+        return self.phase in (WorkerPhase.IDLE, WorkerPhase.RENDERING)
+
+    def move(self, phase: WorkerPhase) -> None:
+        if phase not in _WORKER_TRANSITIONS[self.phase]:
+            raise IllegalTransition(f"worker {self.name}: {self.phase.value} -> {phase.value}")
+        self.phase = phase
+        if phase is not WorkerPhase.RENDERING:
+            self.job_id = self.item_id = None
+
+
+@dataclass
+class DispatchItem:
+    """One queued or running item: its plan, and what the ladder has changed since."""
+
+    plan: ItemPlan
+    settings: dict[str, Any] | None = None
+    degradations: list[dict[str, Any]] | None = None
+    ooms: list[dict[str, Any]] = field(default_factory=list)
+    replace_etag: str | None = None
+
+
+@dataclass
+class DispatchJob:
+    id: str
+    state: JobState
+    priority: int
+    items: dict[str, DispatchItem] = field(default_factory=dict)
+
+
+class DispatchState:
+    """The scheduling state of a farm: its workers, the admitted jobs and their queues."""
+
+    def __init__(
+        self,
+        table: TierTable,
+        workers: Iterable[tuple[str, str]],
+        *,
+        profile_for: Callable[[str], ModelProfile] = lambda model: I2VGENXL_PROFILE,
+    ):
+        self.table = table
+        self.profile_for = profile_for  # the estimator's profile of a model, for re-planning
+        self.workers: dict[str, WorkerSlot] = {name: WorkerSlot(name, tier) for name, tier in workers}
+        counts = self.live_counts()
+        tiers = [CPU_TIER] if set(counts) == {CPU_TIER} else table.ordered(counts)
+        self.queue = JobQueue(tiers, counts)
+        self.jobs: dict[str, DispatchJob] = {}
+        self.draining = False
+
+    # --- views -----------------------------------------------------------------------------
+
+    def live_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for slot in self.workers.values():
+            if slot.phase is not WorkerPhase.GONE:
+                counts[slot.tier] = counts.get(slot.tier, 0) + 1
+        return counts
+
+    @property
+    def shape(self) -> ClusterShape:
+        return ClusterShape(self.live_counts())
+
+    def rendering(self) -> list[WorkerSlot]:
+        return [s for s in self.workers.values() if s.phase is WorkerPhase.RENDERING]
+
+    def held(self) -> set[tuple[str, str]]:
+        """(job, item) pairs that are rendering or uploading."""
+        pairs = {(s.job_id, s.item_id) for s in self.rendering()}
+        return pairs | {pair for s in self.workers.values() for pair in s.uploading}
+
+    def in_flight(self) -> bool:
+        """Some call is open: a render, a commits watch or a probe."""
+        return any(s.phase in (WorkerPhase.RENDERING, WorkerPhase.PROBING) or s.watching for s in self.workers.values())
+
+    def busy(self) -> bool:
+        return bool((self.jobs and not self.draining) or self.in_flight() or self.uploads())
+
+    def uploads(self) -> bool:
+        return any(s.uploading for s in self.workers.values())
+
+    def settled(self) -> bool:
+        """Nothing rendering and nothing waiting for upload."""
+        return not self.rendering() and not self.uploads()
+
+    def gauges(self) -> dict[str, dict]:
+        """Queue, in-flight and worker-state counts per tier (for the metrics)."""
+        in_flight: dict[str, int] = {}
+        states: dict[tuple[str, str], int] = {}
+        for slot in self.workers.values():
+            if slot.phase is WorkerPhase.GONE:
+                continue
+            held = (slot.phase is WorkerPhase.RENDERING) + len(slot.uploading)
+            if held:
+                in_flight[slot.tier] = in_flight.get(slot.tier, 0) + held
+            state = {WorkerPhase.PROBING: "lost", WorkerPhase.IDLE: "idle"}.get(slot.phase, "busy")
+            states[(slot.tier, state)] = states.get((slot.tier, state), 0) + 1
+        return {"queued": self.queue.queued_by_tier(), "in_flight": in_flight, "workers": states}
+
+    # --- the machine -------------------------------------------------------------------------
+
+    def handle(self, *events: Event) -> list[Instruction]:
+        out: list[Instruction] = []
+        for event in events:
+            handler = getattr(self, f"_on_{type(event).__name__}")
+            handler(event, out)
+        self._fill(out)
+        self._watch(out)
+        self._finish_finished_jobs(out)
+        return out
+
+    def _on_JobAdmitted(self, event: JobAdmitted, out: list) -> None:
+        job = DispatchJob(event.job_id, event.state, event.priority)
+        self.jobs[job.id] = job
+        self.queue.add_job(job.id, job.priority)
+        for item_plan in event.plan.items:
+            job.state.mark_planned(item_plan.item_id, item_plan.tier)
+            if item_plan.rejected:
+                job.state.fail(item_plan.item_id, FailureReason.NO_FITTING_TIER, item_plan.rejected)
+                continue
+            # The plan itself, shared by identical items: a job of 100,000 items keeps one small
+            # record per item; the task is built when it is sent.
+            job.items[item_plan.item_id] = DispatchItem(item_plan, replace_etag=event.replace_etags.get(item_plan.item_id))
+            self.queue.push(job.id, item_plan.item_id, item_plan.tier)
+        job.state.start()
+
+    def _on_JobCancelled(self, event: JobCancelled, out: list) -> None:
+        job = self.jobs.get(event.job_id)
+        if job is None:
+            return
+        job.state.cancelled = True
+        dropped = self.queue.remove_job(job.id)
+        for item_id in dropped:
+            job.state.mark_cancelled(item_id)
+            job.items.pop(item_id, None)
+        if dropped:
+            out.append(ItemsCancelled(job.id, len(dropped)))
+
+    def _on_WorkerReplied(self, event: WorkerReplied, out: list) -> None:
+        slot = self.workers[event.worker]
+        if event.call == COMMITS:
+            slot.watching = False
+        if not slot.live:  # it died since: what it held is queued again (a commit is found then)
+            return
+        if event.sequence is None or event.sequence > slot.sequence:
+            slot.uploading = {tuple(pair) for pair in event.pending}
+            slot.sequence = slot.sequence if event.sequence is None else event.sequence
+        escalated = None
+        for outcome in event.outcomes:
+            slot.uploading.discard((outcome.job_id, outcome.item_id))
+            if outcome.status == ESCALATE:
+                escalated = outcome
+            else:
+                self._record(outcome, out)
+        if event.call == COMMITS:
+            return
+        job = self.jobs.get(escalated.job_id) if escalated is not None else None
+        slot.move(WorkerPhase.IDLE)
+        if job is None:
+            return
+        if self.draining:  # stopping: not moved on
+            job.state.hand_back(escalated.item_id)
+            return
+        self._escalate(slot, job, escalated, out)
+
+    def _on_WorkerCallFailed(self, event: WorkerCallFailed, out: list) -> None:
+        slot = self.workers[event.worker]
+        if event.call == COMMITS:  # opened again by the next handle while uploads are pending
+            slot.watching = False
+            return
+        if slot.phase is WorkerPhase.RENDERING:
+            failure = ItemOutcome.failure(slot.item_id, FailureReason.RENDER_ERROR, event.message, job_id=slot.job_id)
+            self._record(failure, out)
+        slot.move(WorkerPhase.IDLE)
+
+    def _on_WorkerLost(self, event: WorkerLost, out: list) -> None:
+        """Requeue what the worker held: the item it was rendering and its unfinished uploads."""
+        slot = self.workers[event.worker]
+        if not slot.live:  # already being probed
+            return
+        message = f"worker {slot.name} died: {event.message}"
+        lost = set(slot.uploading)
+        if slot.phase is WorkerPhase.RENDERING:
+            lost.add((slot.job_id, slot.item_id))
+        slot.uploading, slot.watching = set(), False
+        slot.move(WorkerPhase.PROBING)
+        for job_id, item_id in sorted(lost, reverse=True):  # each to the front: the first ends first
+            job = self.jobs.get(job_id)
+            if job is None:
+                continue
+            if job.state.worker_lost(item_id, message) and not job.state.cancelled:
+                self.queue.push(job_id, item_id, job.items[item_id].plan.tier, front=True)
+            elif job.state.items[item_id].state != "queued":  # failed: no attempts left
+                job.items.pop(item_id, None)
+        out.append(ProbeWorker(slot.name))
+
+    def _on_WorkerProbed(self, event: WorkerProbed, out: list) -> None:
+        slot = self.workers[event.worker]
+        if event.ok:
+            slot.move(WorkerPhase.IDLE)
+            return
+        slot.move(WorkerPhase.GONE)
+        out.append(StopWorker(slot.name))
+        orphans = self.queue.worker_gone(slot.tier)
+        if orphans:
+            self._replan(orphans)
+
+    def _on_DrainRequested(self, event: DrainRequested, out: list) -> None:
+        self.draining = True
+
+    def _on_HandBackHeld(self, event: HandBackHeld, out: list) -> None:
+        """Items still rendering or uploading when a drain ends: they never committed, so a
+        resumed job renders them (a late commit is found then)."""
+        held = self.held()
+        for job_id, item_id in held:
+            if job_id in self.jobs:
+                self.jobs[job_id].state.hand_back(item_id)
+        out.append(HandedBack(tuple(sorted(held))))
+
+    def _on_Tick(self, event: Tick, out: list) -> None:
+        self._fill(out)
+        if self.in_flight() or not len(self.queue) or self.draining:
+            return
+        for job in list(self.jobs.values()):  # work left, nobody able to take it
+            job.state.fail_remaining(FailureReason.WORKER_LOST, "no render worker left that can take these items")
+            self.queue.remove_job(job.id)
+
+    # --- decisions ---------------------------------------------------------------------------
+
+    def _rank(self, tier: str) -> int:
+        return self.queue.tiers.index(tier) if tier in self.queue.tiers else -1
+
+    def _bigger_tier_alive(self, tier: str) -> bool:
+        rank = self._rank(tier)
+        return any(self._rank(s.tier) > rank for s in self.workers.values() if s.phase is not WorkerPhase.GONE)
+
+    def _fill(self, out: list) -> None:
+        # Smallest tiers choose first, so big workers only steal what small ones cannot take now.
+        idle = [s for s in self.workers.values() if s.phase is WorkerPhase.IDLE]
+        for slot in sorted(idle, key=lambda s: self._rank(s.tier)):
+            taken = None if self.draining else self.queue.take(slot.tier)
+            if taken is not None:
+                self._send(slot, taken[0], taken[1], out)
+
+    def _watch(self, out: list) -> None:
+        for slot in self.workers.values():
+            if slot.live and slot.uploading and not slot.watching:
+                slot.watching = True
+                out.append(WatchCommits(slot.name))
+
+    def _send(self, slot: WorkerSlot, job_id: str, item_id: str, out: list, *, new_attempt: bool = True,
+              allow_bigger: bool = True) -> None:
+        job = self.jobs[job_id]
+        item = job.items[item_id]
+        plan = item.plan
+        task = job.state.task_for(
+            item_id,
+            job_id=job_id,
+            settings=item.settings if item.settings is not None else plan.settings.to_dict(),
+            planned_tier=plan.tier,
+            degradations=list(item.degradations) if item.degradations is not None
+            else [d.to_dict() for d in plan.degradations],
+            ooms=list(item.ooms),
+            bigger_tier_available=allow_bigger and self._bigger_tier_alive(slot.tier),
+            estimate_gib=round(plan.estimate.total_gib, 2) if plan.estimate else None,
+            replace_etag=item.replace_etag,
+        )
+        job.state.mark_running(item_id, slot.name, slot.tier, new_attempt=new_attempt)
+        slot.move(WorkerPhase.RENDERING)
+        slot.job_id, slot.item_id = job_id, item_id
+        out.append(SendTask(slot.name, task))
+
+    def _record(self, outcome: ItemOutcome, out: list) -> None:
+        job = self.jobs.get(outcome.job_id)
+        if job is None:  # a job finished or cancelled meanwhile; its result is committed anyway
+            return
+        if job.state.items[outcome.item_id].state != RUNNING:  # handed back or failed meanwhile: stale
+            return
+        job.state.record(outcome)
+        job.items.pop(outcome.item_id, None)
+        out.append(ItemFinished(job.id, outcome))
+
+    def _escalate(self, slot: WorkerSlot, job: DispatchJob, outcome: ItemOutcome, out: list) -> None:
+        """Out of memory with a bigger tier in the cluster: move there if one is idle now."""
+        item = job.items[outcome.item_id]
+        item.settings, item.degradations, item.ooms = outcome.settings, list(outcome.degradations), list(outcome.ooms)
+        rank = self._rank(slot.tier)
+        bigger = [s for s in self.workers.values() if s.phase is WorkerPhase.IDLE and self._rank(s.tier) > rank]
+        if not bigger:
+            self._send(slot, job.id, outcome.item_id, out, new_attempt=False, allow_bigger=False)
+            return
+        target = min(bigger, key=lambda s: self._rank(s.tier))
+        item.degradations.append({"step": BIGGER_TIER, "from": slot.tier, "to": target.tier, "why": outcome.message})
+        # Planned afresh for the bigger card: not the savers the small one needed, nor what already
+        # ran out of memory on a card of this tier.
+        settings, steps = self._fit(job, outcome.item_id, target.tier, item.ooms)
+        item.settings = settings.to_dict()
+        item.degradations += [d.to_dict() for d in steps]
+        self._send(target, job.id, outcome.item_id, out, new_attempt=False)
+
+    def _fit(self, job: DispatchJob, item_id: str, tier: str, ooms: list[dict]):
+        spec = job.state.spec
+        spec_item = next(i for i in spec.items if i.id == item_id)
+        blocked = [blocked_settings(oom, spec_item.params.aspect) for oom in ooms if oom.get("tier") == tier]
+        planner = Planner(self.table, self.shape, self.profile_for(spec.model))
+        return planner.fit_to_tier(spec_item, tier, order=spec.degrade_order, blocked=[b for b in blocked if b])
+
+    def _replan(self, orphans: list[tuple[str, str]]) -> None:
+        """The last worker of a tier is gone: plan its queued items on the tiers that are left."""
+        counts = self.live_counts()
+        for job_id, item_id in orphans:
+            job = self.jobs[job_id]
+            if not counts:
+                job.state.fail(item_id, FailureReason.WORKER_LOST, "every render worker is gone")
+                job.items.pop(item_id, None)
+                continue
+            planner = Planner(self.table, ClusterShape(counts), self.profile_for(job.state.spec.model))
+            spec_item = next(i for i in job.state.spec.items if i.id == item_id)
+            item_plan = planner.plan_item(spec_item, order=job.state.spec.degrade_order, unfit=job.state.spec.unfit)
+            if item_plan.rejected:
+                job.state.fail(item_id, FailureReason.NO_FITTING_TIER, item_plan.rejected)
+                job.items.pop(item_id, None)
+                continue
+            job.items[item_id] = DispatchItem(item_plan, replace_etag=job.items[item_id].replace_etag)
+            job.state.mark_planned(item_id, item_plan.tier)
+            self.queue.push(job_id, item_id, item_plan.tier)
+
+    # --- finishing jobs ----------------------------------------------------------------------
+
+    def _holds(self, job_id: str) -> bool:
+        if job_id in self.queue.jobs and self.queue.queued(job_id):
+            return True
+        return any(j == job_id for j, _ in self.held())
+
+    def _finish_finished_jobs(self, out: list) -> None:
+        for job in list(self.jobs.values()):
+            if not self._holds(job.id):
+                del self.jobs[job.id]
+                self.queue.remove_job(job.id)
+                out.append(JobFinished(job.id))

@@ -1,0 +1,140 @@
+"""How the engine talks to a render worker: a small `WorkerHandle` protocol, and a `CallPool`
+that waits on the calls in flight.
+
+Two implementations: Ray actors (`RayWorkerHandle`, `RayCallPool`), which is what the farm
+runs, and plain objects in this process (`LocalWorkerHandle`, `LocalCallPool`: each worker
+on a thread of its own), so that a whole job runs through the real engine and dispatch state
+machine in a test without Ray. A worker is anything with `render(task_dict)`, `commits_done(wait_s)`
+and `info()` returning what `farm.runtime.workers.RenderWorkerImpl` returns.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from typing import Any, Protocol
+
+
+class WorkerDied(Exception):
+    """The worker's process is gone (or its node): what it held is lost."""
+
+
+class WorkerCallError(Exception):
+    """The worker's own code raised; the worker itself is fine."""
+
+
+class WorkerHandle(Protocol):
+    """One render worker, as the engine uses it. Each method starts a call and returns its
+    token for the pool to wait on."""
+
+    def render(self, task: dict) -> Any: ...
+
+    def commits_done(self, wait_s: float) -> Any:
+        """Returns as soon as one of the worker's uploads commits (or after `wait_s`); runs
+        beside a render call."""
+
+    def info(self) -> Any: ...
+
+    def kill(self) -> None: ...
+
+
+class CallPool(Protocol):
+    def wait(self, calls: list, timeout: float) -> list:
+        """The calls among `calls` that are done (at most one is enough), after up to `timeout` s."""
+
+    def result(self, call, timeout: float | None = None) -> Any:
+        """The call's reply; raises WorkerDied or WorkerCallError."""
+
+
+# --- Ray ---------------------------------------------------------------------------------------
+
+
+class RayWorkerHandle:
+    """A render actor (`farm.runtime.workers.RenderWorker` or one with the same methods)."""
+
+    def __init__(self, actor):
+        self.actor = actor
+
+    def render(self, task: dict):
+        return self.actor.render.remote(task)
+
+    def commits_done(self, wait_s: float):
+        return self.actor.commits_done.remote(wait_s)
+
+    def info(self):
+        return self.actor.info.remote()
+
+    def kill(self) -> None:
+        import ray
+
+        try:
+            ray.kill(self.actor, no_restart=True)  # stop Ray from restarting it somewhere later
+        except Exception:  # already gone
+            pass
+
+
+class RayCallPool:
+    def wait(self, calls: list, timeout: float) -> list:
+        import ray
+
+        ready, _ = ray.wait(calls, num_returns=1, timeout=timeout)
+        return ready
+
+    def result(self, call, timeout: float | None = None):
+        import ray
+        from ray.exceptions import RayActorError, RayTaskError
+
+        try:
+            return ray.get(call, timeout=timeout)
+        except RayActorError as error:
+            raise WorkerDied(str(error).splitlines()[0]) from None
+        except RayTaskError as error:
+            raise WorkerCallError(str(error).splitlines()[-1]) from None
+
+
+# --- in process --------------------------------------------------------------------------------
+
+
+class LocalWorkerHandle:
+    """A worker object in this process; its calls run on threads of its own, as an actor's would
+    (renders and probes one at a time, a commits call beside them). `kill()` makes its later
+    calls fail as a dead actor's do."""
+
+    def __init__(self, worker):
+        self.worker = worker
+        self.killed = False
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="farm-local-worker")
+        self._commits_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="farm-local-commits")
+
+    def _call(self, method: str, *args, thread=None) -> Future:
+        def run():
+            if self.killed:
+                raise WorkerDied("the worker was stopped")
+            return getattr(self.worker, method)(*args)
+
+        return (thread or self._thread).submit(run)
+
+    def render(self, task: dict) -> Future:
+        return self._call("render", task)
+
+    def commits_done(self, wait_s: float) -> Future:
+        return self._call("commits_done", wait_s, thread=self._commits_thread)
+
+    def info(self) -> Future:
+        return self._call("info")
+
+    def kill(self) -> None:
+        self.killed = True
+
+
+class LocalCallPool:
+    def wait(self, calls: list, timeout: float) -> list:
+        done, _ = wait(calls, timeout=timeout, return_when=FIRST_COMPLETED)
+        return [call for call in calls if call in done][:1]
+
+    def result(self, call: Future, timeout: float | None = None):
+        try:
+            return call.result(timeout=timeout)
+        except WorkerDied:
+            raise
+        except Exception as error:
+            raise WorkerCallError(f"{type(error).__name__}: {error}") from None

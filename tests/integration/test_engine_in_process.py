@@ -1,0 +1,127 @@
+"""A whole job through the real engine, dispatch state machine, renderer and storage, without
+Ray: workers are in-process objects behind `LocalWorkerHandle` (farm/runtime/handles.py), each
+with its own tiny model and a simulated card. Admit, render, OOM, escalation and cancel."""
+
+import json
+
+import pytest
+from helpers import encode, pattern
+
+from farm.core.job import JobState
+from farm.core.manifest import parse_manifest
+from farm.core.planner import plan_job
+from farm.core.tiers import GIB, TierTable
+from farm.models.faults import OomInjector, parse_faults
+from farm.models.memory import CardInfo
+from farm.runtime.engine import ActiveJob, Engine, Worker
+from farm.runtime.handles import LocalCallPool, LocalWorkerHandle
+from farm.runtime.workers import RenderWorkerImpl
+
+pytestmark = pytest.mark.integration
+TABLE = TierTable()
+
+
+@pytest.fixture(scope="module")
+def adapters(tiny_model_dir):
+    """One tiny model per simulated card (fault rules attach to a pipeline)."""
+    from farm.models.i2vgen import I2VGenXLAdapter
+
+    return {tier: I2VGenXLAdapter.load("tiny", device="cpu") for tier in ("12g", "24g", "80g")}
+
+
+def farm(adapters, faults: str | None = None) -> Engine:
+    workers = []
+    for tier, adapter in adapters.items():
+        spec = TABLE[tier]
+        card = CardInfo(tier, int(spec.card_gib * GIB), spec.budget_bytes, "FARM_GPU_VRAM_GB", True)
+        adapter.injector = None
+        if faults:
+            adapter.injector = OomInjector(parse_faults(faults), tier)
+            adapter.injector.attach(adapter.pipeline)
+        impl = RenderWorkerImpl.in_process(f"{tier}-0", adapter, card)
+        workers.append(Worker(f"{tier}-0", LocalWorkerHandle(impl), tier, impl.info()))
+    return Engine(workers, TABLE, pool=LocalCallPool())
+
+
+def job_of(tmp_path, name: str, count: int, engine: Engine) -> tuple[ActiveJob, object]:
+    (tmp_path / "a.png").write_bytes(encode(pattern(320, 240), "PNG"))
+    items = [{"id": f"i{n}", "image": "a.png", "prompt": "p", "resolution": 256, "frames": 8} for n in range(count)]
+    document = {"version": 1, "name": name, "model": "tiny", "output": str(tmp_path / "out"),
+                "defaults": {"steps": 10, "fps": 8}, "items": items}
+    spec = parse_manifest(json.dumps(document), "json", base_dir=tmp_path)
+    return ActiveJob(id=name, state=JobState(spec)), plan_job(spec, engine.shape, TABLE)
+
+
+def sidecars(folder):
+    return {p.stem: json.loads(p.read_text()) for p in folder.glob("i*.json")}
+
+
+@pytest.fixture(autouse=True)
+def detach(adapters):
+    yield
+    for adapter in adapters.values():
+        if adapter.injector is not None:
+            adapter.injector.detach()
+            adapter.injector = None
+
+
+def test_a_job_renders_and_an_oom_on_the_small_card_moves_to_a_bigger_one_without_ray(tmp_path, adapters):
+    import ray
+
+    engine = farm(adapters, faults="oom:denoise:2@12g")  # every render on the 12g card runs out of memory
+    job, plan = job_of(tmp_path, "local", 2, engine)  # 12g and 24g take one each: the 80g card is idle
+    engine.admit(job, plan)
+    assert engine.run_until_done() and job.done.is_set()
+    assert job.state.final_state == "succeeded", job.state.failures()
+    assert not ray.is_initialized()
+    written = sidecars(tmp_path / "out" / "local")
+    assert set(written) == {"i0", "i1"} and all((tmp_path / "out" / "local" / f"{i}.mp4").stat().st_size
+                                                      for i in written)
+    moved = [s for s in written.values() if s["ooms"]]
+    assert moved, "the 12g worker took an item first and ran out of memory"
+    for sidecar in moved:
+        hop = sidecar["degradations"][-1]
+        assert [d["step"] for d in sidecar["degradations"]] == ["memory_savers"] * 3 + ["bigger_tier"]
+        assert (hop["from"], hop["to"], sidecar["tier"]["ran_on"]) == ("12g", "80g", "80g")
+        assert sidecar["effective"]["memory_savers"] == []  # none of the savers the 12g card needed
+
+
+def test_cancelling_a_job_keeps_what_rendered_and_drops_the_rest(tmp_path, adapters):
+    engine = farm(adapters)
+    job, plan = job_of(tmp_path, "cancel", 8, engine)
+    engine.admit(job, plan)
+    engine.step()  # three items out to the three workers, five queued
+    assert engine.cancel("cancel")
+    engine.run_until_done()
+    counts = job.state.counts()
+    assert job.state.final_state == "cancelled" and counts["cancelled"] == 5
+    assert counts["succeeded"] == 3 and len(sidecars(tmp_path / "out" / "cancel")) == 3
+
+
+def test_a_commit_reaches_the_progress_while_the_worker_renders_the_next_item(tmp_path, adapters):
+    adapter = adapters["80g"]
+    card = CardInfo("80g", 80 * GIB, TABLE["80g"].budget_bytes, "FARM_GPU_VRAM_GB", True)
+    impl = RenderWorkerImpl.in_process("80g-0", adapter, card)
+    engine = Engine([Worker("80g-0", LocalWorkerHandle(impl), "80g", impl.info())], TABLE, pool=LocalCallPool())
+    seen = []
+
+    class Progress:
+        def started(self, state, workers):
+            pass
+
+        def item_finished(self, state, item_id, outcome):
+            renders = [call for call, (_, kind) in engine.calls.items() if kind == "render"]
+            seen.append((item_id, state.counts()["succeeded"], [call.done() for call in renders]))
+
+        def finished(self, state):
+            pass
+
+    job, plan = job_of(tmp_path, "progress", 2, engine)
+    job.reporter = Progress()
+    engine.admit(job, plan)
+    engine.run_until_done()
+    assert job.state.final_state == "succeeded"
+    first, second = seen
+    assert first[0] == "i0" and first[1] == 1
+    assert first[2] == [False], "i0's commit was reported only after the render of i1 returned"
+    assert second[0] == "i1" and second[1] == 2

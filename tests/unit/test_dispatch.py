@@ -1,0 +1,306 @@
+"""The dispatch state machine (farm/core/dispatch.py), event by event, without Ray or workers."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from farm.core import dispatch as d
+from farm.core.job import ESCALATE, FAILED, SUCCEEDED, ItemOutcome, JobState
+from farm.core.manifest import parse_manifest
+from farm.core.planner import plan_job
+from farm.core.tiers import ClusterShape, TierTable
+
+TABLE = TierTable()
+
+
+def spec_of(items, name="job", **header):
+    document = {"version": 1, "name": name, "model": "tiny", "defaults": {"steps": 10}, "items": items, **header}
+    return parse_manifest(json.dumps(document), "json", base_dir=Path("/tmp"))
+
+
+def item(id, resolution=256, frames=8, **extra):
+    return {"id": id, "image": "a.png", "prompt": "p", "resolution": resolution, "frames": frames, **extra}
+
+
+class Farm:
+    """A DispatchState with workers, and helpers that feed it events and keep its instructions."""
+
+    def __init__(self, *workers: tuple[str, str]):
+        self.state = d.DispatchState(TABLE, workers)
+        self.out: list = []
+
+    def handle(self, *events):
+        self.out = self.state.handle(*events)
+        return self.out
+
+    def admit(self, job_id, items, priority=0, **header):
+        spec = spec_of(items, name=job_id, **header)
+        job = JobState(spec)
+        plan = plan_job(spec, ClusterShape(self.state.live_counts()), TABLE)
+        self.handle(d.JobAdmitted(job_id, job, plan, priority))
+        return job
+
+    def sent(self, out=None):
+        """worker -> (job, item) of the SendTask instructions."""
+        return {i.worker: (i.task.job_id, i.task.item_id) for i in (out or self.out) if isinstance(i, d.SendTask)}
+
+    def tasks(self):
+        return {i.worker: i.task for i in self.out if isinstance(i, d.SendTask)}
+
+    def reply(self, worker, *outcomes, pending=()):
+        return self.handle(d.WorkerReplied(worker, tuple(outcomes), tuple(pending)))
+
+    def finished_jobs(self):
+        return [i.job_id for i in self.out if isinstance(i, d.JobFinished)]
+
+
+def done(job_id, item_id, status=SUCCEEDED, **extra):
+    return ItemOutcome(item_id=item_id, status=status, job_id=job_id, **extra)
+
+
+def commits(farm, worker, *outcomes, pending=(), sequence):
+    """A worker's open commits call returned (it may be rendering meanwhile)."""
+    return farm.handle(d.WorkerReplied(worker, tuple(outcomes), tuple(pending), d.COMMITS, sequence))
+
+
+def test_admitted_items_go_to_idle_workers_and_the_job_ends_with_its_last_outcome():
+    farm = Farm(("cpu-0", "cpu"))
+    job = farm.admit("j", [item("a"), item("b")])
+    assert farm.sent() == {"cpu-0": ("j", "a")} and job.items["a"].state == "running"
+    farm.handle(d.WorkerReplied("cpu-0", (), (("j", "a"),), d.RENDER, 1))  # encoded, uploading: still running
+    assert farm.sent() == {"cpu-0": ("j", "b")} and job.items["a"].state == "running"
+    assert d.WatchCommits("cpu-0") in farm.out  # one open call reports its commits
+    commits(farm, "cpu-0", done("j", "a"), sequence=2)  # a commits while b renders: progress at once
+    assert job.items["a"].state == SUCCEEDED and job.items["b"].state == "running"
+    assert not farm.finished_jobs() and not farm.state.workers["cpu-0"].uploading
+    farm.handle(d.WorkerReplied("cpu-0", (), (("j", "b"),), d.RENDER, 3))
+    assert d.WatchCommits("cpu-0") in farm.out and not farm.finished_jobs()
+    commits(farm, "cpu-0", done("j", "b"), sequence=4)
+    assert farm.finished_jobs() == ["j"] and job.counts()[SUCCEEDED] == 2 and not farm.state.busy()
+
+
+def test_a_stale_report_does_not_bring_back_or_lose_pending_uploads():
+    farm = Farm(("cpu-0", "cpu"))
+    job = farm.admit("j", [item("a"), item("b"), item("c")])
+    farm.handle(d.WorkerReplied("cpu-0", (), (("j", "a"),), d.RENDER, 1))
+    # The render reply for b (report 3: a committed, b uploads) is handled before the commits
+    # call's reply (report 2: a committed, nothing of b yet) that was taken earlier.
+    farm.handle(d.WorkerReplied("cpu-0", (), (("j", "b"),), d.RENDER, 3))
+    commits(farm, "cpu-0", done("j", "a"), sequence=2)
+    assert farm.state.workers["cpu-0"].uploading == {("j", "b")}
+    assert job.items["a"].state == SUCCEEDED and not farm.finished_jobs()
+
+
+def test_items_rejected_at_plan_time_fail_and_an_empty_job_finishes_at_once():
+    farm = Farm(("12g-0", "12g"))
+    job = farm.admit("j", [item("huge", 1024, 32)], unfit="reject")
+    assert job.items["huge"].state == FAILED and job.items["huge"].reason == "no_fitting_tier"
+    assert farm.finished_jobs() == ["j"]
+
+
+def test_smallest_workers_choose_first_and_big_ones_steal():
+    farm = Farm(("24g-0", "24g"), ("12g-0", "12g"))
+    farm.admit("j", [item("s1"), item("s2"), item("s3")])
+    assert farm.sent() == {"12g-0": ("j", "s1"), "24g-0": ("j", "s2")}  # the 24g card steals a 12g item
+
+
+def test_priority_first_then_jobs_of_one_priority_take_turns():
+    farm = Farm(("cpu-0", "cpu"))
+    farm.admit("low", [item("l1"), item("l2")], priority=0)
+    farm.admit("high-a", [item("a1"), item("a2")], priority=5)
+    farm.admit("high-b", [item("b1")], priority=5)
+    order, current = [], ("low", "l1")  # the worker was given l1 before the others came
+    for _ in range(4):
+        farm.reply("cpu-0", done(*current))
+        current = farm.sent()["cpu-0"]
+        order.append(current)
+    assert order == [("high-a", "a1"), ("high-b", "b1"), ("high-a", "a2"), ("low", "l2")]
+
+
+@pytest.mark.parametrize("where", ["rendering", "uploading"])
+def test_a_worker_lost_mid_item_requeues_what_it_held_at_the_front_and_is_probed(where):
+    farm = Farm(("cpu-0", "cpu"), ("cpu-1", "cpu"))
+    job = farm.admit("j", [item("a"), item("b"), item("c")])
+    if where == "uploading":
+        farm.reply("cpu-0", pending=[("j", "a")])  # a uploads while cpu-0 renders c
+        commits(farm, "cpu-0", pending=[("j", "a")], sequence=5)  # no commit yet: reopened
+        assert farm.out == [d.WatchCommits("cpu-0")]
+    out = farm.handle(d.WorkerLost("cpu-0", "node died"))
+    assert d.ProbeWorker("cpu-0") in out
+    lost = ["a"] if where == "rendering" else ["a", "c"]
+    assert all(job.items[i].state == "queued" for i in lost)
+    assert farm.state.queue.take("cpu")[1] == "a"  # at the front
+    farm.handle(d.WorkerProbed("cpu-0", ok=True))
+    assert "cpu-0" in farm.sent()  # back, and given work at once
+
+
+def test_an_item_whose_workers_keep_dying_fails_after_its_attempts():
+    farm = Farm(("cpu-0", "cpu"))
+    job = farm.admit("j", [item("a")])
+    finished = []
+    for attempt in range(3):
+        finished += farm.handle(d.WorkerLost("cpu-0", "segfault"))
+        finished += farm.handle(d.WorkerProbed("cpu-0", ok=True))
+    assert job.items["a"].state == FAILED and job.items["a"].reason == "worker_lost"
+    assert "segfault" in job.items["a"].message and d.JobFinished("j") in finished
+
+
+def test_the_last_worker_of_a_tier_gone_replans_its_queued_items_on_the_tiers_left():
+    farm = Farm(("12g-0", "12g"), ("24g-0", "24g"))
+    job = farm.admit("j", [item("a", 768, 24), item("b", 768, 24), item("c", 768, 24), item("s")])
+    assert job.items["a"].planned_tier == "24g" or job.items["s"].planned_tier == "12g"
+    farm.handle(d.WorkerLost("24g-0", "spot reclaim"))
+    out = farm.handle(d.WorkerProbed("24g-0", ok=False))
+    assert d.StopWorker("24g-0") in out and farm.state.live_counts() == {"12g": 1}
+    for item_id in ("b", "c"):
+        status = job.items[item_id]
+        assert status.state == "queued" and status.planned_tier == "12g"  # degraded to fit the 12g card
+
+
+def test_every_worker_gone_fails_what_is_left():
+    farm = Farm(("cpu-0", "cpu"))
+    job = farm.admit("j", [item("a"), item("b")])
+    farm.handle(d.WorkerLost("cpu-0", "gone"))
+    assert job.items["a"].state == "queued"  # requeued, its worker probed
+    farm.handle(d.WorkerProbed("cpu-0", ok=False))
+    for item_id in ("a", "b"):
+        assert job.items[item_id].state == FAILED and "every render worker is gone" in job.items[item_id].message
+    assert farm.finished_jobs() == ["j"]
+
+
+def oom(job_id, item_id, degradations=(), **extra):
+    """The escalate outcome a worker's ladder returns: the task's degradations and its own step."""
+    step = {"step": "memory_savers", "from": "none", "to": "cpu_offload", "why": "oom"}
+    return done(job_id, item_id, status=ESCALATE, message="out of memory at 256x256x8",
+                settings={"resolution": 256, "aspect": "1:1", "frames": 8, "saver_level": 3},
+                degradations=[*degradations, step], **extra)
+
+
+def test_escalation_moves_to_an_idle_bigger_worker():
+    farm = Farm(("12g-0", "12g"), ("24g-0", "24g"))
+    farm.admit("j", [item("a")])
+    assert farm.tasks()["12g-0"].bigger_tier_available
+    out = farm.reply("12g-0", oom("j", "a"))
+    task = {i.worker: i.task for i in out if isinstance(i, d.SendTask)}["24g-0"]
+    assert task.item_id == "a" and task.degradations[-1]["step"] == "bigger_tier"
+    assert (task.degradations[-1]["from"], task.degradations[-1]["to"]) == ("12g", "24g")
+    assert farm.state.jobs["j"].state.items["a"].attempts == 1  # a move, not a new attempt
+    assert task.settings["saver_level"] == 0  # planned afresh for the 24g card: none of the 12g savers
+
+
+def test_an_escalated_item_skips_what_already_ran_out_of_memory_on_that_tier():
+    farm = Farm(("12g-0", "12g"), ("24g-0", "24g"))
+    farm.admit("j", [item("a"), item("b")])
+    farm.reply("24g-0", done("j", "b"))  # the 24g card is idle again
+    failed_there = {"phase": "denoise", "tier": "24g", "resolution": 256, "frames": 8, "savers": []}
+    out = farm.reply("12g-0", oom("j", "a", ooms=[failed_there]))
+    task = {i.worker: i.task for i in out if isinstance(i, d.SendTask)}["24g-0"]
+    assert task.settings["saver_level"] == 1
+    assert task.degradations[-1]["step"] == "memory_savers" and "ran out of memory there" in task.degradations[-1]["why"]
+
+
+def test_escalation_when_the_bigger_worker_is_busy_goes_back_to_the_same_worker():
+    farm = Farm(("12g-0", "12g"), ("24g-0", "24g"))
+    farm.admit("j", [item("a"), item("b")])
+    assert farm.sent() == {"12g-0": ("j", "a"), "24g-0": ("j", "b")}
+    farm.reply("12g-0", oom("j", "a"))
+    task = farm.tasks()["12g-0"]
+    assert task.item_id == "a" and not task.bigger_tier_available  # its ladder goes on without moving
+
+
+def test_no_bigger_tier_alive_means_the_ladder_is_not_offered_one():
+    farm = Farm(("12g-0", "12g"), ("24g-0", "24g"))
+    farm.admit("j", [item("a"), item("b"), item("c")])
+    assert farm.tasks()["12g-0"].bigger_tier_available
+    farm.handle(d.WorkerLost("24g-0", "gone"))
+    farm.handle(d.WorkerProbed("24g-0", ok=False))
+    farm.reply("12g-0", done("j", "a"))
+    assert farm.sent()["12g-0"][0] == "j" and not farm.tasks()["12g-0"].bigger_tier_available
+
+
+def test_a_second_escalation_after_the_bigger_card_also_fails_stays_there():
+    farm = Farm(("12g-0", "12g"), ("24g-0", "24g"), ("80g-0", "80g"))
+    farm.admit("j", [item("a")])
+    farm.reply("12g-0", oom("j", "a"))
+    assert "24g-0" in farm.sent()
+    farm.reply("24g-0", oom("j", "a", degradations=farm.tasks()["24g-0"].degradations))
+    task = farm.tasks()["80g-0"]
+    steps = [(s["from"], s["to"]) for s in task.degradations if s["step"] == "bigger_tier"]
+    assert steps == [("12g", "24g"), ("24g", "80g")]
+
+
+def test_cancel_before_anything_started_drops_everything():
+    farm = Farm(("cpu-0", "cpu"))
+    farm.admit("other", [item("x")])
+    job = farm.admit("j", [item("a"), item("b")])
+    out = farm.handle(d.JobCancelled("j"))
+    assert d.ItemsCancelled("j", 2) in out and farm.finished_jobs() == ["j"]
+    assert job.final_state == "cancelled"
+
+
+def test_cancel_during_a_render_keeps_the_running_item():
+    farm = Farm(("cpu-0", "cpu"))
+    job = farm.admit("j", [item("a"), item("b"), item("c")])
+    out = farm.handle(d.JobCancelled("j"))
+    assert d.ItemsCancelled("j", 2) in out and not farm.finished_jobs()
+    assert job.items["b"].state == "cancelled" and job.items["a"].state == "running"
+    farm.reply("cpu-0", done("j", "a"))
+    assert job.items["a"].state == SUCCEEDED and farm.finished_jobs() == ["j"]
+    assert job.final_state == "cancelled"
+
+
+def test_a_worker_bug_fails_its_item_and_the_worker_goes_on():
+    farm = Farm(("cpu-0", "cpu"))
+    job = farm.admit("j", [item("a"), item("b")])
+    farm.handle(d.WorkerCallFailed("cpu-0", "ZeroDivisionError: division by zero"))
+    assert job.items["a"].state == FAILED and job.items["a"].reason == "render_error"
+    assert farm.sent() == {"cpu-0": ("j", "b")}
+
+
+def test_a_drain_sends_nothing_new_and_hands_back_what_is_held():
+    farm = Farm(("cpu-0", "cpu"))
+    job = farm.admit("j", [item("a"), item("b")])
+    farm.handle(d.DrainRequested())
+    farm.reply("cpu-0", pending=[("j", "a")])
+    assert farm.out == [d.WatchCommits("cpu-0")] and not farm.state.settled()
+    out = farm.handle(d.HandBackHeld())
+    assert d.HandedBack((("j", "a"),)) in out
+    assert job.items["a"].state == "queued" and job.items["b"].state == "queued"
+
+
+def test_an_escalation_while_draining_is_handed_back():
+    farm = Farm(("12g-0", "12g"), ("24g-0", "24g"))
+    job = farm.admit("j", [item("a")])
+    farm.handle(d.DrainRequested())
+    farm.reply("12g-0", oom("j", "a"))
+    assert not farm.sent() and job.items["a"].state == "queued"
+
+
+def test_illegal_worker_transitions_raise():
+    slot = d.WorkerSlot("w", "cpu")
+    with pytest.raises(d.IllegalTransition, match="idle -> gone"):
+        slot.move(d.WorkerPhase.GONE)
+    slot.move(d.WorkerPhase.RENDERING)
+    slot.move(d.WorkerPhase.PROBING)
+    slot.move(d.WorkerPhase.GONE)
+    with pytest.raises(d.IllegalTransition):
+        slot.move(d.WorkerPhase.IDLE)
+
+
+def test_outcomes_for_a_job_that_is_gone_are_ignored():
+    farm = Farm(("cpu-0", "cpu"))
+    farm.admit("j", [item("a")])
+    farm.reply("cpu-0", done("finished-earlier", "x"), done("j", "a"))  # a commit of a job already ended
+    assert farm.finished_jobs() == ["j"]
+    assert [i for i in farm.out if isinstance(i, d.ItemFinished)] == [d.ItemFinished("j", done("j", "a"))]
+
+
+def test_gauges_count_queued_in_flight_and_worker_states():
+    farm = Farm(("12g-0", "12g"), ("24g-0", "24g"))
+    farm.admit("j", [item("a"), item("b"), item("c")])
+    farm.reply("12g-0", pending=[("j", "a")])
+    gauges = farm.state.gauges()
+    assert gauges["in_flight"] == {"12g": 2, "24g": 1}
+    assert gauges["workers"] == {("12g", "busy"): 1, ("24g", "busy"): 1}
+    assert sum(gauges["queued"].values()) == 0
