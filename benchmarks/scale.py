@@ -175,11 +175,6 @@ def timed_handle(name: str, actor):
             TIMINGS.kinds[call] = (name, "render")
             return call
 
-        def commits_done(self, wait_s: float):
-            call = super().commits_done(wait_s)
-            TIMINGS.kinds[call] = (name, "commits")
-            return call
-
     return TimedHandle(actor)
 
 
@@ -285,7 +280,8 @@ def pct(values: list[float], q: float) -> float:
 # --- one run ---------------------------------------------------------------------------------
 
 
-def run_once(run: int, spec, manifest_path: Path, workers, table, speeds: dict[str, float], spf: float, profile: bool) -> dict:
+def run_once(run: int, spec, manifest_path: Path, workers, table, speeds: dict[str, float], spf: float, profile: bool,
+             mailbox) -> dict:
     from dataclasses import replace
 
     import ray
@@ -304,7 +300,7 @@ def run_once(run: int, spec, manifest_path: Path, workers, table, speeds: dict[s
     state = JobState(spec)
     recorder = timed_recorder_class()(state, store, load_settings().engine.record_interval_s)
     TIMINGS.reset()
-    engine = Engine(workers, table, pool=timed_pool())
+    engine = Engine(workers, table, pool=timed_pool(), mailbox=mailbox)
     job = ActiveJob(id=spec.name, state=state, recorder=recorder)
     sampler = MemorySampler()
     rss_before = sampler.rss()
@@ -559,11 +555,14 @@ def main() -> None:
         ray.init(address=cluster.address, namespace="farm-bench-scale", log_to_driver=False)
         # As start_workers does: one actor per GPU, pinned to its tier; one CPU slot each.
         workers = []
+        from farm.runtime.mailbox import RayMailbox
+
+        mailbox = RayMailbox()  # where the sleep workers report their commits, as farm's do
         for tier in order:
             for index in range(counts[tier]):
                 actor = sleep_worker.SleepRenderWorker.options(
                     num_gpus=1, num_cpus=1, resources={f"farm_tier_{tier}": 1}
-                ).remote(f"{tier}-{index}", spf, tier, str(work_dir))
+                ).remote(f"{tier}-{index}", spf, tier, str(work_dir), mailbox)
                 actors.append(actor)
                 workers.append(Worker(f"{tier}-{index}", timed_handle(f"{tier}-{index}", actor), tier))
         infos = ray.get([w.actor.info.remote() for w in workers])
@@ -574,7 +573,7 @@ def main() -> None:
         assert all(w.tier == w.slot_tier for w in workers), "a worker's card does not match its tier resource"
         speeds = {w.name: w.info["speed"] for w in workers}
         for run in range(1, args.repeats + 1):
-            result = run_once(run, spec, manifest_path, workers, table, speeds, spf, args.profile)
+            result = run_once(run, spec, manifest_path, workers, table, speeds, spf, args.profile, mailbox)
             results.append(result)
             report(result)
     finally:

@@ -28,6 +28,7 @@ import sys
 import tempfile
 import threading
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import ray
@@ -39,6 +40,7 @@ from farm.core.vram import I2VGENXL_PROFILE
 from farm.media.video import encode_mp4, write_thumbnail
 from farm.models.memory import detect_card, device_memory
 from farm.renderer import BackgroundCommits, ItemRenderer, Produced
+from farm.runtime.workers import RenderWorkerImpl
 from farm.settings import load_settings
 from farm.storage.config import StorageConfig
 
@@ -54,6 +56,7 @@ class _SleepAdapter:
     device = "benchmark-sleep"
     load_seconds = 0.0
     config_sha256 = "benchmark-sleep-renderer"
+    model = SimpleNamespace(ref="benchmark-sleep")  # planned and estimated as I2VGen-XL
 
     def describe(self) -> dict:
         return {"id": "benchmark-sleep", "source": LABEL, "config_sha256": self.config_sha256, "dtype": None}
@@ -84,15 +87,17 @@ class _TimedRenderer(ItemRenderer):
 class SleepRenderWorkerImpl:
     """BENCHMARK ONLY (see the module docstring): sleeps `frames * seconds_per_frame / speed`."""
 
-    def __init__(self, name: str, seconds_per_frame: float, advertised_tier: str | None = None, scratch: str | None = None):
+    def __init__(self, name: str, seconds_per_frame: float, advertised_tier: str | None = None,
+                 scratch: str | None = None, mailbox=None):
         self.name = name
+        self.mailbox = mailbox  # commit reports, as RenderWorker's
         self.seconds_per_frame = float(seconds_per_frame)
         self.speed = float(os.environ.get(SPEED_ENV, "1"))
         vram_gb = load_settings().workers.gpu_vram_gb  # this node's FARM_GPU_VRAM_GB -> tier
         self.card = detect_card("cpu", load_tier_table(), advertised_tier, vram_gb)
         self.adapter = _SleepAdapter()
         self.renderer = _TimedRenderer(self.adapter, worker_name=name, card=self.card)
-        self.commits = BackgroundCommits(self.renderer, StorageConfig().upload_queue)
+        self.commits = BackgroundCommits(self.renderer, StorageConfig().upload_queue, on_commit=self._report_commits)
         self.folder = tempfile.mkdtemp(prefix="farm-bench-clip-", dir=scratch)  # scratch: removed by the caller
         self.files = {"video": os.path.join(self.folder, "video.mp4"), "thumbnail": os.path.join(self.folder, "thumb.jpg")}
         x = np.arange(CLIP_SIZE)
@@ -162,15 +167,10 @@ class SleepRenderWorkerImpl:
         self.events.append(("flush", None, received, received, received, time.time()))
         return reply
 
-    def commits_done(self, wait_s: float = 10.0) -> dict:
-        """As RenderWorker's: returns as soon as a commit finishes (beside a render call)."""
-        received = time.time()
-        reply = self._reply([], wait_s)
-        self.events.append(("commits", None, received, received, received, time.time()))
-        return reply
+    _report_commits = RenderWorkerImpl._report_commits  # the same reports to the mailbox
 
-    def _reply(self, outcomes, wait_s: float = 0.0) -> dict:
-        sequence, finished, pending = self.commits.report(wait_s)
+    def _reply(self, outcomes) -> dict:
+        sequence, finished, pending = self.commits.report()
         return {"outcomes": [o.to_dict() for o in [*outcomes, *finished]], "pending": pending, "sequence": sequence,
                 "memory": self.memory()}
 
@@ -225,4 +225,4 @@ class SleepRenderWorkerImpl:
         }
 
 
-SleepRenderWorker = ray.remote(max_restarts=0, max_task_retries=0, max_concurrency=2)(SleepRenderWorkerImpl)
+SleepRenderWorker = ray.remote(max_restarts=0, max_task_retries=0)(SleepRenderWorkerImpl)

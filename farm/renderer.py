@@ -458,12 +458,12 @@ class BackgroundCommits:
     slow or unreachable store cannot make rendered videos pile up without limit).
     """
 
-    def __init__(self, renderer: ItemRenderer, capacity: int = 2):
+    def __init__(self, renderer: ItemRenderer, capacity: int = 2, on_commit=None):
         self.renderer = renderer
+        self.on_commit = on_commit  # called on the commit thread after each commit (to report it at once)
         self._slots = threading.BoundedSemaphore(capacity)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="farm-commit")
         self._lock = threading.Lock()
-        self._changed = threading.Condition(self._lock)  # a commit finished
         self._done: list[ItemOutcome] = []
         self._pending: dict[tuple[str, str], Future] = {}  # (job id, item id) -> its commit
         self._sequence = 0  # of the reports: a later report's pending list replaces an earlier's
@@ -482,7 +482,8 @@ class BackgroundCommits:
         with self._lock:
             self._done.append(outcome)
             self._pending.pop((produced.task.job_id, produced.task.item_id), None)
-            self._changed.notify_all()
+        if self.on_commit is not None:
+            self.on_commit()
 
     def pending(self) -> list[tuple[str, str]]:
         with self._lock:
@@ -493,13 +494,10 @@ class BackgroundCommits:
             done, self._done = self._done, []
         return done
 
-    def report(self, wait_s: float = 0.0) -> tuple[int, list[ItemOutcome], list[tuple[str, str]]]:
-        """(sequence, finished outcomes, still pending), taken together; with `wait_s`, first
-        wait up to that long for a commit to finish (returns at once when one has or none is
-        pending). Each outcome is reported once; a report with a higher sequence is newer."""
+    def report(self) -> tuple[int, list[ItemOutcome], list[tuple[str, str]]]:
+        """(sequence, finished outcomes, still pending), taken together. Each outcome is reported
+        once; a report with a higher sequence is newer (its pending list replaces an older one)."""
         with self._lock:
-            if wait_s and not self._done and self._pending:
-                self._changed.wait(wait_s)
             done, self._done = self._done, []
             self._sequence += 1
             return self._sequence, done, list(self._pending)

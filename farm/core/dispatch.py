@@ -12,9 +12,9 @@ The decisions it owns:
   its own tier first, then smaller tiers (stealing); smallest workers choose first
   (`farm.core.jobqueue`);
 - a worker's reply: outcomes recorded, uploads still pending remembered (the item stays
-  `running` until its commit is reported); while a worker has uploads pending, one
-  `commits_done` call stays open to it (`WatchCommits`), so each commit is an event the moment
-  it happens, also while the worker renders its next item;
+  `running` until its commit is reported); while a worker has uploads pending, its commits are
+  watched (`WatchCommits`: the runtime keeps a take open on the mailbox the workers report
+  to), so each commit is an event the moment it happens, also while the worker renders;
 - escalation: a worker whose ladder wants a bigger GPU hands the item back; it moves to an idle
   worker of the nearest bigger tier, else goes back to the same worker with the bigger tier
   refused; "a bigger tier is available" means a live worker of a bigger tier exists;
@@ -63,7 +63,7 @@ class JobCancelled:
     job_id: str
 
 
-RENDER, COMMITS = "render", "commits"  # the two kinds of calls to a worker that reply with outcomes
+RENDER, COMMITS = "render", "commits"  # a render call's reply, or a commit report
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ class WorkerReplied:
 
     worker: str
     outcomes: tuple[ItemOutcome, ...]
-    pending: tuple[tuple[str, str], ...]
+    pending: tuple[tuple[str, str], ...] | None  # None: no news of the uploads (a watch that timed out)
     call: str = RENDER
     sequence: int | None = None
 
@@ -134,7 +134,7 @@ class SendTask:
 
 @dataclass(frozen=True)
 class WatchCommits:
-    """Open a `commits_done` call to the worker: it returns as soon as one of its uploads commits."""
+    """Wait for the worker's commit reports (answered by a WorkerReplied with call COMMITS)."""
 
     worker: str
 
@@ -365,7 +365,7 @@ class DispatchState:
             slot.watching = False
         if not slot.live:  # it died since: what it held is queued again (a commit is found then)
             return
-        if event.sequence is None or event.sequence > slot.sequence:
+        if event.pending is not None and (event.sequence is None or event.sequence > slot.sequence):
             slot.uploading = {tuple(pair) for pair in event.pending}
             slot.sequence = slot.sequence if event.sequence is None else event.sequence
         escalated = None

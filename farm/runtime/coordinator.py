@@ -123,8 +123,12 @@ class Coordinator:
 
         self.metrics = FarmMetrics()
         self.metrics.tier_budgets({t.name: t.budget_bytes for t in self.table.tiers})
-        self.workers = start_workers(self.model, ray.cluster_resources(), self.table, settings=self.settings)
-        self.engine = Engine(self.workers, self.table, self.metrics, self.settings)
+        from farm.runtime.mailbox import RayMailbox
+
+        mailbox = RayMailbox()  # the workers' commit reports; killed with this actor (it owns it)
+        self.workers = start_workers(self.model, ray.cluster_resources(), self.table, settings=self.settings,
+                                     mailbox=mailbox)
+        self.engine = Engine(self.workers, self.table, self.metrics, self.settings, mailbox=mailbox)
         self._reload()
         self.metrics.skipped_records.set(len(self.registry.skipped))
         threading.Thread(target=self._admit_loop, name="farm-admission", daemon=True).start()

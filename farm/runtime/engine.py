@@ -93,8 +93,10 @@ def start_workers(
     cpu_workers: int | None = None,
     cpu_threads: int | None = None,
     faults: str | None = None,
+    mailbox=None,
 ) -> list[Worker]:
     """Start one render actor per GPU (or CPU workers) and wait for their models to load.
+    `mailbox` (farm.runtime.mailbox.RayMailbox): where they report each commit, for the Engine.
 
     `settings` travel to every worker (which reads no environment of its own for them); the
     keyword arguments override their engine and worker parts."""
@@ -112,11 +114,11 @@ def start_workers(
             for index in range(tiers[tier]):
                 actor = RenderWorker.options(
                     num_gpus=1 if gpus else 0, num_cpus=1, resources={f"farm_tier_{tier}": 1}
-                ).remote(model, f"{tier}-{index}", cpu_threads, faults, tier, settings)
+                ).remote(model, f"{tier}-{index}", cpu_threads, faults, tier, settings, mailbox)
                 handles.append(Worker(f"{tier}-{index}", RayWorkerHandle(actor), tier))
     elif gpus:
         for index in range(gpus):  # GPUs without tier labels: each worker measures its card
-            actor = RenderWorker.options(num_gpus=1, num_cpus=1).remote(model, f"gpu-{index}", None, faults, None, settings)
+            actor = RenderWorker.options(num_gpus=1, num_cpus=1).remote(model, f"gpu-{index}", None, faults, None, settings, mailbox)
             handles.append(Worker(f"gpu-{index}", RayWorkerHandle(actor), "gpu"))
     else:
         count = cpu_workers or settings.engine.cpu_workers
@@ -124,7 +126,7 @@ def start_workers(
         for index in range(count):
             # CPU rendering: one scheduling slot, but torch uses every core of the node.
             actor = RenderWorker.options(num_cpus=1).remote(
-                model, f"cpu-{index}", threads or os.cpu_count(), faults, None, settings
+                model, f"cpu-{index}", threads or os.cpu_count(), faults, None, settings, mailbox
             )
             handles.append(Worker(f"cpu-{index}", RayWorkerHandle(actor), CPU_TIER))
     usable, errors = [], []
@@ -189,8 +191,11 @@ class Engine:
         metrics=None,
         settings: FarmSettings | None = None,
         pool: CallPool | None = None,
+        mailbox=None,
     ):
         self.workers = list(workers)
+        self.mailbox = mailbox  # where the workers report their commits (farm.runtime.mailbox)
+        self.watched: set[str] = set()  # workers whose uploads the open mailbox take is for
         self.table = table
         self.metrics = metrics  # a farm.metrics.FarmMetrics, or None
         self.settings = settings or FarmSettings()
@@ -204,7 +209,7 @@ class Engine:
             profile_for=lambda model: profile_for_model(model, calibration=calibration),
         )
         self.jobs: dict[str, ActiveJob] = {}
-        self.calls: dict[Any, tuple[str, str]] = {}  # call -> (worker name, "render" | "commits" | "probe")
+        self.calls: dict[Any, tuple[str, str]] = {}  # call -> (worker name, "render" | "probe"), or ("", "mailbox")
         self.probe_started: dict[Any, float] = {}
         self._handed_back: list[tuple[str, str]] = []
         self.lock = threading.RLock()
@@ -300,7 +305,7 @@ class Engine:
             now = time.monotonic()
             ready += [call for call, started in self.probe_started.items()
                       if call not in ready and now - started > self.restart_timeout_s]
-            self._carry_out(self.state.handle(*[self._event(call) for call in ready]))
+            self._carry_out(self.state.handle(*[event for call in ready for event in self._events(call)]))
             for job in list(self.jobs.values()):
                 if job.recorder is not None:
                     job.recorder.write()
@@ -318,9 +323,35 @@ class Engine:
     def _worker(self, name: str) -> Worker:
         return next(w for w in self.workers if w.name == name)
 
-    def _event(self, call) -> dispatch.Event:
+    def _events(self, call) -> list[dispatch.Event]:
         name, kind = self.calls.pop(call)
         self.probe_started.pop(call, None)
+        if kind == "mailbox":
+            return self._reported(call)
+        return [self._event(call, name, kind)]
+
+    def _reported(self, call) -> list[dispatch.Event]:
+        """The commit reports that arrived; the other watched workers hear "nothing new"."""
+        try:
+            reports = self.pool.result(call)
+        except (WorkerDied, WorkerCallError) as error:  # restarted by Ray; the next take goes on
+            log.warning("the commit mailbox failed: %s", error)
+            reports = []
+        known = {w.name for w in self.workers}
+        events = []
+        for report in reports:
+            if report["worker"] in known:
+                outcomes = tuple(ItemOutcome.from_dict(data) for data in report["outcomes"])
+                pending = tuple(tuple(pair) for pair in report["pending"])
+                events.append(dispatch.WorkerReplied(report["worker"], outcomes, pending, dispatch.COMMITS,
+                                                     report["sequence"]))
+        reported = {report["worker"] for report in reports}
+        events += [dispatch.WorkerReplied(name, (), None, dispatch.COMMITS) for name in self.watched - reported
+                   if name in known]
+        self.watched = set()
+        return events
+
+    def _event(self, call, name: str, kind: str) -> dispatch.Event:
         worker = self._worker(name)
         if kind == "probe":
             try:
@@ -340,8 +371,6 @@ class Engine:
                 del self.calls[other]
             return dispatch.WorkerLost(name, str(error))
         except WorkerCallError as error:  # the worker's own code raised (a bug); the worker is fine
-            if kind == dispatch.COMMITS:
-                log.warning("worker %s could not report its commits: %s", name, error)
             return dispatch.WorkerCallFailed(name, str(error), kind)
         memory = reply.get("memory")
         if memory and self.metrics is not None:
@@ -355,7 +384,7 @@ class Engine:
             if isinstance(instruction, dispatch.SendTask):
                 self._call(instruction.worker, "render", instruction.task.to_dict())
             elif isinstance(instruction, dispatch.WatchCommits):
-                self._call(instruction.worker, dispatch.COMMITS)
+                self._watch(instruction.worker)
             elif isinstance(instruction, dispatch.ProbeWorker):  # restarted by Ray, or gone for good
                 self.probe_started[self._call(instruction.worker, "probe")] = time.monotonic()
             elif isinstance(instruction, dispatch.StopWorker):
@@ -373,14 +402,17 @@ class Engine:
             elif isinstance(instruction, dispatch.JobFinished):
                 self._job_finished(self.jobs.pop(instruction.job_id))
 
+    def _watch(self, name: str) -> None:
+        """One open take on the mailbox serves every worker with uploads pending."""
+        self.watched.add(name)
+        if self.mailbox is None:
+            raise RuntimeError("an Engine whose workers commit in the background needs their mailbox")
+        if not any(kind == "mailbox" for _, kind in self.calls.values()):
+            self.calls[self.mailbox.take(COMMITS_WAIT_S)] = ("", "mailbox")
+
     def _call(self, name: str, kind: str, *args):
         handle = self._worker(name).handle
-        if kind == "probe":
-            call = handle.info()
-        elif kind == dispatch.COMMITS:
-            call = handle.commits_done(COMMITS_WAIT_S)
-        else:
-            call = handle.render(*args)
+        call = handle.info() if kind == "probe" else handle.render(*args)
         self.calls[call] = (name, kind)
         return call
 

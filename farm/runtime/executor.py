@@ -22,6 +22,7 @@ from farm.core.planner import JobPlan, plan_job
 from farm.core.tiers import TierTable, load_tier_table
 from farm.runtime.cluster import RayCluster, local_gpu_resources
 from farm.runtime.engine import ActiveJob, Engine, NullReporter, start_workers, stop_workers
+from farm.runtime.mailbox import RayMailbox
 from farm.runtime.stopping import StopRequest
 from farm.settings import FarmSettings, load_settings
 from farm.storage import open_store
@@ -185,12 +186,13 @@ def run_job(spec: JobSpec, options: RunOptions | None = None) -> JobState:
         with RayCluster(options.address, **local) as cluster:
             if options.stop is not None:
                 options.stop.install()  # again: ray.init replaced the SIGTERM handler
+            mailbox = RayMailbox()
             workers = start_workers(
                 spec.model, cluster.resources, table, settings=settings,
-                cpu_workers=options.workers, cpu_threads=options.cpu_threads, faults=options.faults,
+                cpu_workers=options.workers, cpu_threads=options.cpu_threads, faults=options.faults, mailbox=mailbox,
             )
             try:
-                engine = Engine(workers, table, options.metrics, settings)
+                engine = Engine(workers, table, options.metrics, settings, mailbox=mailbox)
                 if options.metrics is not None:
                     options.metrics.tier_budgets({t.name: t.budget_bytes for t in table.tiers})
                     options.metrics.job_states({"running": 1})
@@ -206,6 +208,7 @@ def run_job(spec: JobSpec, options: RunOptions | None = None) -> JobState:
                 engine.publish()
             finally:
                 stop_workers(workers)
+                mailbox.close()
         clear_staging(store, spec.name)
         state.finish()
         if options.metrics is not None:

@@ -4,8 +4,9 @@ that waits on the calls in flight.
 Two implementations: Ray actors (`RayWorkerHandle`, `RayCallPool`), which is what the farm
 runs, and plain objects in this process (`LocalWorkerHandle`, `LocalCallPool`: each worker
 on a thread of its own), so that a whole job runs through the real engine and dispatch state
-machine in a test without Ray. A worker is anything with `render(task_dict)`, `commits_done(wait_s)`
-and `info()` returning what `farm.runtime.workers.RenderWorkerImpl` returns.
+machine in a test without Ray. A worker is anything with `render(task_dict)` and `info()` returning
+what `farm.runtime.workers.RenderWorkerImpl` returns; its commits reach the engine through a
+mailbox (`farm.runtime.mailbox`).
 """
 
 from __future__ import annotations
@@ -27,10 +28,6 @@ class WorkerHandle(Protocol):
     token for the pool to wait on."""
 
     def render(self, task: dict) -> Any: ...
-
-    def commits_done(self, wait_s: float) -> Any:
-        """Returns as soon as one of the worker's uploads commits (or after `wait_s`); runs
-        beside a render call."""
 
     def info(self) -> Any: ...
 
@@ -56,9 +53,6 @@ class RayWorkerHandle:
 
     def render(self, task: dict):
         return self.actor.render.remote(task)
-
-    def commits_done(self, wait_s: float):
-        return self.actor.commits_done.remote(wait_s)
 
     def info(self):
         return self.actor.info.remote()
@@ -95,29 +89,24 @@ class RayCallPool:
 
 
 class LocalWorkerHandle:
-    """A worker object in this process; its calls run on threads of its own, as an actor's would
-    (renders and probes one at a time, a commits call beside them). `kill()` makes its later
-    calls fail as a dead actor's do."""
+    """A worker object in this process; its calls run one at a time on a thread of its own, as
+    an actor's would. `kill()` makes its later calls fail as a dead actor's do."""
 
     def __init__(self, worker):
         self.worker = worker
         self.killed = False
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="farm-local-worker")
-        self._commits_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="farm-local-commits")
 
-    def _call(self, method: str, *args, thread=None) -> Future:
+    def _call(self, method: str, *args) -> Future:
         def run():
             if self.killed:
                 raise WorkerDied("the worker was stopped")
             return getattr(self.worker, method)(*args)
 
-        return (thread or self._thread).submit(run)
+        return self._thread.submit(run)
 
     def render(self, task: dict) -> Future:
         return self._call("render", task)
-
-    def commits_done(self, wait_s: float) -> Future:
-        return self._call("commits_done", wait_s, thread=self._commits_thread)
 
     def info(self) -> Future:
         return self._call("info")

@@ -29,11 +29,13 @@ class RenderWorkerImpl:
         faults: str | None = None,
         advertised_tier: str | None = None,
         settings=None,
+        mailbox=None,
     ):
         # The coordinator's or the CLI's settings, and (read here: the card and the device are
         # this node's) the worker settings of this node's environment.
         self.settings = settings
         self.local = None
+        self.mailbox = mailbox  # farm.runtime.mailbox: where each commit is reported the moment it lands
         self.name = name
         self.model_ref = model_ref
         self.advertised_tier = advertised_tier
@@ -95,11 +97,11 @@ class RenderWorkerImpl:
         self.renderer = ItemRenderer(
             self.adapter, worker_name=self.name, card=self.card, calibration=settings.vram_calibration
         )
-        self.commits = BackgroundCommits(self.renderer, settings.storage.upload_queue)
+        self.commits = BackgroundCommits(self.renderer, settings.storage.upload_queue, on_commit=self._report_commits)
         self.memory_baseline_bytes = allocated_bytes(device)
 
     @classmethod
-    def in_process(cls, name: str, adapter, card, *, upload_queue: int = 2) -> RenderWorkerImpl:
+    def in_process(cls, name: str, adapter, card, *, upload_queue: int = 2, mailbox=None) -> RenderWorkerImpl:
         """A worker around an adapter already loaded in this process (no Ray, no model load):
         for `farm.runtime.handles.LocalWorkerHandle`, which runs a whole job in a test."""
         from farm.models.memory import allocated_bytes
@@ -108,9 +110,10 @@ class RenderWorkerImpl:
         worker = cls.__new__(cls)
         worker.name, worker.model_ref, worker.advertised_tier = name, adapter.model.ref, card.tier
         worker.settings = worker.local = None
+        worker.mailbox = mailbox
         worker.error, worker.adapter, worker.card = None, adapter, card
         worker.renderer = ItemRenderer(adapter, worker_name=name, card=card)
-        worker.commits = BackgroundCommits(worker.renderer, upload_queue)
+        worker.commits = BackgroundCommits(worker.renderer, upload_queue, on_commit=worker._report_commits)
         worker.memory_baseline_bytes = allocated_bytes(adapter.device)
         return worker
 
@@ -155,17 +158,17 @@ class RenderWorkerImpl:
             return {"outcomes": [], "pending": []}
         return self._reply(self.commits.flush())
 
-    def commits_done(self, wait_s: float = 10.0) -> dict:
-        """Commits that finished, as soon as one does (or after `wait_s`); same shape as
-        `render`. The engine keeps one such call open while uploads are pending, beside the
-        render calls (the actor runs two calls at a time), so a commit reaches the job's
-        progress the moment it happens, not when the next render returns."""
-        if self.renderer is None:
-            return {"outcomes": [], "pending": []}
-        return self._reply([], wait_s)
+    def _report_commits(self) -> None:
+        """On the commit thread, right after a commit: report it (unless a reply already took it)."""
+        if self.mailbox is None:
+            return
+        sequence, finished, pending = self.commits.report()
+        if finished:
+            outcomes = [o.to_dict() for o in finished]
+            self.mailbox.put({"worker": self.name, "sequence": sequence, "outcomes": outcomes, "pending": pending})
 
-    def _reply(self, outcomes, wait_s: float = 0.0) -> dict:
-        sequence, finished, pending = self.commits.report(wait_s)
+    def _reply(self, outcomes) -> dict:
+        sequence, finished, pending = self.commits.report()
         outcomes = [*outcomes, *finished]
         return {"outcomes": [o.to_dict() for o in outcomes], "pending": pending, "sequence": sequence,
                 "memory": self.memory()}
@@ -178,6 +181,4 @@ class RenderWorkerImpl:
 
 
 # max_restarts: a worker process that dies (segfault, host OOM killer) comes back and reloads.
-# max_concurrency 2: a `commits_done` call stays open beside the render calls (never two renders:
-# the engine sends one at a time).
-RenderWorker = ray.remote(max_restarts=2, max_task_retries=0, max_concurrency=2)(RenderWorkerImpl)
+RenderWorker = ray.remote(max_restarts=2, max_task_retries=0)(RenderWorkerImpl)

@@ -15,6 +15,7 @@ from farm.models.faults import OomInjector, parse_faults
 from farm.models.memory import CardInfo
 from farm.runtime.engine import ActiveJob, Engine, Worker
 from farm.runtime.handles import LocalCallPool, LocalWorkerHandle
+from farm.runtime.mailbox import LocalMailbox
 from farm.runtime.workers import RenderWorkerImpl
 
 pytestmark = pytest.mark.integration
@@ -30,7 +31,7 @@ def adapters(tiny_model_dir):
 
 
 def farm(adapters, faults: str | None = None) -> Engine:
-    workers = []
+    workers, mailbox = [], LocalMailbox()
     for tier, adapter in adapters.items():
         spec = TABLE[tier]
         card = CardInfo(tier, int(spec.card_gib * GIB), spec.budget_bytes, "FARM_GPU_VRAM_GB", True)
@@ -38,9 +39,9 @@ def farm(adapters, faults: str | None = None) -> Engine:
         if faults:
             adapter.injector = OomInjector(parse_faults(faults), tier)
             adapter.injector.attach(adapter.pipeline)
-        impl = RenderWorkerImpl.in_process(f"{tier}-0", adapter, card)
+        impl = RenderWorkerImpl.in_process(f"{tier}-0", adapter, card, mailbox=mailbox)
         workers.append(Worker(f"{tier}-0", LocalWorkerHandle(impl), tier, impl.info()))
-    return Engine(workers, TABLE, pool=LocalCallPool())
+    return Engine(workers, TABLE, pool=LocalCallPool(), mailbox=mailbox)
 
 
 def job_of(tmp_path, name: str, count: int, engine: Engine) -> tuple[ActiveJob, object]:
@@ -101,8 +102,10 @@ def test_cancelling_a_job_keeps_what_rendered_and_drops_the_rest(tmp_path, adapt
 def test_a_commit_reaches_the_progress_while_the_worker_renders_the_next_item(tmp_path, adapters):
     adapter = adapters["80g"]
     card = CardInfo("80g", 80 * GIB, TABLE["80g"].budget_bytes, "FARM_GPU_VRAM_GB", True)
-    impl = RenderWorkerImpl.in_process("80g-0", adapter, card)
-    engine = Engine([Worker("80g-0", LocalWorkerHandle(impl), "80g", impl.info())], TABLE, pool=LocalCallPool())
+    mailbox = LocalMailbox()
+    impl = RenderWorkerImpl.in_process("80g-0", adapter, card, mailbox=mailbox)
+    engine = Engine([Worker("80g-0", LocalWorkerHandle(impl), "80g", impl.info())], TABLE, pool=LocalCallPool(),
+                    mailbox=mailbox)
     seen = []
 
     class Progress:
