@@ -166,7 +166,7 @@ class Check:
         spec = parse_manifest(json.dumps(document), "json", base_dir=self.work)
         parsed = spec.items[0]
         settings = RenderSettings(parsed.params.resolution, parsed.params.aspect, parsed.params.frames, level)
-        return RenderTask.for_item(spec, parsed, planned_tier="check", settings=settings.to_dict())
+        return RenderTask.for_item(spec, parsed, planned_tier="check", settings=settings)
 
     def sidecar(self, item_id: str) -> dict:
         return json.loads((self.output_root / JOB / f"{item_id}.json").read_text())

@@ -197,7 +197,7 @@ def timed_pool():
 
 
 def timed_recorder_class():
-    from farm.runtime.executor import JobRecorder
+    from farm.runtime.jobs import JobRecorder
 
     class TimedRecorder(JobRecorder):
         """farm's JobRecorder, unchanged, timing each snapshot it takes on the dispatch thread."""
@@ -288,7 +288,7 @@ def run_once(run: int, spec, manifest_path: Path, workers, table, speeds: dict[s
 
     from farm.core.job import SUCCEEDED, JobState
     from farm.runtime.engine import ActiveJob, Engine
-    from farm.runtime.executor import clear_staging, prepare_job, write_job_files
+    from farm.runtime.jobs import clear_staging, prepare_job, write_job_files
     from farm.settings import load_settings
     from farm.storage import open_store
 

@@ -1,7 +1,7 @@
 """BENCHMARK ONLY: a render worker that does not render. It sleeps, then commits a canned clip.
 
 `SleepRenderWorker` is a Ray actor with the interface farm's engine expects from
-`farm.runtime.workers.RenderWorker` (`info`, `render`, `flush`, with the same reply shapes), used
+`farm.runtime.workers.RenderWorker` (`info`, `render`, `flush`, with the same WorkerReply), used
 by `benchmarks/scale.py` to measure farm's scheduling on dozens of simulated GPUs without a model.
 It lives in `benchmarks/` on purpose: nothing in `farm/` imports it, `start_workers` cannot start
 it, and no manifest, flag or setting can select it. Everything it writes says so (the sidecar's
@@ -12,7 +12,7 @@ GPU speed (`FARM_BENCH_SPEED` in the node's environment; the tier comes from `FA
 exactly as for a simulated farm worker). Then it hands the item to farm's real commit path
 (`farm.renderer.BackgroundCommits` -> `ItemRenderer.commit` -> `farm.storage.commit.commit_item`:
 staging uploads, conditional sidecar, promotion), so storage and the background-upload protocol
-(outcomes arriving with the next reply, `flush` at the end) are exercised as in production.
+(commit reports through the mailbox, `flush` at the end) are exercised as in production.
 
 The tiny MP4 (and its JPEG thumbnail) is encoded ONCE per actor with `farm.media.video.encode_mp4`
 and the same file is committed for every item: running ffmpeg for each of thousands of items on
@@ -33,8 +33,9 @@ from types import SimpleNamespace
 import numpy as np
 import ray
 
-from farm import __version__
-from farm.core.job import SUCCEEDED, ItemOutcome, RenderTask
+from farm.core.contracts import ItemOutcome, RenderTask, WorkerReply
+from farm.core.sidecar import build_sidecar, outputs_record
+from farm.core.states import SUCCEEDED
 from farm.core.tiers import load_tier_table
 from farm.core.vram import I2VGENXL_PROFILE
 from farm.media.video import encode_mp4, write_thumbnail
@@ -137,12 +138,12 @@ class SleepRenderWorkerImpl:
             info["memory_allocated_bytes"] = 0
         return info
 
-    def render(self, task: dict) -> dict:
-        """Sleep for the item, queue its commit; {"outcomes", "pending", "memory"} as RenderWorker."""
+    def render(self, task: RenderTask) -> WorkerReply:
+        """Sleep for the item, queue its commit; a WorkerReply as RenderWorker's."""
         received, started = time.time(), time.perf_counter()
-        task_obj = RenderTask.from_dict(task)
-        settings = dict(task_obj.settings)
-        frames = int(settings["frames"])
+        task_obj = task
+        settings = task.settings.to_dict()
+        frames = task.settings.frames
         seconds = frames * self.seconds_per_frame / self.speed
         sleep_start = time.time()
         time.sleep(seconds)
@@ -161,7 +162,7 @@ class SleepRenderWorkerImpl:
         self.events.append(("render", task_obj.item_id, received, sleep_start, sleep_end, time.time()))
         return reply
 
-    def flush(self) -> dict:
+    def flush(self) -> WorkerReply:
         received = time.time()
         reply = self._reply(self.commits.flush())
         self.events.append(("flush", None, received, received, received, time.time()))
@@ -169,10 +170,7 @@ class SleepRenderWorkerImpl:
 
     _report_commits = RenderWorkerImpl._report_commits  # the same reports to the mailbox
 
-    def _reply(self, outcomes) -> dict:
-        sequence, finished, pending = self.commits.report()
-        return {"outcomes": [o.to_dict() for o in [*outcomes, *finished]], "pending": pending, "sequence": sequence,
-                "memory": self.memory()}
+    _reply = RenderWorkerImpl._reply  # the same replies
 
     def memory(self) -> dict:
         return device_memory(self.adapter, self.card)
@@ -191,38 +189,19 @@ class SleepRenderWorkerImpl:
         self.renderer.commit_log.clear()
 
     def _sidecar(self, task: RenderTask, settings: dict, frames: int, seconds: float) -> dict:
-        return {
-            "farm_version": __version__,
-            "renderer": LABEL,
-            "status": SUCCEEDED,
-            "job": task.job_name,
-            "item_id": task.item_id,
-            "item_index": task.item_index,
-            "prompt": task.prompt,
-            "image": task.image,
-            "requested": task.requested,
-            "effective": settings,
-            "seed": task.seed,
-            "model": self.adapter.describe(),
-            "device": {"type": self.adapter.device, "worker": self.name, "host": platform.node()},
-            "tier": {"planned": task.planned_tier, "ran_on": self.card.tier, "simulated": True, "speed": self.speed},
-            "timings_seconds": {"sleep": round(seconds, 4)},
-            "outputs": {
-                "video": f"{task.item_id}.mp4",
-                "thumbnail": f"{task.item_id}.jpg",
-                "bytes": dict(self.sizes),
-                "video_bytes": self.sizes["video"],
-                "frames": CLIP_FRAMES,
-                "requested_frames": frames,
-                "width": CLIP_SIZE,
-                "height": CLIP_SIZE,
-                "fps": CLIP_FPS,
-                "codec": "h264",
-                "pix_fmt": "yuv420p",
-            },
-            "attempt": task.attempt,
-            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
+        """farm's own sidecar builder, with what this worker did (slept) said in `renderer`."""
+        return build_sidecar(
+            task,
+            created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            renderer=LABEL,
+            effective=settings,
+            model=self.adapter.describe(),
+            device={"type": self.adapter.device, "worker": self.name, "host": platform.node()},
+            tier={"planned": task.planned_tier, "ran_on": self.card.tier, "simulated": True, "speed": self.speed},
+            timings_seconds={"sleep": round(seconds, 4)},
+            outputs=outputs_record(task.item_id, self.sizes, frames=CLIP_FRAMES, requested_frames=frames,
+                                   width=CLIP_SIZE, height=CLIP_SIZE, fps=CLIP_FPS),
+        )
 
 
 SleepRenderWorker = ray.remote(max_restarts=0, max_task_retries=0)(SleepRenderWorkerImpl)

@@ -14,6 +14,7 @@ import threading
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.exposition import start_http_server
 
+from farm.core.errors import FailureReason
 from farm.core.job import FAILED, JOB_STATES, SUCCEEDED
 
 disable_created_metrics()  # no `*_created` series: they only add cardinality here
@@ -66,7 +67,7 @@ class FarmMetrics:
         tier = outcome.tier or "none"
         self.items.labels(outcome.status, tier, model).inc()
         if outcome.status == FAILED:
-            self.failures.labels(outcome.reason or "unknown", tier).inc()
+            self.failures.labels(FailureReason(outcome.reason).value, tier).inc()  # outcomes carry one
         for oom in outcome.ooms:
             self.ooms.labels(oom.get("tier") or tier, str(oom.get("resolution"))).inc()
         for step in outcome.degradations:

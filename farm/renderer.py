@@ -31,13 +31,23 @@ import time
 import traceback
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from farm import __version__
 from farm.core.errors import FarmError, ItemError, StorageError
-from farm.core.job import ESCALATE, SKIPPED, SUCCEEDED, ItemOutcome, RenderTask, inputs_digest
-from farm.core.ladder import BIGGER_TIER, Degradation, RenderSettings, describe_change, next_decode_step, next_step
+from farm.core.contracts import Escalation, ItemOutcome, RenderTask, inputs_digest
+from farm.core.ladder import (
+    BIGGER_TIER,
+    Degradation,
+    OomRecord,
+    RenderSettings,
+    blocked_on,
+    climb,
+    describe_change,
+    next_decode_step,
+)
+from farm.core.sidecar import build_sidecar, effective_params, outputs_record
+from farm.core.states import SKIPPED, SUCCEEDED
 from farm.core.tiers import GIB
 from farm.core.vram import estimate_vram, profile_for_model
 from farm.media.images import ImageLimits, PreparedImage, prepare_image
@@ -49,27 +59,6 @@ from farm.storage.commit import commit_item
 from farm.storage.inputs import read_input
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class OomEvent:
-    phase: str
-    settings: RenderSettings
-    message: str
-    allocated_after_bytes: int | None = None  # CUDA memory still allocated once the attempt was released
-
-    def to_dict(self, tier: str) -> dict[str, Any]:
-        width, height = self.settings.size
-        return {
-            "phase": self.phase,
-            "tier": tier,
-            "resolution": self.settings.resolution,
-            "size": f"{width}x{height}",
-            "frames": self.settings.frames,
-            "savers": list(self.settings.savers),
-            "message": self.message,
-            "allocated_after_bytes": self.allocated_after_bytes,
-        }
 
 
 @dataclass
@@ -110,19 +99,20 @@ class ItemRenderer:
             self._stores[uri] = open_store(uri)
         return self._stores[uri]
 
-    def render(self, task: RenderTask) -> ItemOutcome:
+    def render(self, task: RenderTask) -> ItemOutcome | Escalation:
         """Produce and commit in one go (tests, one-off renders)."""
         produced = self.produce(task)
-        return produced if isinstance(produced, ItemOutcome) else self.commit(produced)
+        return self.commit(produced) if isinstance(produced, Produced) else produced
 
-    def produce(self, task: RenderTask) -> ItemOutcome | Produced:
-        """Render and encode; an ItemOutcome when there is nothing to commit (failure, escalation)."""
+    def produce(self, task: RenderTask) -> ItemOutcome | Escalation | Produced:
+        """Render and encode; an ItemOutcome when there is nothing to commit (a failure), an
+        Escalation when the ladder wants a bigger GPU."""
         started = time.perf_counter()
         try:
             result = self._produce(task, started)
         except Exception as exc:
             result = self._failure(task, exc)
-        if isinstance(result, ItemOutcome):
+        if not isinstance(result, Produced):
             self._stamp(result, task, started)
         return result
 
@@ -155,7 +145,7 @@ class ItemRenderer:
         self._stamp(outcome, task, produced.started)
         return outcome
 
-    def _stamp(self, outcome: ItemOutcome, task: RenderTask, started: float) -> None:
+    def _stamp(self, outcome: ItemOutcome | Escalation, task: RenderTask, started: float) -> None:
         outcome.job_id = task.job_id
         outcome.seconds = time.perf_counter() - started
         outcome.worker = self.worker_name
@@ -174,12 +164,42 @@ class ItemRenderer:
 
     # --- one render with the degrade ladder -------------------------------------------------
 
-    def _produce(self, task: RenderTask, started: float) -> ItemOutcome | Produced:
-        params = task.render_params
-        settings = task.render_settings
-        degradations = list(task.degradations)
-        ooms = list(task.ooms)  # those of earlier workers, when the item moved here
+    def _produce(self, task: RenderTask, started: float) -> ItemOutcome | Escalation | Produced:
+        params = task.params
+        degradations: list[Degradation] = list(task.degradations)
+        ooms: list[OomRecord] = list(task.ooms)  # those of earlier attempts, when the item moved or came back
+        tier = self.card.tier
         timings: dict[str, float] = {"load": round(self.adapter.load_seconds, 3)}
+
+        def ladder(settings: RenderSettings, why: str):
+            """The next settings that have not run out of memory on this tier, or the item's end."""
+            result = climb(
+                settings,
+                mode=params.degrade,
+                order=task.degrade_order,
+                blocked=blocked_on(tier, ooms),
+                bigger_tier_available=task.bigger_tier_available,
+                why=lambda _settings, _blocked: why,
+            )
+            degradations.extend(result.degradations)
+            if result.exhausted:
+                return ItemOutcome.failure(
+                    task.item_id,
+                    "oom",
+                    f"{why}; no cheaper option left (degrade: {params.degrade})",
+                    degradations=[d.to_dict() for d in degradations],
+                    ooms=[o.to_dict() for o in ooms],
+                    settings=result.settings.to_dict(),
+                )
+            if result.escalate:
+                return Escalation(task.item_id, task.job_id, why, result.settings, tuple(degradations), tuple(ooms))
+            return result.settings
+
+        settings = task.settings
+        if settings in blocked_on(tier, ooms):  # back on a card of a tier where these ran out of memory
+            settings = ladder(settings, f"{settings.describe()} ran out of memory on {tier} before")
+            if not isinstance(settings, RenderSettings):
+                return settings
 
         t0 = time.perf_counter()
         source = read_input(task.image, self.image_limits, root=task.image_root)
@@ -195,38 +215,16 @@ class ItemRenderer:
                 prepared[size] = prepare_image(data, *size, name=task.image, limits=self.image_limits)
                 timings["preprocess"] += time.perf_counter() - t0
             result, settings = self._attempt(task, params, settings, prepared[size], degradations, ooms)
-            if not isinstance(result, OomEvent):
+            if not isinstance(result, OomRecord):
                 generation = result
                 break
             # Outside the except block now: the failed attempt's tensors are unreachable.
-            result.allocated_after_bytes = self._released()
-            ooms.append(result.to_dict(self.card.tier))
-            option = next_step(
-                settings, mode=params.degrade, order=task.degrade_order, bigger_tier_available=task.bigger_tier_available
-            )
-            why = f"out of memory during {result.phase} at {settings.describe()} on {self.card.tier}: {result.message}"
-            if option is None:
-                return ItemOutcome.failure(
-                    task.item_id,
-                    "oom",
-                    f"{why}; no cheaper option left (degrade: {params.degrade})",
-                    degradations=degradations,
-                    ooms=ooms,
-                    settings=settings.to_dict(),
-                )
-            step, changed = option
-            if step == BIGGER_TIER:
-                return ItemOutcome(
-                    item_id=task.item_id,
-                    status=ESCALATE,
-                    message=why,
-                    degradations=degradations,
-                    ooms=ooms,
-                    settings=settings.to_dict(),
-                )
-            before, after = describe_change(step, settings, changed)
-            degradations.append(Degradation(step, before, after, why).to_dict())
-            settings = changed
+            oom = replace(result, allocated_after_bytes=self._released())
+            ooms.append(oom)
+            why = f"out of memory during {oom.phase} at {settings.describe()} on {tier}: {oom.message}"
+            settings = ladder(settings, why)
+            if not isinstance(settings, RenderSettings):
+                return settings
 
         timings.update(generation.timings)
         warnings = prepared[settings.size].warnings + generation.warnings
@@ -246,7 +244,7 @@ class ItemRenderer:
         digest = inputs_digest(
             image_sha256=image.sha256,
             prompt=task.prompt,
-            params=task.params,
+            params=task.params.model_dump(),
             seed=task.seed,
             model=task.model,
             model_config_sha256=self.adapter.config_sha256,
@@ -264,8 +262,8 @@ class ItemRenderer:
             item_id=task.item_id,
             status=SUCCEEDED,
             warnings=warnings,
-            degradations=degradations,
-            ooms=ooms,
+            degradations=[d.to_dict() for d in degradations],
+            ooms=[o.to_dict() for o in ooms],
             settings=settings.to_dict(),
             timings={k: round(v, 4) for k, v in timings.items()},
             peak_memory_bytes=generation.peak_memory_bytes,
@@ -275,7 +273,7 @@ class ItemRenderer:
         return Produced(task, scratch, files, sidecar, outcome, started)
 
     def _attempt(self, task: RenderTask, params, settings: RenderSettings, prepared: PreparedImage, degradations, ooms):
-        """(Generation, settings), or (OomEvent, settings) for the ladder to handle.
+        """(Generation, settings), or (OomRecord, settings) for the ladder to handle.
 
         A decode OOM is handled here: the latents are kept and only the decode is retried with
         the decode savers (recorded in `degradations` and `ooms`), as long as that can help.
@@ -314,19 +312,19 @@ class ItemRenderer:
             generation, oom = self._guarded("decode", current, decode)
             if oom is None:
                 return generation, settings
-            oom.allocated_after_bytes = self._released()  # the latents stay: they are what we keep
+            oom = replace(oom, allocated_after_bytes=self._released())  # the latents stay: they are what we keep
             option = next_decode_step(settings, mode=params.degrade)
             if option is None:
                 del latents
                 return oom, settings
-            ooms.append(oom.to_dict(self.card.tier))
+            ooms.append(oom)
             step, changed = option
             before, after = describe_change(step, settings, changed)
             why = (
                 f"out of memory during decode at {settings.describe()} on {self.card.tier}: {oom.message}; "
                 "the finished latents were kept and only the decode was retried"
             )
-            degradations.append(Degradation(step, before, after, why).to_dict())
+            degradations.append(Degradation(step, before, after, why))
             settings = changed
             self.adapter.apply_savers(settings.savers)
 
@@ -337,7 +335,7 @@ class ItemRenderer:
         return allocated_bytes(self.adapter.device) if self.adapter.device.startswith("cuda") else None
 
     def _guarded(self, phase: str, settings: RenderSettings, call):
-        """(result, None), or (None, OomEvent) when `call` ran out of memory. The exception (and the
+        """(result, None), or (None, OomRecord) when `call` ran out of memory. The exception (and the
         tensors its traceback holds) is dropped before this returns; anything else propagates."""
         try:
             return call(), None
@@ -345,7 +343,7 @@ class ItemRenderer:
             if not is_out_of_memory(exc):
                 raise
             self.adapter.phase = "idle"
-            event = OomEvent(phase, settings, str(exc).strip().splitlines()[0][:300])
+            event = OomRecord(phase, self.card.tier, settings, str(exc).strip().splitlines()[0][:300])
         return None, event
 
     def _memory_record(self, generation, settings: RenderSettings, guidance: bool) -> dict:
@@ -377,72 +375,45 @@ class ItemRenderer:
     def _sidecar(
         self, task, prepared, fingerprint, digest, generation, settings, degradations, ooms, timings, warnings, sizes
     ) -> dict:
-        params = task.render_params
-        width, height = settings.size
+        params = task.params
         frames = generation.frames
-        effective = params.model_dump()
-        effective.update(
-            resolution=settings.resolution,
-            frames=settings.frames,
-            width=width,
-            height=height,
-            seed=task.seed,
-            memory_savers=list(settings.savers),
-        )
-        return {
-            "farm_version": __version__,
-            "status": SUCCEEDED,
-            "job": task.job_name,
-            "item_id": task.item_id,
-            "item_index": task.item_index,
-            "prompt": task.prompt,
-            "image": task.image,
-            "input": {**prepared.describe(), "fingerprint": fingerprint},
-            "inputs_sha256": digest,
-            "requested": task.requested,
-            "effective": effective,
-            "seed": task.seed,
-            "seed_source": "manifest" if params.seed is not None else "derived from the item id",
-            "model": self.adapter.describe(),
-            "device": {
+        return build_sidecar(
+            task,
+            created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            input={**prepared.describe(), "fingerprint": fingerprint},
+            inputs_sha256=digest,
+            effective=effective_params(params, settings, task.seed),
+            seed_source="manifest" if params.seed is not None else "derived from the item id",
+            model=self.adapter.describe(),
+            device={
                 "type": self.adapter.device,
                 "worker": self.worker_name,
                 "host": platform.node(),
                 "torch": torch_version(),
                 **({"gpu": self.card.gpu, "cuda_alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF")} if self.card.gpu else {}),
             },
-            "tier": {
+            tier={
                 "planned": task.planned_tier,
                 "ran_on": self.card.tier,
-                "stolen": task.planned_tier != self.card.tier and not any(d["step"] == BIGGER_TIER for d in degradations),
+                "stolen": task.planned_tier != self.card.tier and not any(d.step == BIGGER_TIER for d in degradations),
                 "card_gib": round(self.card.card_bytes / GIB, 2) if self.card.card_bytes else None,
                 "budget_gib": round(self.card.budget_bytes / GIB, 2) if self.card.budget_bytes else None,
                 "simulated": self.card.simulated,
                 "planned_estimate_gib": task.estimate_gib,
             },
-            "timings_seconds": {k: round(v, 4) for k, v in timings.items()},
-            "peak_memory_bytes": generation.peak_memory_bytes,
-            "memory_kind": generation.memory_kind,
-            "memory": self._memory_record(generation, settings, params.guidance_scale > 1),
-            "degraded": bool(degradations),
-            "degradations": degradations,
-            "ooms": ooms,
-            "warnings": warnings,
-            "outputs": {
-                "video": f"{task.item_id}.mp4",
-                "thumbnail": f"{task.item_id}.jpg",
-                "bytes": sizes,
-                "video_bytes": sizes["video"],
-                "frames": int(frames.shape[0]),
-                "width": int(frames.shape[2]),
-                "height": int(frames.shape[1]),
-                "fps": params.fps,
-                "codec": "h264",
-                "pix_fmt": "yuv420p",
-            },
-            "attempt": task.attempt,
-            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
+            timings_seconds={k: round(v, 4) for k, v in timings.items()},
+            peak_memory_bytes=generation.peak_memory_bytes,
+            memory_kind=generation.memory_kind,
+            memory=self._memory_record(generation, settings, params.guidance_scale > 1),
+            degraded=bool(degradations),
+            degradations=[d.to_dict() for d in degradations],
+            ooms=[o.to_dict() for o in ooms],
+            warnings=warnings,
+            outputs=outputs_record(
+                task.item_id, sizes, frames=int(frames.shape[0]), width=int(frames.shape[2]),
+                height=int(frames.shape[1]), fps=params.fps,
+            ),
+        )
 
 
 def torch_version() -> str:

@@ -34,15 +34,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Callable, Iterable
+from typing import Callable, Iterable
 
+from farm.core.contracts import Escalation, ItemOutcome, RenderTask
 from farm.core.errors import FailureReason
-from farm.core.job import ESCALATE, RUNNING, ItemOutcome, JobState, RenderTask
+from farm.core.job import JobState
 from farm.core.jobqueue import JobQueue
-from farm.core.ladder import BIGGER_TIER, RenderSettings
+from farm.core.ladder import BIGGER_TIER, Degradation, OomRecord, RenderSettings, blocked_on
 from farm.core.planner import ItemPlan, JobPlan, Planner
+from farm.core.states import QUEUED, RUNNING
 from farm.core.tiers import CPU_TIER, ClusterShape, TierTable
-from farm.core.vram import I2VGENXL_PROFILE, SAVER_LEVELS, ModelProfile
+from farm.core.vram import I2VGENXL_PROFILE, ModelProfile
 
 # --- events ------------------------------------------------------------------------------------
 
@@ -68,15 +70,16 @@ RENDER, COMMITS = "render", "commits"  # a render call's reply, or a commit repo
 
 @dataclass(frozen=True)
 class WorkerReplied:
-    """A worker's call returned: finished outcomes, and what still uploads. `call` is RENDER (the
-    worker is free again) or COMMITS (a watch on its uploads; the worker may still be rendering).
-    `sequence` orders the worker's reports: an older report's pending list is stale."""
+    """A worker's call returned: finished outcomes, an escalation, and what still uploads. `call`
+    is RENDER (the worker is free again) or COMMITS (a watch on its uploads; the worker may still
+    be rendering). `sequence` orders the worker's reports: an older report's pending list is stale."""
 
     worker: str
     outcomes: tuple[ItemOutcome, ...]
     pending: tuple[tuple[str, str], ...] | None  # None: no news of the uploads (a watch that timed out)
     call: str = RENDER
     sequence: int | None = None
+    escalation: Escalation | None = None
 
 
 @dataclass(frozen=True)
@@ -178,14 +181,6 @@ class JobFinished:
 Instruction = (SendTask | WatchCommits | ProbeWorker | StopWorker | ItemFinished | ItemsCancelled | HandedBack
                | JobFinished)
 
-def blocked_settings(oom: dict, aspect: str) -> RenderSettings | None:
-    """The settings an OOM record (a sidecar's `ooms` entry) ran out of memory with."""
-    savers = tuple(oom.get("savers") or ())
-    if savers not in SAVER_LEVELS or "resolution" not in oom or "frames" not in oom:
-        return None
-    return RenderSettings(oom["resolution"], aspect, oom["frames"], SAVER_LEVELS.index(savers))
-
-
 # --- state -------------------------------------------------------------------------------------
 
 
@@ -238,9 +233,9 @@ class DispatchItem:
     """One queued or running item: its plan, and what the ladder has changed since."""
 
     plan: ItemPlan
-    settings: dict[str, Any] | None = None
-    degradations: list[dict[str, Any]] | None = None
-    ooms: list[dict[str, Any]] = field(default_factory=list)
+    settings: RenderSettings | None = None  # None: the plan's
+    degradations: tuple[Degradation, ...] | None = None  # None: the plan's
+    ooms: tuple[OomRecord, ...] = ()
     replace_etag: str | None = None
 
 
@@ -368,15 +363,12 @@ class DispatchState:
         if event.pending is not None and (event.sequence is None or event.sequence > slot.sequence):
             slot.uploading = {tuple(pair) for pair in event.pending}
             slot.sequence = slot.sequence if event.sequence is None else event.sequence
-        escalated = None
         for outcome in event.outcomes:
             slot.uploading.discard((outcome.job_id, outcome.item_id))
-            if outcome.status == ESCALATE:
-                escalated = outcome
-            else:
-                self._record(outcome, out)
+            self._record(outcome, out)
         if event.call == COMMITS:
             return
+        escalated = event.escalation
         job = self.jobs.get(escalated.job_id) if escalated is not None else None
         slot.move(WorkerPhase.IDLE)
         if job is None:
@@ -413,7 +405,7 @@ class DispatchState:
                 continue
             if job.state.worker_lost(item_id, message) and not job.state.cancelled:
                 self.queue.push(job_id, item_id, job.items[item_id].plan.tier, front=True)
-            elif job.state.items[item_id].state != "queued":  # failed: no attempts left
+            elif job.state.items[item_id].state != QUEUED:  # failed: no attempts left
                 job.items.pop(item_id, None)
         out.append(ProbeWorker(slot.name))
 
@@ -479,11 +471,10 @@ class DispatchState:
         task = job.state.task_for(
             item_id,
             job_id=job_id,
-            settings=item.settings if item.settings is not None else plan.settings.to_dict(),
+            settings=item.settings if item.settings is not None else plan.settings,
             planned_tier=plan.tier,
-            degradations=list(item.degradations) if item.degradations is not None
-            else [d.to_dict() for d in plan.degradations],
-            ooms=list(item.ooms),
+            degradations=item.degradations if item.degradations is not None else plan.degradations,
+            ooms=item.ooms,
             bigger_tier_available=allow_bigger and self._bigger_tier_alive(slot.tier),
             estimate_gib=round(plan.estimate.total_gib, 2) if plan.estimate else None,
             replace_etag=item.replace_etag,
@@ -503,30 +494,30 @@ class DispatchState:
         job.items.pop(outcome.item_id, None)
         out.append(ItemFinished(job.id, outcome))
 
-    def _escalate(self, slot: WorkerSlot, job: DispatchJob, outcome: ItemOutcome, out: list) -> None:
-        """Out of memory with a bigger tier in the cluster: move there if one is idle now."""
-        item = job.items[outcome.item_id]
-        item.settings, item.degradations, item.ooms = outcome.settings, list(outcome.degradations), list(outcome.ooms)
+    def _escalate(self, slot: WorkerSlot, job: DispatchJob, escalation: Escalation, out: list) -> None:
+        """Out of memory with a bigger tier in the cluster: move there if one is idle now, else
+        back to the same worker with the bigger tier refused (its ladder goes on from there,
+        skipping what already ran out of memory on its tier)."""
+        item = job.items[escalation.item_id]
+        item.settings, item.degradations, item.ooms = escalation.settings, escalation.degradations, escalation.ooms
         rank = self._rank(slot.tier)
         bigger = [s for s in self.workers.values() if s.phase is WorkerPhase.IDLE and self._rank(s.tier) > rank]
         if not bigger:
-            self._send(slot, job.id, outcome.item_id, out, new_attempt=False, allow_bigger=False)
+            self._send(slot, job.id, escalation.item_id, out, new_attempt=False, allow_bigger=False)
             return
         target = min(bigger, key=lambda s: self._rank(s.tier))
-        item.degradations.append({"step": BIGGER_TIER, "from": slot.tier, "to": target.tier, "why": outcome.message})
+        moved = Degradation(BIGGER_TIER, slot.tier, target.tier, escalation.message)
         # Planned afresh for the bigger card: not the savers the small one needed, nor what already
         # ran out of memory on a card of this tier.
-        settings, steps = self._fit(job, outcome.item_id, target.tier, item.ooms)
-        item.settings = settings.to_dict()
-        item.degradations += [d.to_dict() for d in steps]
-        self._send(target, job.id, outcome.item_id, out, new_attempt=False)
+        settings, steps = self._fit(job, escalation.item_id, target.tier, item.ooms)
+        item.settings, item.degradations = settings, (*item.degradations, moved, *steps)
+        self._send(target, job.id, escalation.item_id, out, new_attempt=False)
 
-    def _fit(self, job: DispatchJob, item_id: str, tier: str, ooms: list[dict]):
+    def _fit(self, job: DispatchJob, item_id: str, tier: str, ooms: tuple[OomRecord, ...]):
         spec = job.state.spec
         spec_item = next(i for i in spec.items if i.id == item_id)
-        blocked = [blocked_settings(oom, spec_item.params.aspect) for oom in ooms if oom.get("tier") == tier]
         planner = Planner(self.table, self.shape, self.profile_for(spec.model))
-        return planner.fit_to_tier(spec_item, tier, order=spec.degrade_order, blocked=[b for b in blocked if b])
+        return planner.fit_to_tier(spec_item, tier, order=spec.degrade_order, blocked=blocked_on(tier, ooms))
 
     def _replan(self, orphans: list[tuple[str, str]]) -> None:
         """The last worker of a tier is gone: plan its queued items on the tiers that are left."""

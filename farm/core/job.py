@@ -1,200 +1,53 @@
-"""A job's lifecycle as plain data: render tasks, item outcomes, per-item state and the job record.
+"""A job's lifecycle as plain data: per-item state, the counts derived from it, and the job record.
 
-No I/O and no Ray here: the runtime feeds outcomes in and writes `to_record()` out. Item states:
-`queued` -> `running` -> `succeeded` | `failed` (a lost worker puts a running item back to
-`queued` while it has attempts left); `skipped` for items committed by an earlier run.
-The job ends `succeeded` (every item), `partial` (some), `failed` (none) or `cancelled`.
+No I/O and no Ray here: the dispatch state machine feeds outcomes in and the runtime writes
+`to_record()` out. The states and their allowed changes are in `farm.core.states`; what travels
+to and from the workers (tasks, outcomes, replies) in `farm.core.contracts`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from farm import __version__
-from farm.core.enums import StrEnum
+from farm.core.contracts import Escalation, ItemOutcome, RenderTask, WorkerReply, inputs_digest
 from farm.core.errors import FailureReason
-from farm.core.ladder import DEFAULT_ORDER, RenderSettings
-from farm.core.manifest import JobItem, JobSpec
-from farm.core.params import RenderParams
+from farm.core.manifest import JobSpec
+from farm.core.states import (
+    CANCELLED,
+    FAILED,
+    FINAL_ITEM_STATES,
+    FINAL_JOB_STATES,
+    ITEM_STATES,
+    ITEM_TRANSITIONS,
+    JOB_STATES,
+    QUEUED,
+    RUNNING,
+    SKIPPED,
+    SUCCEEDED,
+    IllegalItemTransition,
+    ItemState,
+    JobStatus,
+)
 
 MAX_ATTEMPTS = 3
 MIN_RATE_WINDOW_S = 5.0
 
-
-
-class ItemState(StrEnum):
-    """Where one item of a job is (the job record's `items.ID.state`)."""
-
-    QUEUED = "queued"
-    RUNNING = "running"  # sent to a worker, rendering or uploading
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    SKIPPED = "skipped"  # committed by an earlier run (or by a racing render)
-    CANCELLED = "cancelled"
-
-
-class JobStatus(StrEnum):
-    """A job's state: the coordinator's registry, the API, the metrics and job.json use these."""
-
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"  # every item
-    PARTIAL = "partial"  # some items
-    FAILED = "failed"  # none
-    CANCELLED = "cancelled"
-    INTERRUPTED = "interrupted"  # stopped by a signal before the end (`farm resume` finishes it)
-
-
-QUEUED, RUNNING, SUCCEEDED, FAILED, SKIPPED, CANCELLED = (
-    ItemState.QUEUED, ItemState.RUNNING, ItemState.SUCCEEDED, ItemState.FAILED, ItemState.SKIPPED, ItemState.CANCELLED
-)
-ESCALATE = "escalate"  # an outcome's status when the worker's ladder wants a bigger GPU (not an item state)
-ITEM_STATES = tuple(ItemState)
-FINAL_ITEM_STATES = (SUCCEEDED, FAILED, SKIPPED, CANCELLED)
-JOB_STATES = tuple(JobStatus)
-FINAL_JOB_STATES = (JobStatus.SUCCEEDED, JobStatus.PARTIAL, JobStatus.FAILED, JobStatus.CANCELLED)
-
-# The item state changes JobState makes; anything else is a bug and raises IllegalItemTransition.
-ITEM_TRANSITIONS = {
-    QUEUED: {RUNNING, FAILED, CANCELLED, SKIPPED},
-    RUNNING: {RUNNING, QUEUED, SUCCEEDED, FAILED, SKIPPED},
-    SUCCEEDED: set(),
-    FAILED: set(),
-    SKIPPED: set(),
-    CANCELLED: set(),
-}
-
-
-class IllegalItemTransition(RuntimeError):
-    """An item state change that the job's lifecycle does not allow."""
-
-
-def inputs_digest(*, image_sha256: str, prompt: str, params: dict[str, Any], seed: int, model: str, model_config_sha256: str) -> str:
-    """The hash of an item's effective inputs (image bytes, prompt, parameters, model) that a
-    sidecar carries: a later run skips the item when it computes the same value."""
-    document = {
-        "image_sha256": image_sha256,
-        "prompt": prompt,
-        "params": {**params, "seed": seed},
-        "model": {"id": model, "config_sha256": model_config_sha256},
-    }
-    return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()
-
-
-@dataclass(frozen=True)
-class RenderTask:
-    """Everything a worker needs to render and commit one item (small: no image or video bytes).
-
-    `settings` are what to try first (the plan's, after any planned degradations); `degradations`
-    lists the steps already taken; `bigger_tier_available` lets the worker's ladder ask to move.
-    """
-
-    job_name: str
-    output: str
-    model: str
-    item_id: str
-    item_index: int
-    image: str
-    prompt: str
-    params: dict[str, Any]
-    requested: dict[str, Any]
-    seed: int
-    settings: dict[str, Any]
-    job_id: str = ""
-    planned_tier: str = "cpu"
-    degradations: list[dict[str, Any]] = field(default_factory=list)
-    ooms: list[dict[str, Any]] = field(default_factory=list)
-    degrade_order: tuple[str, ...] = DEFAULT_ORDER
-    bigger_tier_available: bool = False
-    estimate_gib: float | None = None
-    replace_etag: str | None = None  # the committed sidecar this render may replace (changed inputs, --force)
-    attempt: int = 1
-    image_root: str | None = None  # a local image must lie inside this folder when the worker opens it
-
-    @classmethod
-    def for_item(cls, spec: JobSpec, item: JobItem, attempt: int = 1, **plan: Any) -> RenderTask:
-        params = item.params
-        plan.setdefault("settings", RenderSettings(params.resolution, params.aspect, params.frames).to_dict())
-        return cls(
-            job_name=spec.name,
-            output=spec.output,
-            model=spec.model,
-            item_id=item.id,
-            item_index=item.index,
-            image=item.image,
-            prompt=item.prompt,
-            params=params.model_dump(),
-            requested=item.requested,
-            seed=item.seed,
-            degrade_order=tuple(spec.degrade_order),
-            attempt=attempt,
-            image_root=spec.image_root,
-            **plan,
-        )
-
-    @property
-    def render_params(self) -> RenderParams:
-        return RenderParams.model_validate(self.params)
-
-    @property
-    def render_settings(self) -> RenderSettings:
-        return RenderSettings.from_dict(self.settings)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> RenderTask:
-        return cls(**data)
-
-
-@dataclass
-class ItemOutcome:
-    """What a worker reports back for one item: small, so it travels through Ray cheaply."""
-
-    item_id: str
-    status: str  # SUCCEEDED, SKIPPED (another render committed it), FAILED, or ESCALATE (wants a bigger GPU)
-    job_id: str = ""
-    reason: str | None = None
-    message: str | None = None
-    seconds: float = 0.0
-    worker: str | None = None
-    warnings: list[str] = field(default_factory=list)
-    degradations: list[dict[str, Any]] = field(default_factory=list)
-    timings: dict[str, float] = field(default_factory=dict)
-    peak_memory_bytes: int | None = None
-    outputs: dict[str, str] = field(default_factory=dict)
-    tier: str | None = None
-    settings: dict[str, Any] | None = None
-    ooms: list[dict[str, Any]] = field(default_factory=list)
-    frames: int | None = None
-    upload_bytes: int | None = None
-    memory_kind: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ItemOutcome:
-        outcome = cls(**data)
-        if outcome.reason is not None:
-            outcome.reason = FailureReason(outcome.reason)
-        return outcome
-
-    @classmethod
-    def failure(cls, item_id: str, reason: FailureReason | str, message: str, **extra: Any) -> ItemOutcome:
-        """A failed item; `reason` must be a FailureReason (a bare string is checked against them)."""
-        return cls(item_id=item_id, status=FAILED, reason=FailureReason(reason), message=message, **extra)
+__all__ = [  # the states and the contracts are re-exported: `from farm.core.job import ...` keeps working
+    "CANCELLED", "FAILED", "FINAL_ITEM_STATES", "FINAL_JOB_STATES", "ITEM_STATES", "ITEM_TRANSITIONS", "JOB_STATES",
+    "QUEUED", "RUNNING", "SKIPPED", "SUCCEEDED", "Escalation", "IllegalItemTransition", "ItemOutcome", "ItemState",
+    "ItemStatus", "JobState", "JobStatus", "RenderTask", "WorkerReply", "inputs_digest",
+]
 
 
 @dataclass
 class ItemStatus:
+    """One item as the job record shows it (`job.json`'s `items.ID`)."""
+
     index: int
-    state: str = QUEUED
+    state: ItemState = QUEUED
     attempts: int = 0
     reason: str | None = None
     message: str | None = None

@@ -11,12 +11,18 @@ The order is configurable (the seeds disagree on frames-first versus resolution-
 `degrade` mode limits the ladder: `allowed` (every step), `memory_savers` (savers only, quality
 is kept) or `never`. Like SkyPilot's failover loop, the caller classifies the failure, asks for
 the next option, and tries again; each step taken is recorded with from, to and why.
+
+The ladder remembers what failed: every out-of-memory attempt is an `OomRecord` (tier, settings,
+phase), and `climb` never lands on settings that already ran out of memory on a card of the
+tier it plans for. `climb` is the one function that walks the ladder: the planner (fit to the
+largest tier at plan time, fit afresh to a bigger card on escalation), the renderer (after an
+OOM on its card) and through the planner the dispatch state machine all call it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Callable, Iterable
 
 from farm.core.params import RESOLUTIONS, frame_size
 from farm.core.vram import SAVER_LEVELS, VAE_SLICING, VAE_TILING
@@ -73,6 +79,86 @@ class Degradation:
 
     def to_dict(self) -> dict[str, Any]:
         return {"step": self.step, "from": self.before, "to": self.after, "why": self.why}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Degradation:
+        return cls(data["step"], data.get("from"), data.get("to"), data.get("why", ""))
+
+
+@dataclass(frozen=True)
+class OomRecord:
+    """One attempt that ran out of memory: where (tier, phase), with what settings, and what
+    was still allocated once it was released. Its dict form is a sidecar's `ooms` entry."""
+
+    phase: str  # "denoise" or "decode"
+    tier: str
+    settings: RenderSettings
+    message: str
+    allocated_after_bytes: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        width, height = self.settings.size
+        return {
+            "phase": self.phase,
+            "tier": self.tier,
+            "resolution": self.settings.resolution,
+            "aspect": self.settings.aspect,
+            "size": f"{width}x{height}",
+            "frames": self.settings.frames,
+            "savers": list(self.settings.savers),
+            "message": self.message,
+            "allocated_after_bytes": self.allocated_after_bytes,
+        }
+
+
+def blocked_on(tier: str, ooms: Iterable[OomRecord]) -> frozenset[RenderSettings]:
+    """The settings that already ran out of memory on a card of `tier`."""
+    return frozenset(oom.settings for oom in ooms if oom.tier == tier)
+
+
+@dataclass(frozen=True)
+class Climb:
+    """Where `climb` got to: the settings to run with and the steps taken to get there, or that
+    the item should move to a bigger GPU (`escalate`), or that nothing cheaper is left
+    (`exhausted`; `settings` are then the last ones tried)."""
+
+    settings: RenderSettings
+    degradations: tuple[Degradation, ...] = ()
+    escalate: bool = False
+    exhausted: bool = False
+
+
+def climb(
+    start: RenderSettings,
+    *,
+    mode: str,
+    order=DEFAULT_ORDER,
+    blocked: Iterable[RenderSettings] = (),
+    fits: Callable[[RenderSettings], bool] | None = None,
+    bigger_tier_available: bool = False,
+    why: Callable[[RenderSettings, bool], str] = lambda settings, was_blocked: "",
+    merge_savers: bool = False,
+) -> Climb:
+    """Walk the ladder from `start` until the settings are not `blocked` (they ran out of memory
+    on this tier before) and `fits` them (the estimate is within the tier's budget; None: only
+    the blocked set counts). `why(settings, was_blocked)` words each step's reason;
+    `merge_savers` folds consecutive saver levels into one record (plans read better so).
+    A `bigger_tier` step ends the climb with `escalate` (the item moves, it does not shrink)."""
+    blocked = frozenset(blocked)
+    settings, steps = start, []
+    while settings in blocked or (fits is not None and not fits(settings)):
+        option = next_step(settings, mode=mode, order=order, bigger_tier_available=bigger_tier_available)
+        if option is None:
+            return Climb(settings, tuple(steps), exhausted=True)
+        step, changed = option
+        if step == BIGGER_TIER:
+            return Climb(settings, tuple(steps), escalate=True)
+        before, after = describe_change(step, settings, changed)
+        if merge_savers and steps and steps[-1].step == step == MEMORY_SAVERS:
+            before = steps.pop().before
+        steps.append(Degradation(step, before, after, why(settings, settings in blocked)))
+        settings = changed
+    return Climb(settings, tuple(steps))
 
 
 def validate_order(order) -> tuple[str, ...]:

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass, field
+from typing import Iterable
 
-from farm.core.ladder import BIGGER_TIER, MEMORY_SAVERS, Degradation, RenderSettings, describe_change, next_step
+from farm.core.ladder import BIGGER_TIER, Degradation, RenderSettings, climb
 from farm.core.manifest import JobItem, JobSpec
 from farm.core.scheduler import TierScheduler
 from farm.core.tiers import CPU_TIER, GIB, ClusterShape, TierTable
@@ -141,30 +142,33 @@ class Planner:
         self._cache[key] = plan
         return plan
 
-    def fit_to_tier(self, item: JobItem, tier: str, *, order, blocked=()) -> tuple[RenderSettings, list[Degradation]]:
+    def fit_to_tier(
+        self, item: JobItem, tier: str, *, order, blocked: Iterable[RenderSettings] = ()
+    ) -> tuple[RenderSettings, tuple[Degradation, ...]]:
         """Settings for `item` on a card of `tier`, planned afresh from its requested parameters
         (an item moved to a bigger card does not keep the savers the smaller one needed): the
         first rung of its ladder whose estimate fits the tier's budget and that has not already
-        run out of memory there (`blocked`: RenderSettings that failed on this tier)."""
+        run out of memory there (`blocked`: settings that failed on this tier)."""
         params = item.params
         guidance = params.guidance_scale > 1
-        settings = RenderSettings(params.resolution, params.aspect, params.frames)
         budget = self.table[tier].budget_bytes if tier in self.table else None
-        degradations: list[Degradation] = []
-        while settings in blocked or (budget is not None and self.estimate(settings, guidance).total_bytes > budget):
-            option = next_step(settings, mode=params.degrade, order=[s for s in order if s != BIGGER_TIER])
-            if option is None:
-                break
-            step, changed = option
-            before, after = describe_change(step, settings, changed)
-            why = (f"planned for {tier}: {settings.describe()} ran out of memory there before" if settings in blocked
-                   else f"planned for {tier}: about {self.estimate(settings, guidance).total_gib:.1f} GiB at "
-                        f"{settings.describe()} exceeds its {budget / GIB:.1f} GiB budget")
-            if degradations and degradations[-1].step == step == MEMORY_SAVERS:
-                before = degradations.pop().before  # one record for consecutive saver levels
-            degradations.append(Degradation(step, before, after, why))
-            settings = changed
-        return settings, degradations
+
+        def why(settings: RenderSettings, was_blocked: bool) -> str:
+            if was_blocked:
+                return f"planned for {tier}: {settings.describe()} ran out of memory there before"
+            return (f"planned for {tier}: about {self.estimate(settings, guidance).total_gib:.1f} GiB at "
+                    f"{settings.describe()} exceeds its {budget / GIB:.1f} GiB budget")
+
+        result = climb(
+            RenderSettings(params.resolution, params.aspect, params.frames),
+            mode=params.degrade,
+            order=[s for s in order if s != BIGGER_TIER],
+            blocked=blocked,
+            fits=None if budget is None else (lambda s: self.estimate(s, guidance).total_bytes <= budget),
+            why=why,
+            merge_savers=True,
+        )
+        return result.settings, result.degradations
 
     def _plan(self, item_id: str, params, *, order, unfit: str) -> ItemPlan:
         guidance = params.guidance_scale > 1
@@ -185,22 +189,20 @@ class Planner:
                 "lower resolution or frames, or let the farm degrade it (unfit: degrade)"
             )
             return ItemPlan(item_id, None, settings, estimate, budget, rejected=message)
-        degradations = []
-        while estimate.total_bytes > budget:
-            option = next_step(settings, mode=params.degrade, order=[s for s in order if s != BIGGER_TIER])
-            if option is None:
-                break
-            step, changed = option
-            before, after = describe_change(step, settings, changed)
-            why = (
-                f"planned: about {estimate.total_gib:.1f} GiB at {settings.describe()} exceeds the "
-                f"{budget / GIB:.1f} GiB budget of the largest tier present ({largest})"
-            )
-            if degradations and degradations[-1].step == step == MEMORY_SAVERS:
-                before = degradations.pop().before  # one record for consecutive saver levels
-            degradations.append(Degradation(step, before, after, why))
-            settings = changed
-            estimate = self.estimate(settings, guidance)
+        why = (
+            lambda s, _blocked: f"planned: about {self.estimate(s, guidance).total_gib:.1f} GiB at {s.describe()} "
+            f"exceeds the {budget / GIB:.1f} GiB budget of the largest tier present ({largest})"
+        )
+        result = climb(
+            settings,
+            mode=params.degrade,
+            order=[s for s in order if s != BIGGER_TIER],
+            fits=lambda s: self.estimate(s, guidance).total_bytes <= budget,
+            why=why,
+            merge_savers=True,
+        )
+        settings, degradations = result.settings, result.degradations
+        estimate = self.estimate(settings, guidance)
         return ItemPlan(
             item_id, largest, settings, estimate, budget, tuple(degradations), self.seconds(largest, settings, params.steps, guidance)
         )

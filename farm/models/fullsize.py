@@ -110,7 +110,7 @@ def build_random_components(device: str = "meta", dtype=None, *, token_ids: dict
 
     `token_ids` gives the text encoder the bos/eos ids of the tokenizer it will be paired with.
     """
-    from farm.models.loading import quiet_libraries
+    from farm.models.libraries import quiet_libraries
 
     quiet_libraries()
     import torch

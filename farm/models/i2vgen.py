@@ -29,7 +29,8 @@ from farm.core.errors import ItemError
 from farm.core.vram import CPU_OFFLOAD, FF_CHUNKING, I2VGENXL_PROFILE, SAVER_LEVELS, VAE_SLICING, VAE_TILING
 from farm.media.video import to_uint8
 from farm.models.faults import OomInjector
-from farm.models.loading import ResolvedModel, quiet_libraries, resolve_model, select_device, weight_variant
+from farm.models.libraries import quiet_libraries
+from farm.models.loading import ResolvedModel, resolve_model, select_device, weight_variant
 from farm.models.memory import PhaseMemory
 from farm.models.precision import Precision, precision_for_device
 

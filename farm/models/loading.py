@@ -168,14 +168,3 @@ def select_device(forced: str | None = None) -> str:
     if forced:
         return forced
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def quiet_libraries() -> None:
-    """Silence progress bars and deprecation chatter of diffusers/transformers in workers."""
-    import diffusers
-    import transformers
-
-    diffusers.utils.logging.set_verbosity_error()
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()

@@ -83,7 +83,7 @@ def _write_tokenizer(directory: Path) -> int:
 
 def build_tiny_pipeline(vocab_size: int):
     """Instantiate every component with seeded random weights (no files, no network)."""
-    from farm.models.loading import quiet_libraries
+    from farm.models.libraries import quiet_libraries
 
     quiet_libraries()
     import torch

@@ -31,7 +31,7 @@ from farm.core.job import FINAL_ITEM_STATES, FINAL_JOB_STATES, JobStatus, JobSta
 from farm.core.manifest import JobSpec
 from farm.core.tiers import load_tier_table
 from farm.runtime.engine import ActiveJob, Engine, start_workers
-from farm.runtime.executor import JobRecorder, clear_staging, prepare_job, write_job_files
+from farm.runtime.jobs import JobRecorder, clear_staging, prepare_job, write_job_files
 from farm.settings import FarmSettings, load_settings
 from farm.storage import canonical_output, open_store
 from farm.storage.base import item_keys, job_record_key, job_spec_key

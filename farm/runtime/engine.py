@@ -9,7 +9,8 @@ scheduling decision (routing, stealing, escalation, requeue, re-planning, cancel
 waits for a worker call to return, turns it into events, hands them to the state machine and
 carries out its instructions (send a task, probe or stop a worker, finish a job). Workers are
 reached through `farm.runtime.handles` (Ray actors, or objects in this process for tests), so
-nothing here depends on how a worker runs. Only small task and outcome dicts cross Ray.
+nothing here depends on how a worker runs. Only small typed tasks and replies cross Ray
+(`farm.core.contracts`).
 
 `step()` is driven from one thread; `admit`, `cancel` and the read-only views may be called from
 others (under `lock`).
@@ -338,14 +339,9 @@ class Engine:
             log.warning("the commit mailbox failed: %s", error)
             reports = []
         known = {w.name for w in self.workers}
-        events = []
-        for report in reports:
-            if report["worker"] in known:
-                outcomes = tuple(ItemOutcome.from_dict(data) for data in report["outcomes"])
-                pending = tuple(tuple(pair) for pair in report["pending"])
-                events.append(dispatch.WorkerReplied(report["worker"], outcomes, pending, dispatch.COMMITS,
-                                                     report["sequence"]))
-        reported = {report["worker"] for report in reports}
+        events = [dispatch.WorkerReplied(r.worker, r.outcomes, r.pending, dispatch.COMMITS, r.sequence)
+                  for r in reports if r.worker in known]
+        reported = {report.worker for report in reports}
         events += [dispatch.WorkerReplied(name, (), None, dispatch.COMMITS) for name in self.watched - reported
                    if name in known]
         self.watched = set()
@@ -372,17 +368,16 @@ class Engine:
             return dispatch.WorkerLost(name, str(error))
         except WorkerCallError as error:  # the worker's own code raised (a bug); the worker is fine
             return dispatch.WorkerCallFailed(name, str(error), kind)
-        memory = reply.get("memory")
+        memory = reply.memory
         if memory and self.metrics is not None:
             self.metrics.worker_memory(name, worker.tier, memory.get("used"), memory.get("total"))
-        outcomes = tuple(ItemOutcome.from_dict(data) for data in reply["outcomes"])
-        pending = tuple(tuple(pair) for pair in reply["pending"])
-        return dispatch.WorkerReplied(name, outcomes, pending, kind, reply.get("sequence"))
+        sequence = reply.sequence if reply.sequence >= 0 else None
+        return dispatch.WorkerReplied(name, reply.outcomes, reply.pending, kind, sequence, reply.escalation)
 
     def _carry_out(self, instructions: list) -> None:
         for instruction in instructions:
             if isinstance(instruction, dispatch.SendTask):
-                self._call(instruction.worker, "render", instruction.task.to_dict())
+                self._call(instruction.worker, "render", instruction.task)
             elif isinstance(instruction, dispatch.WatchCommits):
                 self._watch(instruction.worker)
             elif isinstance(instruction, dispatch.ProbeWorker):  # restarted by Ray, or gone for good

@@ -4,15 +4,17 @@ that waits on the calls in flight.
 Two implementations: Ray actors (`RayWorkerHandle`, `RayCallPool`), which is what the farm
 runs, and plain objects in this process (`LocalWorkerHandle`, `LocalCallPool`: each worker
 on a thread of its own), so that a whole job runs through the real engine and dispatch state
-machine in a test without Ray. A worker is anything with `render(task_dict)` and `info()` returning
-what `farm.runtime.workers.RenderWorkerImpl` returns; its commits reach the engine through a
-mailbox (`farm.runtime.mailbox`).
+machine in a test without Ray. A worker is anything with `render(task)` (a RenderTask, answered
+with a WorkerReply) and `info()` returning what `farm.runtime.workers.RenderWorkerImpl` returns;
+its commits reach the engine through a mailbox (`farm.runtime.mailbox`).
 """
 
 from __future__ import annotations
 
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any, Protocol
+
+from farm.core.contracts import RenderTask
 
 
 class WorkerDied(Exception):
@@ -27,7 +29,7 @@ class WorkerHandle(Protocol):
     """One render worker, as the engine uses it. Each method starts a call and returns its
     token for the pool to wait on."""
 
-    def render(self, task: dict) -> Any: ...
+    def render(self, task: RenderTask) -> Any: ...
 
     def info(self) -> Any: ...
 
@@ -51,7 +53,7 @@ class RayWorkerHandle:
     def __init__(self, actor):
         self.actor = actor
 
-    def render(self, task: dict):
+    def render(self, task: RenderTask):
         return self.actor.render.remote(task)
 
     def info(self):
@@ -105,7 +107,7 @@ class LocalWorkerHandle:
 
         return self._thread.submit(run)
 
-    def render(self, task: dict) -> Future:
+    def render(self, task: RenderTask) -> Future:
         return self._call("render", task)
 
     def info(self) -> Future:

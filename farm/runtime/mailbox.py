@@ -2,7 +2,7 @@
 
 A render worker commits in the background (`farm.renderer.BackgroundCommits`) while it renders
 its next item; its render call cannot report that commit until it returns. So each worker puts
-a report (`{"worker", "sequence", "outcomes", "pending"}`) into a mailbox from its commit thread,
+a report (a `farm.core.contracts.WorkerReply`) into a mailbox from its commit thread,
 and the engine keeps one `take` call open while uploads are pending: the commit reaches the job's
 progress, record and metrics at once.
 
@@ -17,19 +17,21 @@ import asyncio
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 
+from farm.core.contracts import WorkerReply
+
 
 class CommitMailboxActor:
     """The Ray actor (async: `take` waits without holding a thread)."""
 
     def __init__(self):
-        self.reports: list[dict] = []
+        self.reports: list[WorkerReply] = []
         self.arrived = asyncio.Event()
 
-    async def put(self, report: dict) -> None:
+    async def put(self, report: WorkerReply) -> None:
         self.reports.append(report)
         self.arrived.set()
 
-    async def take(self, wait_s: float) -> list[dict]:
+    async def take(self, wait_s: float) -> list[WorkerReply]:
         """Every report since the last take, as soon as there is one (or [] after `wait_s`)."""
         if not self.reports:
             try:
@@ -51,7 +53,7 @@ class RayMailbox:
             actor = ray.remote(num_cpus=0, max_restarts=-1)(CommitMailboxActor).remote()
         self.actor = actor
 
-    def put(self, report: dict) -> None:
+    def put(self, report: WorkerReply) -> None:
         self.actor.put.remote(report)
 
     def take(self, wait_s: float):
@@ -70,17 +72,17 @@ class LocalMailbox:
     """The same in this process; `take` returns a Future (for `LocalCallPool`)."""
 
     def __init__(self):
-        self.reports: list[dict] = []
+        self.reports: list[WorkerReply] = []
         self.arrived = threading.Condition()
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="farm-local-mailbox")
 
-    def put(self, report: dict) -> None:
+    def put(self, report: WorkerReply) -> None:
         with self.arrived:
             self.reports.append(report)
             self.arrived.notify_all()
 
     def take(self, wait_s: float) -> Future:
-        def wait() -> list[dict]:
+        def wait() -> list[WorkerReply]:
             with self.arrived:
                 if not self.reports:
                     self.arrived.wait(wait_s)

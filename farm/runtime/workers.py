@@ -14,8 +14,8 @@ import traceback
 
 import ray
 
+from farm.core.contracts import Escalation, ItemOutcome, RenderTask, WorkerReply
 from farm.core.errors import FarmError
-from farm.core.job import ItemOutcome, RenderTask
 
 
 class RenderWorkerImpl:
@@ -138,24 +138,25 @@ class RenderWorkerImpl:
             info["memory_allocated_bytes"] = allocated_bytes(self.adapter.device)
         return info
 
-    def render(self, task: dict) -> dict:
-        """Render one task; returns {"outcomes": [finished items], "pending": [(job, item) uploading]}."""
+    def render(self, task: RenderTask) -> WorkerReply:
+        """Render one task: the items that ended (this one, if nothing is left to upload, and
+        background commits that landed since), an escalation, and what still uploads."""
         if self.renderer is None:
             reason = self.error or "model not loaded"
-            outcome = ItemOutcome.failure(task["item_id"], "model_unavailable", reason, job_id=task.get("job_id", ""))
-            return {"outcomes": [outcome.to_dict()], "pending": []}
-        produced = self.renderer.produce(RenderTask.from_dict(task))
-        outcomes = []
+            outcome = ItemOutcome.failure(task.item_id, "model_unavailable", reason, job_id=task.job_id)
+            return WorkerReply(self.name, -1, (outcome,))
+        produced = self.renderer.produce(task)
         if isinstance(produced, ItemOutcome):
-            outcomes.append(produced)
-        else:
-            self.commits.submit(produced)  # blocks while the upload queue is full
-        return self._reply(outcomes)
+            return self._reply([produced])
+        if isinstance(produced, Escalation):
+            return self._reply([], produced)
+        self.commits.submit(produced)  # blocks while the upload queue is full
+        return self._reply([])
 
-    def flush(self) -> dict:
+    def flush(self) -> WorkerReply:
         """Wait for this worker's uploads; same shape as `render`."""
         if self.renderer is None:
-            return {"outcomes": [], "pending": []}
+            return WorkerReply(self.name, -1)
         return self._reply(self.commits.flush())
 
     def _report_commits(self) -> None:
@@ -164,14 +165,11 @@ class RenderWorkerImpl:
             return
         sequence, finished, pending = self.commits.report()
         if finished:
-            outcomes = [o.to_dict() for o in finished]
-            self.mailbox.put({"worker": self.name, "sequence": sequence, "outcomes": outcomes, "pending": pending})
+            self.mailbox.put(WorkerReply(self.name, sequence, tuple(finished), pending=tuple(pending)))
 
-    def _reply(self, outcomes) -> dict:
+    def _reply(self, outcomes: list[ItemOutcome], escalation: Escalation | None = None) -> WorkerReply:
         sequence, finished, pending = self.commits.report()
-        outcomes = [*outcomes, *finished]
-        return {"outcomes": [o.to_dict() for o in outcomes], "pending": pending, "sequence": sequence,
-                "memory": self.memory()}
+        return WorkerReply(self.name, sequence, (*outcomes, *finished), escalation, tuple(pending), self.memory())
 
     def memory(self) -> dict:
         """Device memory in use and in total: CUDA's figures, the simulated card's, or the host's."""

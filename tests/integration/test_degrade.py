@@ -7,7 +7,10 @@ import pytest
 import torch
 from helpers import encode, pattern
 
-from farm.core.job import ESCALATE, FAILED, SUCCEEDED, RenderTask
+from dataclasses import replace
+
+from farm.core.contracts import Escalation
+from farm.core.job import FAILED, SUCCEEDED, RenderTask
 from farm.core.manifest import parse_manifest
 from farm.core.tiers import GIB
 from farm.models.memory import CardInfo, allocated_bytes
@@ -73,9 +76,24 @@ def test_resolution_and_frames_come_after_the_savers(tmp_path, tiny_adapter):
 
 def test_a_bigger_tier_is_asked_for_after_the_savers(tmp_path, tiny_adapter):
     outcome = ItemRenderer(tiny_adapter, card=card(6.6)).render(task(tmp_path, resolution=1024, bigger=True))
-    assert outcome.status == ESCALATE
-    assert [d["step"] for d in outcome.degradations] == ["memory_savers"] * 3
-    assert outcome.settings["saver_level"] == 3 and outcome.settings["resolution"] == 1024
+    assert isinstance(outcome, Escalation)
+    assert [d.step for d in outcome.degradations] == ["memory_savers"] * 3
+    assert outcome.settings.saver_level == 3 and outcome.settings.resolution == 1024
+    assert [o.settings.saver_level for o in outcome.ooms] == [0, 1, 2, 3] and {o.tier for o in outcome.ooms} == {"sim"}
+
+
+def test_an_item_back_on_the_same_tier_does_not_retry_what_ran_out_of_memory_there(tmp_path, tiny_adapter):
+    """Escalation refused (the bigger card was busy): the worker's ladder goes on from where it
+    stopped, without running the blocked settings again."""
+    renderer = ItemRenderer(tiny_adapter, card=card(6.6))
+    escalation = renderer.render(task(tmp_path, resolution=1024, bigger=True))
+    back = replace(task(tmp_path, resolution=1024), settings=escalation.settings,
+                   degradations=escalation.degradations, ooms=escalation.ooms)
+    outcome = renderer.render(back)
+    assert outcome.status == SUCCEEDED, outcome.message
+    assert len(outcome.ooms) == len(escalation.ooms)  # no new OOM: the blocked rung was skipped
+    assert [d["step"] for d in outcome.degradations][-1] == "resolution"
+    assert "ran out of memory on sim before" in outcome.degradations[-1]["why"]
 
 
 @pytest.mark.parametrize("phase", ["denoise", "decode"])

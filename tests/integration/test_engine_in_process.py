@@ -30,9 +30,9 @@ def adapters(tiny_model_dir):
     return {tier: I2VGenXLAdapter.load("tiny", device="cpu") for tier in ("12g", "24g", "80g")}
 
 
-def farm(adapters, faults: str | None = None) -> Engine:
+def farm(adapters, faults: str | None = None, tiers=("12g", "24g", "80g")) -> Engine:
     workers, mailbox = [], LocalMailbox()
-    for tier, adapter in adapters.items():
+    for tier, adapter in ((t, adapters[t]) for t in tiers):
         spec = TABLE[tier]
         card = CardInfo(tier, int(spec.card_gib * GIB), spec.budget_bytes, "FARM_GPU_VRAM_GB", True)
         adapter.injector = None
@@ -85,6 +85,19 @@ def test_a_job_renders_and_an_oom_on_the_small_card_moves_to_a_bigger_one_withou
         assert [d["step"] for d in sidecar["degradations"]] == ["memory_savers"] * 3 + ["bigger_tier"]
         assert (hop["from"], hop["to"], sidecar["tier"]["ran_on"]) == ("12g", "80g", "80g")
         assert sidecar["effective"]["memory_savers"] == []  # none of the savers the 12g card needed
+
+
+def test_an_item_escalated_from_12g_to_24g_runs_there_without_the_12g_savers(tmp_path, adapters):
+    engine = farm(adapters, faults="oom:denoise:2@12g", tiers=("12g", "24g"))
+    job, plan = job_of(tmp_path, "to24", 1, engine)  # planned on 12g (it fits there); the 24g card is idle
+    engine.admit(job, plan)
+    assert engine.run_until_done() and job.state.final_state == "succeeded", job.state.failures()
+    sidecar = sidecars(tmp_path / "out" / "to24")["i0"]
+    assert [(o["tier"], o["savers"]) for o in sidecar["ooms"]][-1] == ("12g", ["vae_slicing", "vae_tiling", "ff_chunking",
+                                                                               "cpu_offload"])
+    assert [d["step"] for d in sidecar["degradations"]] == ["memory_savers"] * 3 + ["bigger_tier"]
+    assert sidecar["tier"]["planned"] == "12g" and sidecar["tier"]["ran_on"] == "24g"
+    assert sidecar["effective"]["memory_savers"] == []  # planned afresh for 24g: none of the 12g savers
 
 
 def test_cancelling_a_job_keeps_what_rendered_and_drops_the_rest(tmp_path, adapters):

@@ -120,16 +120,16 @@ def test_an_actor_survives_an_injected_oom_with_memory_back_to_baseline(tmp_path
         info = ray.get(actor.info.remote(measure_memory=True))
         assert info["ok"] and info["tier"] == "12g" and info["card"]["simulated"]
         pid = info["pid"]
-        reply = ray.get(actor.render.remote(RenderTask.for_item(spec, spec.items[0], planned_tier="12g").to_dict()))
-        first = reply["outcomes"][0]
-        assert first["status"] == "failed" and first["reason"] == "oom" and "injected" in first["message"]
+        reply = ray.get(actor.render.remote(RenderTask.for_item(spec, spec.items[0], planned_tier="12g")))
+        first = reply.outcomes[0]
+        assert first.status == "failed" and first.reason == "oom" and "injected" in first.message
         after_oom = ray.get(actor.info.remote(measure_memory=True))
         assert after_oom["pid"] == pid, "the same process, not a restart"
         baseline = info["memory_allocated_bytes"]
         assert abs(after_oom["memory_allocated_bytes"] - baseline) < 512 * 1024, (baseline, after_oom)
-        reply = ray.get(actor.render.remote(RenderTask.for_item(spec, spec.items[1], planned_tier="12g").to_dict()))
-        outcomes = reply["outcomes"] + ray.get(actor.flush.remote())["outcomes"]
-        assert [o["status"] for o in outcomes] == ["succeeded"]
+        reply = ray.get(actor.render.remote(RenderTask.for_item(spec, spec.items[1], planned_tier="12g")))
+        outcomes = reply.outcomes + ray.get(actor.flush.remote()).outcomes
+        assert [o.status for o in outcomes] == ["succeeded"]
         after_next = ray.get(actor.info.remote(measure_memory=True))
         assert after_next["pid"] == pid
         assert abs(after_next["memory_allocated_bytes"] - baseline) < 512 * 1024

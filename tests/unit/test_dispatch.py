@@ -6,7 +6,9 @@ from pathlib import Path
 import pytest
 
 from farm.core import dispatch as d
-from farm.core.job import ESCALATE, FAILED, SUCCEEDED, ItemOutcome, JobState
+from farm.core.contracts import Escalation
+from farm.core.job import FAILED, SUCCEEDED, ItemOutcome, JobState
+from farm.core.ladder import Degradation, OomRecord, RenderSettings
 from farm.core.manifest import parse_manifest
 from farm.core.planner import plan_job
 from farm.core.tiers import ClusterShape, TierTable
@@ -49,7 +51,9 @@ class Farm:
         return {i.worker: i.task for i in self.out if isinstance(i, d.SendTask)}
 
     def reply(self, worker, *outcomes, pending=()):
-        return self.handle(d.WorkerReplied(worker, tuple(outcomes), tuple(pending)))
+        escalations = [o for o in outcomes if isinstance(o, Escalation)]
+        outcomes = tuple(o for o in outcomes if not isinstance(o, Escalation))
+        return self.handle(d.WorkerReplied(worker, outcomes, tuple(pending), escalation=(escalations or [None])[0]))
 
     def finished_jobs(self):
         return [i.job_id for i in self.out if isinstance(i, d.JobFinished)]
@@ -169,12 +173,12 @@ def test_every_worker_gone_fails_what_is_left():
     assert farm.finished_jobs() == ["j"]
 
 
-def oom(job_id, item_id, degradations=(), **extra):
-    """The escalate outcome a worker's ladder returns: the task's degradations and its own step."""
-    step = {"step": "memory_savers", "from": "none", "to": "cpu_offload", "why": "oom"}
-    return done(job_id, item_id, status=ESCALATE, message="out of memory at 256x256x8",
-                settings={"resolution": 256, "aspect": "1:1", "frames": 8, "saver_level": 3},
-                degradations=[*degradations, step], **extra)
+def oom(job_id, item_id, degradations=(), ooms=(), tier="12g"):
+    """The escalation a worker's ladder returns: the task's degradations and its own step."""
+    tried = RenderSettings(256, "1:1", 8, 3)
+    step = Degradation("memory_savers", [], list(tried.savers), "oom")
+    failed = OomRecord("denoise", tier, tried, "CUDA out of memory")
+    return Escalation(item_id, job_id, "out of memory at 256x256x8", tried, (*degradations, step), (*ooms, failed))
 
 
 def test_escalation_moves_to_an_idle_bigger_worker():
@@ -183,21 +187,22 @@ def test_escalation_moves_to_an_idle_bigger_worker():
     assert farm.tasks()["12g-0"].bigger_tier_available
     out = farm.reply("12g-0", oom("j", "a"))
     task = {i.worker: i.task for i in out if isinstance(i, d.SendTask)}["24g-0"]
-    assert task.item_id == "a" and task.degradations[-1]["step"] == "bigger_tier"
-    assert (task.degradations[-1]["from"], task.degradations[-1]["to"]) == ("12g", "24g")
+    assert task.item_id == "a" and task.degradations[-1].step == "bigger_tier"
+    assert (task.degradations[-1].before, task.degradations[-1].after) == ("12g", "24g")
     assert farm.state.jobs["j"].state.items["a"].attempts == 1  # a move, not a new attempt
-    assert task.settings["saver_level"] == 0  # planned afresh for the 24g card: none of the 12g savers
+    assert task.settings.saver_level == 0  # planned afresh for the 24g card: none of the 12g savers
+    assert [o.tier for o in task.ooms] == ["12g"]  # what failed travels with the item
 
 
 def test_an_escalated_item_skips_what_already_ran_out_of_memory_on_that_tier():
     farm = Farm(("12g-0", "12g"), ("24g-0", "24g"))
     farm.admit("j", [item("a"), item("b")])
     farm.reply("24g-0", done("j", "b"))  # the 24g card is idle again
-    failed_there = {"phase": "denoise", "tier": "24g", "resolution": 256, "frames": 8, "savers": []}
+    failed_there = OomRecord("denoise", "24g", RenderSettings(256, "1:1", 8), "CUDA out of memory")
     out = farm.reply("12g-0", oom("j", "a", ooms=[failed_there]))
     task = {i.worker: i.task for i in out if isinstance(i, d.SendTask)}["24g-0"]
-    assert task.settings["saver_level"] == 1
-    assert task.degradations[-1]["step"] == "memory_savers" and "ran out of memory there" in task.degradations[-1]["why"]
+    assert task.settings.saver_level == 1
+    assert task.degradations[-1].step == "memory_savers" and "ran out of memory there" in task.degradations[-1].why
 
 
 def test_escalation_when_the_bigger_worker_is_busy_goes_back_to_the_same_worker():
@@ -207,6 +212,7 @@ def test_escalation_when_the_bigger_worker_is_busy_goes_back_to_the_same_worker(
     farm.reply("12g-0", oom("j", "a"))
     task = farm.tasks()["12g-0"]
     assert task.item_id == "a" and not task.bigger_tier_available  # its ladder goes on without moving
+    assert task.settings == RenderSettings(256, "1:1", 8, 3) and task.ooms[-1].tier == "12g"  # blocked there
 
 
 def test_no_bigger_tier_alive_means_the_ladder_is_not_offered_one():
@@ -224,10 +230,12 @@ def test_a_second_escalation_after_the_bigger_card_also_fails_stays_there():
     farm.admit("j", [item("a")])
     farm.reply("12g-0", oom("j", "a"))
     assert "24g-0" in farm.sent()
-    farm.reply("24g-0", oom("j", "a", degradations=farm.tasks()["24g-0"].degradations))
+    first = farm.tasks()["24g-0"]
+    farm.reply("24g-0", oom("j", "a", degradations=first.degradations, ooms=first.ooms, tier="24g"))
     task = farm.tasks()["80g-0"]
-    steps = [(s["from"], s["to"]) for s in task.degradations if s["step"] == "bigger_tier"]
+    steps = [(s.before, s.after) for s in task.degradations if s.step == "bigger_tier"]
     assert steps == [("12g", "24g"), ("24g", "80g")]
+    assert [o.tier for o in task.ooms] == ["12g", "24g"] and task.settings.saver_level == 0
 
 
 def test_cancel_before_anything_started_drops_everything():
