@@ -21,8 +21,9 @@ from pathlib import Path
 
 from farm import __version__
 from farm.core.errors import FarmError, ManifestError, ManifestIssue
-from farm.core.manifest import JobOverrides, issues_from_validation, load_manifest
+from farm.core.manifest import JobOverrides, issues_from_validation
 from farm.core.params import ASPECTS, PRESETS, ParamOverrides
+from farm.storage.manifest_file import load_manifest
 
 EXIT_OK, EXIT_FAILED_ITEMS, EXIT_INVALID, EXIT_CANNOT_RUN = 0, 1, 2, 3
 MAX_LISTED_WARNINGS = 20
