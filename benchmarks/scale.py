@@ -52,9 +52,9 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 from farm.core.jobqueue import JobQueue
-from farm.core.manifest import load_manifest
 from farm.core.planner import plan_job
 from farm.core.tiers import ClusterShape, load_tier_table
+from farm.storage.manifest_file import load_manifest
 
 # Simulated nodes: (tier, speed, workers for the default 48). Two 12g nodes and two 24g nodes of
 # different speeds (older and newer cards of one memory class), one 80g node. Scaled to --workers.

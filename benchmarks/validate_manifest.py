@@ -67,7 +67,7 @@ def write_manifests(folder: Path, count: int) -> dict[str, Path]:
 
 
 def in_process_seconds(path: Path, repeats: int) -> float:
-    from farm.core.manifest import load_manifest
+    from farm.storage.manifest_file import load_manifest
 
     times = []
     for _ in range(repeats):

@@ -14,9 +14,9 @@ from chaoskit import BackgroundJob, CommitWatcher, audit, chaos_items, committed
 from helpers import write_manifest
 from processes import own_processes
 
-from farm.core.manifest import load_manifest
 from farm.runtime.executor import RunOptions, run_job
 from farm.storage import open_store
+from farm.storage.manifest_file import load_manifest
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration]
 

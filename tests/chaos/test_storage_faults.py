@@ -18,9 +18,9 @@ import pytest
 from chaoskit import BackgroundJob, CommitWatcher, OutageProxy, audit, chaos_items, committed_etags, write_images
 from helpers import MotoServer, free_port, write_manifest
 
-from farm.core.manifest import load_manifest
 from farm.runtime.executor import RunOptions, run_job
 from farm.storage import open_store
+from farm.storage.manifest_file import load_manifest
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration]
 

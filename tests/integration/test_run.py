@@ -13,9 +13,9 @@ from helpers import encode, noise, pattern, png_bomb, write_manifest
 from commands import start
 from processes import LOOPBACK_ADDRESSES, listening_addresses, own_processes, tree
 
-from farm.core.manifest import load_manifest
 from farm.media.video import probe_mp4
 from farm.runtime.executor import RunOptions, run_job
+from farm.storage.manifest_file import load_manifest
 
 pytestmark = pytest.mark.integration
 

@@ -12,8 +12,8 @@ import ray
 from helpers import encode, pattern, write_manifest
 
 from farm.core.job import RenderTask
-from farm.core.manifest import load_manifest
 from farm.runtime.executor import RunOptions, run_job
+from farm.storage.manifest_file import load_manifest
 
 pytestmark = pytest.mark.integration
 

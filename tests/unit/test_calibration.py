@@ -344,7 +344,7 @@ def plan_manifest(tmp_path: Path) -> Path:
 
 
 def test_the_planner_uses_the_calibration_file(tmp_path, monkeypatch):
-    from farm.core.manifest import load_manifest
+    from farm.storage.manifest_file import load_manifest
 
     spec = load_manifest(plan_manifest(tmp_path))
     shape, table = ClusterShape({"24g": 1, "80g": 1}), TierTable()

@@ -195,7 +195,7 @@ def test_the_ray_job_runs_farm_on_the_mounted_manifest():
     head = job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
     mounts = {m["mountPath"]: m["name"] for m in head["containers"][0]["volumeMounts"]}
     assert os.path.dirname(manifest_path) in mounts
-    from farm.core.manifest import load_manifest
+    from farm.storage.manifest_file import load_manifest
 
     load_manifest(ROOT / "k8s/rayjob/manifest.yaml")  # the example manifest is valid
 

@@ -10,8 +10,9 @@ import yaml
 from farm.core.errors import ManifestError, ManifestIssue, excerpt
 from farm.core.ids import derive_item_id
 from farm.core.job import RenderTask
-from farm.core.manifest import JobOverrides, JobSpec, load_manifest, parse_manifest
+from farm.core.manifest import JobOverrides, JobSpec, parse_manifest
 from farm.core.params import ParamOverrides
+from farm.storage.manifest_file import load_manifest
 
 
 def parse(document, fmt="yaml", **kwargs):
@@ -327,7 +328,7 @@ def test_a_file_without_a_size_is_still_read_bounded(tmp_path):
     # Files under /proc say they are 0 bytes long; the read stops at the limit all the same.
     error = manifest_error(lambda: load_manifest(Path("/proc/self/maps").resolve(), max_bytes=10))
     assert "unknown manifest extension" in error.issues[0].message  # refused by extension first
-    from farm.core.manifest import read_manifest_file
+    from farm.storage.manifest_file import read_manifest_file
 
     with pytest.raises(ManifestError, match="over the 10-byte limit"):
         read_manifest_file("/proc/self/maps", 10)

@@ -1,11 +1,9 @@
-"""The `farm` command line: run, render, validate, demo.
+"""The commands that work on this machine: `run`, `resume`, `render` and `demo` render here (an
+embedded Ray cluster, or one joined with --address); `validate`, `plan`, `tiers` and `calibrate`
+render nothing and import no heavy libraries; `serve` runs the farm's HTTP API here.
 
-Exit codes: 0 every item succeeded; 1 some items failed; 2 invalid manifest or arguments
-(nothing rendered; for the remote commands also an unknown job); 3 the job could not start
-(model weights or output storage unavailable, a render worker could not start, Ray or the farm
-service unreachable); 128+N stopped by signal N before the end (130 Ctrl-C, 143 SIGTERM): what
-committed stays, `farm resume` renders the rest. Heavy imports (torch, ray, diffusers) happen
-only in commands that render.
+Also how the command line's flags become the manifest's overrides (`_job_overrides`), and the
+settings the manifest is read with (`_manifest_settings`).
 """
 
 from __future__ import annotations
@@ -19,30 +17,21 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from farm import __version__
+from farm.cli.output import (
+    EXIT_CANNOT_RUN,
+    EXIT_FAILED_ITEMS,
+    EXIT_INVALID,
+    EXIT_OK,
+    _duration,
+    _print_manifest_error,
+)
 from farm.core.errors import FarmError, ManifestError, ManifestIssue
-from farm.core.manifest import JobOverrides, issues_from_validation, load_manifest
-from farm.core.params import ASPECTS, PRESETS, ParamOverrides
+from farm.core.manifest import JobOverrides, issues_from_validation
+from farm.core.params import ParamOverrides
+from farm.storage.manifest_file import load_manifest
 
-EXIT_OK, EXIT_FAILED_ITEMS, EXIT_INVALID, EXIT_CANNOT_RUN = 0, 1, 2, 3
 MAX_LISTED_WARNINGS = 20
 PARAM_FLAGS = ("preset", "resolution", "aspect", "frames", "fps", "steps", "guidance_scale", "negative_prompt", "seed", "degrade")
-
-
-def _add_param_flags(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("generation parameters (override the manifest's defaults)")
-    group.add_argument("--preset", choices=list(PRESETS))
-    group.add_argument("--resolution", help="short side: 256, 512, 768 or 1024 (e.g. 512 or 512p)")
-    group.add_argument("--aspect", choices=list(ASPECTS))
-    group.add_argument("--frames", type=int, help="8-32")
-    group.add_argument("--fps", type=int, help="4-24, the MP4's frame rate")
-    group.add_argument("--steps", type=int, help="10-100 denoising steps")
-    group.add_argument("--guidance-scale", type=float, help="1-20")
-    group.add_argument("--negative-prompt")
-    group.add_argument("--seed", type=int)
-    group.add_argument("--degrade", choices=["allowed", "memory_savers", "never"], help="what may change on OOM")
-    group.add_argument("--degrade-order", help="e.g. memory_savers,bigger_tier,frames,resolution")
-    group.add_argument("--unfit", choices=["degrade", "reject"], help="items that fit no GPU present")
 
 
 def _param_overrides(args: argparse.Namespace) -> ParamOverrides:
@@ -78,10 +67,6 @@ def _job_overrides(args: argparse.Namespace) -> JobOverrides:
         degrade_order=order or None,
         unfit=getattr(args, "unfit", None),
     )
-
-
-def _print_manifest_error(error: ManifestError) -> None:
-    print(str(error), file=sys.stderr)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -297,75 +282,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _client(args: argparse.Namespace):
-    from farm.client import FarmClient
-
-    return FarmClient(getattr(args, "endpoint", None), settings=args.settings.client)
-
-
-def _print_status(status: dict) -> None:
-    counts = status.get("counts") or {}
-    done = counts.get("succeeded", 0) + counts.get("skipped", 0)
-    line = f"{status['id']}  {status['name']}  {status['state']}"
-    if counts:
-        line += f"  {done}/{counts.get('total', 0)} done, {counts.get('failed', 0)} failed"
-    print(line + f"  -> {status.get('output_prefix') or status.get('output')}")
-
-
-def cmd_submit(args: argparse.Namespace) -> int:
-    client = _client(args)
-    accepted = client.submit(Path(args.manifest))
-    print(accepted["id"])
-    if not args.wait:
-        return EXIT_OK
-    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
-
-    final = None
-    with Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TextColumn("{task.fields[info]}")) as bar:
-        task = bar.add_task(accepted["id"], total=None, info="")
-        for _event, status in client.events(accepted["id"]):
-            counts = status.get("counts") or {}
-            finished = sum(counts.get(k, 0) for k in ("succeeded", "failed", "skipped", "cancelled"))
-            eta = status.get("eta_seconds")
-            info = f"{counts.get('failed', 0)} failed · {status.get('items_per_minute') or 0:.1f}/min"
-            info += f" · ETA {int(eta)}s" if eta else ""
-            bar.update(task, total=counts.get("total") or status.get("items"), completed=finished, info=info)
-            final = status
-    if final is None:
-        final = client.status(accepted["id"])
-    _print_status(final)
-    return EXIT_OK if final["state"] == "succeeded" else EXIT_FAILED_ITEMS
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    status = _client(args).status(args.job)
-    if args.json:
-        print(json.dumps(status, indent=1))
-    else:
-        _print_status(status)
-    return EXIT_OK
-
-
-def cmd_jobs(args: argparse.Namespace) -> int:
-    page = _client(args).jobs(limit=args.limit)
-    if args.json:
-        print(json.dumps(page, indent=1))
-        return EXIT_OK
-    for status in page["jobs"]:
-        _print_status(status)
-    return EXIT_OK
-
-
-def cmd_cancel(args: argparse.Namespace) -> int:
-    _print_status(_client(args).cancel(args.job))
-    return EXIT_OK
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"
-
-
 def _execute(spec, args: argparse.Namespace, manifest: Path | None = None, *, show_summary: bool = True) -> int:
     from farm.console import ConsoleReporter, print_summary
     from farm.runtime.executor import RunOptions, run_job
@@ -509,145 +425,3 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(TINY_NOTICE if spec.model == "tiny" else "")
     print(f"videos are in {output / spec.name}/ (ITEM.mp4, ITEM.jpg thumbnail, ITEM.json sidecar)")
     return code
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="farm", description="A render farm for image-to-video generation (I2VGen-XL).")
-    parser.add_argument("--version", action="version", version=f"farm {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    def add_cluster_flags(sub):
-        sub.add_argument("--model", help="`tiny`, a local diffusers folder or a Hugging Face id (env FARM_MODEL)")
-        sub.add_argument("--address", help="Ray cluster to join (default: start an embedded one on 127.0.0.1)")
-        sub.add_argument("--workers", type=int, help="render workers (default: one per GPU, or one on the CPU)")
-
-    run = commands.add_parser("run", help="render every item of a manifest")
-    run.add_argument("manifest")
-    run.add_argument("--output", help="output folder or s3://BUCKET/PREFIX (default: the manifest's `output`, else ./farm-output)")
-    run.add_argument("--name", help="job name (default: the manifest's `name`, else its file name)")
-    run.add_argument("--skip-invalid", action="store_true", help="run the valid items, report invalid ones as failed")
-    run.add_argument("--force", action="store_true", help="render even items whose identical result is committed")
-    run.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port while the job runs")
-    run.add_argument("--metrics-host", default="127.0.0.1", help="address for --metrics-port (default 127.0.0.1)")
-    run.add_argument("--metrics-linger", type=float, default=0.0, help="keep serving metrics this many seconds after the job")
-    add_cluster_flags(run)
-    _add_param_flags(run)
-    run.set_defaults(func=cmd_run)
-
-    resume = commands.add_parser("resume", help="finish an interrupted job from its output: OUTPUT_URI/JOB_NAME")
-    resume.add_argument("job", help="e.g. ./farm-output/spring or s3://bucket/renders/spring")
-    resume.add_argument("--force", action="store_true", help="render every item again")
-    add_cluster_flags(resume)
-    resume.set_defaults(func=cmd_resume)
-
-    render = commands.add_parser("render", help="render one image")
-    render.add_argument("image")
-    render.add_argument("--prompt", required=True)
-    render.add_argument("-o", "--output", help="output .mp4 (default: next to the image)")
-    add_cluster_flags(render)
-    _add_param_flags(render)
-    render.set_defaults(func=cmd_render)
-
-    def add_dry_run(name: str, help_text: str, func):
-        """validate and plan: a manifest, job-level overrides, no rendering."""
-        sub = commands.add_parser(name, help=help_text)
-        sub.add_argument("manifest")
-        sub.add_argument("--json", action="store_true", help="machine-readable output")
-        sub.add_argument("--model")
-        sub.add_argument("--output")
-        sub.add_argument("--name")
-        _add_param_flags(sub)
-        sub.set_defaults(func=func)
-        return sub
-
-    add_dry_run("validate", "check a manifest and list every error, without rendering", cmd_validate)
-    plan = add_dry_run("plan", "dry run: VRAM estimate, tier and degradations per item, makespan", cmd_plan)
-    plan.add_argument("--gpus", help="cluster shape, e.g. 12g:4,24g:2,80g:1 (default: one GPU of every tier)")
-    plan.add_argument("--tiers", help="tier table file (YAML/JSON); default FARM_TIERS_FILE or the built-in table")
-
-    tiers = commands.add_parser("tiers", help="the VRAM tier table: budgets, speeds and what fits each tier")
-    tiers.add_argument("--tiers", help="tier table file (YAML/JSON); default FARM_TIERS_FILE or the built-in table")
-    tiers.add_argument("--node", action="store_true", help="print this node's `ray start` GPU and tier resources")
-    tiers.add_argument("--model")
-    tiers.set_defaults(func=cmd_tiers)
-
-    calibrate = commands.add_parser(
-        "calibrate", help="fit the VRAM estimator to the peaks measured on CUDA in finished jobs' sidecars"
-    )
-    calibrate.add_argument("outputs", nargs="+", metavar="OUTPUT_URI", help="a job folder (OUTPUT/JOB) or an output root, local or s3://")
-    calibrate.add_argument("--output", default="vram-calibration.json",
-                           help="the calibration file to write (default ./vram-calibration.json)")
-    calibrate.set_defaults(func=cmd_calibrate)
-
-    serve_parser = commands.add_parser("serve", help="run the HTTP API (Ray Serve) and the job coordinator")
-    serve_parser.add_argument("--host", default="127.0.0.1")
-    serve_parser.add_argument("--port", type=int, default=8000)
-    serve_parser.add_argument("--output", help="default output for jobs that name none (FARM_DEFAULT_OUTPUT)")
-    serve_parser.add_argument("--start-timeout", type=float, default=900.0, help="seconds to wait for the model to load")
-    add_cluster_flags(serve_parser)
-    serve_parser.set_defaults(func=cmd_serve)
-
-    def add_remote(name: str, help_text: str, func):
-        sub = commands.add_parser(name, help=help_text)
-        sub.add_argument("--endpoint", help="the farm's URL (default FARM_ENDPOINT, else http://127.0.0.1:8000)")
-        sub.set_defaults(func=func)
-        return sub
-
-    submit = add_remote("submit", "submit a manifest to a farm service; prints the job id", cmd_submit)
-    submit.add_argument("manifest")
-    submit.add_argument("--wait", action="store_true", help="follow the job with a progress bar until it ends")
-    status = add_remote("status", "a job's state and counts", cmd_status)
-    status.add_argument("job")
-    status.add_argument("--json", action="store_true")
-    jobs = add_remote("jobs", "the farm's jobs, newest first", cmd_jobs)
-    jobs.add_argument("--limit", type=int, default=50)
-    jobs.add_argument("--json", action="store_true")
-    cancel = add_remote("cancel", "cancel a job (committed results stay)", cmd_cancel)
-    cancel.add_argument("job")
-
-    demo = commands.add_parser("demo", help="write sample images and a manifest, render them with the tiny model")
-    demo.add_argument("--output", default="farm-demo", help="folder for the inputs and videos (default: ./farm-demo)")
-    add_cluster_flags(demo)
-    demo.set_defaults(func=cmd_demo)
-    return parser
-
-
-def _interrupt_on_sigterm() -> None:
-    """SIGTERM (Kubernetes, systemd, kill) stops a run like Ctrl-C: workers and the embedded Ray
-    cluster are shut down; committed results stay, and `farm resume` finishes the job."""
-    import signal
-    import threading
-
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    _interrupt_on_sigterm()
-    try:
-        from farm.settings import SettingsError, load_settings
-
-        try:
-            args.settings = load_settings()  # the one read of the environment's farm settings
-        except SettingsError as error:
-            print(f"error: {error}", file=sys.stderr)
-            return EXIT_INVALID
-        return args.func(args)
-    except ManifestError as error:
-        _print_manifest_error(error)
-        return EXIT_INVALID
-    except FarmError as error:
-        print(f"error: {error}", file=sys.stderr)
-        status = getattr(error, "status", None)  # an HTTP error from a farm service
-        # 4xx but 401/403/429: the request was wrong (an unknown job, an invalid manifest), not
-        # the farm unreachable; those, and 5xx, mean it could not be done now.
-        return EXIT_INVALID if status and 400 <= status < 500 and status not in (401, 403, 429) else EXIT_CANNOT_RUN
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

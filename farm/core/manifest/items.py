@@ -1,0 +1,189 @@
+"""Validating items, one by one: each raw item becomes a `JobItem` or a `RejectedItem` listing
+every problem found in it (its fields, its image reference, a reserved or repeated id).
+
+Also how pydantic's validation errors become `ManifestIssue`s that name the field, the value and
+what to write instead (`issues_from_validation`, used for the header and the CLI's flags too).
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import replace
+from typing import Any
+
+from pydantic import ValidationError
+
+from farm.core.errors import ManifestIssue, excerpt
+from farm.core.ids import RESERVED_ITEM_IDS, derive_item_id, sanitize_id
+from farm.core.manifest.images import _ImageContext, _locate_image
+from farm.core.manifest.spec import ITEM_FIELDS, ITEM_HELP, ItemSpec, JobItem, RejectedItem
+from farm.core.params import PARAM_FIELDS, ParamOverrides, RenderParams, resolve_params
+
+ItemIssues = dict[int, list[ManifestIssue]]  # an item's index -> the problems found in it
+
+
+def _merge(first: list[ManifestIssue], more: list[ManifestIssue]) -> list[ManifestIssue]:
+    """`first` and those of `more` about other fields (a NaN is reported once, by the walk)."""
+    fields = {issue.field for issue in first if issue.field is not None}
+    return first + [issue for issue in more if issue.field is None or issue.field not in fields]
+
+
+def _validate_items(
+    raw_items: list[Any],
+    lines: list[int | None],
+    defaults: ParamOverrides,
+    cli_params: ParamOverrides,
+    images: _ImageContext,
+    item_issues: ItemIssues | None = None,
+) -> tuple[list[JobItem], list[RejectedItem]]:
+    items: list[JobItem] = []
+    rejected: list[RejectedItem] = []
+    first_index_of: dict[str, int] = {}
+    params_cache: dict[tuple, RenderParams] = {}  # many items share the same overrides
+    item_issues = item_issues or {}
+    for index, raw in enumerate(raw_items):
+        line = lines[index] if index < len(lines) else None
+        raw_id = raw.get("id") if isinstance(raw, dict) and isinstance(raw.get("id"), str) else None
+        found = item_issues.get(index)
+        early = [replace(i, item_id=raw_id, line=line if i.line is None else i.line) for i in found or ()]
+        if raw is None and early:  # a line that was not JSON
+            rejected.append(RejectedItem(index, None, early))
+            continue
+        if not isinstance(raw, dict):
+            issue = ManifestIssue(
+                f"an item must be a mapping with `image` and `prompt`, not {_kind_of(raw)}",
+                item_index=index,
+                line=line,
+                value=raw,
+            )
+            rejected.append(RejectedItem(index, None, [issue, *early]))
+            continue
+        try:
+            spec = ItemSpec.model_validate(raw)
+        except ValidationError as exc:
+            issues = _merge(
+                early,
+                issues_from_validation(
+                    exc, known=ITEM_FIELDS, item_index=index, item_id=raw_id, line=line, skip_kinds=_WALKED_KINDS
+                ),
+            )
+            image = raw.get("image")
+            if isinstance(image, str) and not any(i.field == "image" for i in issues):
+                _, extra = _locate_image(image, images)
+                if extra:  # report it now too: every error at once
+                    issues.append(replace(extra, item_index=index, item_id=raw_id, line=line))
+            rejected.append(RejectedItem(index, raw_id, issues))
+            if raw_id:  # so that a later item reusing this id is still reported
+                first_index_of.setdefault(sanitize_id(raw_id), index)
+            continue
+        issues = []
+        location, image_issue = _locate_image(spec.image, images)
+        if image_issue:
+            issues.append(image_issue)
+        requested = spec.explicit()
+        if spec.preset is not None:
+            requested = {"preset": spec.preset, **requested}
+        cache_key = tuple(requested.items())
+        params = params_cache.get(cache_key)
+        if params is None:
+            params = params_cache[cache_key] = resolve_params(defaults, cli_params, spec)
+        # The id derives from the path as written, so it does not change with where links point.
+        item_id = sanitize_id(spec.id) if spec.id is not None else derive_item_id(spec.image, spec.prompt, requested)
+        if item_id in RESERVED_ITEM_IDS:
+            issues.append(
+                ManifestIssue(
+                    f"id {item_id!r} is reserved for the job's own files ({item_id}.json); choose another id",
+                    field="id",
+                    value=spec.id,
+                )
+            )
+        elif item_id in first_index_of:
+            first = first_index_of[item_id]
+            what = "id" if spec.id is not None else "image, prompt and parameters (so the same derived id)"
+            issues.append(
+                ManifestIssue(
+                    f"duplicates the {what} of items[{first}]; give each item a unique id",
+                    field="id",
+                    value=spec.id,
+                )
+            )
+        if issues or early:
+            located = [
+                replace(i, field=i.field or "image", item_index=index, item_id=raw_id, line=line) for i in issues
+            ]
+            rejected.append(RejectedItem(index, raw_id, _merge(early, located)))
+            continue
+        first_index_of[item_id] = index
+        items.append(
+            JobItem(
+                index=index,
+                id=item_id,
+                image=location,
+                prompt=spec.prompt,
+                params=params,
+                requested=requested,
+                line=line,
+                given_id=spec.id,
+            )
+        )
+    return items, rejected
+
+
+def _kind_of(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    return type(value).__name__
+
+
+# Validation errors the walk (`_scan`) reports better: lone surrogates, with their field.
+_WALKED_KINDS = ("string_unicode",)
+
+
+def _unknown_field_message(name: str, known: tuple[str, ...]) -> str:
+    # difflib is quadratic in the worst case: no suggestions for absurdly long names.
+    close = difflib.get_close_matches(name, known, n=1) if len(name) <= 64 else []
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f"unknown field {excerpt(name, 40)}; {hint}allowed fields are {', '.join(known)}"
+
+
+def issues_from_validation(
+    exc: ValidationError,
+    *,
+    known: tuple[str, ...],
+    item_index: int | None = None,
+    item_id: str | None = None,
+    line: int | None = None,
+    skip_kinds: tuple[str, ...] = (),
+) -> list[ManifestIssue]:
+    issues = []
+    for error in exc.errors(include_url=False):
+        kind = error["type"]
+        if kind in skip_kinds:
+            continue
+        loc = [str(part) for part in error["loc"]]
+        name = loc[-1] if loc and loc[0] == "defaults" else (loc[0] if loc else None)
+        field_path = ".".join(loc) or None
+        value = error.get("input")
+        if kind == "extra_forbidden":
+            allowed = ("preset", *PARAM_FIELDS) if loc and loc[0] == "defaults" else known
+            message = _unknown_field_message(name or "?", allowed)
+        elif kind == "missing":
+            message = f"required; set it to {ITEM_HELP.get(name or '', 'a value')}"
+        else:
+            help_text = ITEM_HELP.get(name or "")
+            reason = error["msg"].replace("Input should", "it should").replace("String should", "it should")
+            message = f"{excerpt(value)} is not allowed: {reason[:200]}"
+            if help_text:
+                message += f"; use {help_text}"
+        issues.append(
+            ManifestIssue(message, field=field_path, item_index=item_index, item_id=item_id, value=value, line=line)
+        )
+    return issues
