@@ -23,7 +23,7 @@ GIB = 1024**3
 RENDER_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600)
 MEMORY_BUCKETS = tuple(gib * GIB for gib in (1, 2, 4, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64, 80))
 UPLOAD_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
-WORKER_STATES = ("idle", "busy", "lost")
+WORKER_STATES = ("idle", "busy", "lost", "starting")
 
 
 class FarmMetrics:

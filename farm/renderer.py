@@ -84,9 +84,11 @@ class ItemRenderer:
         card: CardInfo | None = None,
         image_limits: ImageLimits = ImageLimits(),
         calibration: str | None = None,
+        node_id: str | None = None,
     ):
         self.adapter = adapter
         self.worker_name = worker_name
+        self.node_id = node_id  # the Ray node this worker runs on (sidecars say where an item rendered)
         self.card = card or CardInfo("cpu", None, None, "cpu", False)
         # The estimator's constants for this GPU kind when a calibration file (FARM_VRAM_CALIBRATION) has them.
         self.profile = profile_for_model(adapter.model.ref, self.card.gpu.get("name"), calibration)
@@ -388,6 +390,7 @@ class ItemRenderer:
             device={
                 "type": self.adapter.device,
                 "worker": self.worker_name,
+                "node_id": self.node_id,
                 "host": platform.node(),
                 "torch": torch_version(),
                 **({"gpu": self.card.gpu, "cuda_alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF")} if self.card.gpu else {}),

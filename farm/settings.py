@@ -22,8 +22,9 @@ the code names a `FARM_*` variable that it does not list.
 
 from __future__ import annotations
 
+import json
 import os
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, BaseModel, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -66,6 +67,35 @@ class EngineSettings(FarmBaseSettings):
     record_interval_s: float = Field(
         2.0, gt=0, description="How often a running job's record (JOB/job.json) is rewritten."
     )
+    worker_idle_timeout_s: float = Field(
+        300.0, ge=0, description="A render worker with nothing to do for this long stops and releases its GPU "
+        "(so the autoscaler can remove the node); 0 = never."
+    )
+    min_workers_per_tier: dict[str, Annotated[int, Field(ge=0)]] = Field(
+        default_factory=dict, description="Workers each tier keeps even when idle: `24g=1,80g=0` (or the JSON object "
+        "{\"24g\": 1}); tiers not named keep none."
+    )
+    max_concurrent_loads: int = Field(
+        4, ge=1, description="Render workers that load their model at the same time, at most (new GPUs that joined)."
+    )
+    cluster_poll_s: float = Field(
+        2.0, gt=0, description="How often the farm looks at the cluster's GPUs to start workers on new ones and "
+        "stop idle ones."
+    )
+
+    @field_validator("min_workers_per_tier", mode="before")
+    @classmethod
+    def _tier_counts(cls, value: Any) -> Any:
+        """`24g=1,80g=0` or a JSON object, from an environment variable."""
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if text.startswith("{"):
+            return json.loads(text)
+        pairs = [part.split("=", 1) for part in text.split(",") if part.strip()]
+        if any(len(pair) != 2 for pair in pairs):
+            raise ValueError("write TIER=COUNT pairs separated by commas, e.g. 24g=1,80g=0")
+        return {tier.strip(): count.strip() for tier, count in pairs}
 
 
 class CoordinatorSettings(FarmBaseSettings):

@@ -9,8 +9,8 @@ with `ok=False`).
 
 The decisions it owns:
 - routing: an idle worker takes the highest-priority job's item, jobs of one priority in turn,
-  its own tier first, then smaller tiers (stealing); smallest workers choose first
-  (`farm.core.jobqueue`);
+  its own tier first, then smaller tiers (stealing), the longest estimated item first; smallest
+  workers choose first (`farm.core.jobqueue`);
 - a worker's reply: outcomes recorded, uploads still pending remembered (the item stays
   `running` until its commit is reported); while a worker has uploads pending, its commits are
   watched (`WatchCommits`: the runtime keeps a take open on the mailbox the workers report
@@ -109,6 +109,36 @@ class WorkerProbed:
 
 
 @dataclass(frozen=True)
+class WorkerStarting:
+    """The runtime started a worker for `tier` (it loads its model): queued work for that tier
+    is not failed as "nobody can take it" while it starts."""
+
+    worker: str
+    tier: str
+
+
+@dataclass(frozen=True)
+class WorkerJoined:
+    """A started worker is ready (model loaded, card measured: `tier` is what it found)."""
+
+    worker: str
+    tier: str
+
+
+@dataclass(frozen=True)
+class WorkerStartFailed:
+    worker: str
+    message: str
+
+
+@dataclass(frozen=True)
+class WorkerRetired:
+    """An idle worker is stopped on purpose (idle too long: its GPU is released)."""
+
+    worker: str
+
+
+@dataclass(frozen=True)
 class DrainRequested:
     """The farm is stopping: send nothing new."""
 
@@ -124,7 +154,7 @@ class Tick:
 
 
 Event = (JobAdmitted | JobCancelled | WorkerReplied | WorkerCallFailed | WorkerLost | WorkerProbed
-         | DrainRequested | HandBackHeld | Tick)
+         | WorkerStarting | WorkerJoined | WorkerStartFailed | WorkerRetired | DrainRequested | HandBackHeld | Tick)
 
 # --- instructions ------------------------------------------------------------------------------
 
@@ -185,6 +215,7 @@ Instruction = (SendTask | WatchCommits | ProbeWorker | StopWorker | ItemFinished
 
 
 class WorkerPhase(str, Enum):
+    STARTING = "starting"  # started by the runtime, loading its model
     IDLE = "idle"
     RENDERING = "rendering"
     PROBING = "probing"  # lost: waiting to hear whether it is back or gone
@@ -192,7 +223,9 @@ class WorkerPhase(str, Enum):
 
 
 _WORKER_TRANSITIONS = {
-    WorkerPhase.IDLE: {WorkerPhase.RENDERING, WorkerPhase.PROBING},  # an idle worker dies in its commits call
+    WorkerPhase.STARTING: {WorkerPhase.IDLE, WorkerPhase.GONE},
+    # An idle worker dies in its commits call, or is retired (idle too long).
+    WorkerPhase.IDLE: {WorkerPhase.RENDERING, WorkerPhase.PROBING, WorkerPhase.GONE},
     WorkerPhase.RENDERING: {WorkerPhase.IDLE, WorkerPhase.RENDERING, WorkerPhase.PROBING},
     WorkerPhase.PROBING: {WorkerPhase.IDLE, WorkerPhase.GONE},
     WorkerPhase.GONE: set(),
@@ -269,15 +302,27 @@ class DispatchState:
     # --- views -----------------------------------------------------------------------------
 
     def live_counts(self) -> dict[str, int]:
+        """Workers per tier that have joined and are not gone (a lost one may come back)."""
         counts: dict[str, int] = {}
         for slot in self.workers.values():
-            if slot.phase is not WorkerPhase.GONE:
+            if slot.phase not in (WorkerPhase.GONE, WorkerPhase.STARTING):
                 counts[slot.tier] = counts.get(slot.tier, 0) + 1
         return counts
 
+    def expected_counts(self) -> dict[str, int]:
+        """Live workers and those still starting, per tier: what plans are made for."""
+        counts = self.live_counts()
+        for slot in self.workers.values():
+            if slot.phase is WorkerPhase.STARTING:
+                counts[slot.tier] = counts.get(slot.tier, 0) + 1
+        return counts
+
+    def starting(self) -> bool:
+        return any(s.phase is WorkerPhase.STARTING for s in self.workers.values())
+
     @property
     def shape(self) -> ClusterShape:
-        return ClusterShape(self.live_counts())
+        return ClusterShape(self.expected_counts())
 
     def rendering(self) -> list[WorkerSlot]:
         return [s for s in self.workers.values() if s.phase is WorkerPhase.RENDERING]
@@ -311,7 +356,8 @@ class DispatchState:
             held = (slot.phase is WorkerPhase.RENDERING) + len(slot.uploading)
             if held:
                 in_flight[slot.tier] = in_flight.get(slot.tier, 0) + held
-            state = {WorkerPhase.PROBING: "lost", WorkerPhase.IDLE: "idle"}.get(slot.phase, "busy")
+            state = {WorkerPhase.PROBING: "lost", WorkerPhase.IDLE: "idle", WorkerPhase.STARTING: "starting"}.get(
+                slot.phase, "busy")
             states[(slot.tier, state)] = states.get((slot.tier, state), 0) + 1
         return {"queued": self.queue.queued_by_tier(), "in_flight": in_flight, "workers": states}
 
@@ -339,7 +385,8 @@ class DispatchState:
             # The plan itself, shared by identical items: a job of 100,000 items keeps one small
             # record per item; the task is built when it is sent.
             job.items[item_plan.item_id] = DispatchItem(item_plan, replace_etag=event.replace_etags.get(item_plan.item_id))
-            self.queue.push(job.id, item_plan.item_id, item_plan.tier)
+            self._ensure_tier(item_plan.tier)
+            self.queue.push(job.id, item_plan.item_id, item_plan.tier, work=item_plan.seconds or 0.0)
         job.state.start()
 
     def _on_JobCancelled(self, event: JobCancelled, out: list) -> None:
@@ -420,6 +467,40 @@ class DispatchState:
         if orphans:
             self._replan(orphans)
 
+    def _on_WorkerStarting(self, event: WorkerStarting, out: list) -> None:
+        if event.worker in self.workers and self.workers[event.worker].phase is not WorkerPhase.GONE:
+            raise IllegalTransition(f"worker {event.worker} is already known")
+        self.workers[event.worker] = WorkerSlot(event.worker, event.tier, WorkerPhase.STARTING)
+        self._ensure_tier(event.tier)
+
+    def _on_WorkerJoined(self, event: WorkerJoined, out: list) -> None:
+        slot = self.workers[event.worker]
+        first = self.live_counts().get(event.tier, 0) == 0
+        slot.tier = event.tier
+        slot.move(WorkerPhase.IDLE)
+        self._ensure_tier(event.tier)
+        self.queue.worker_joined(event.tier)
+        if first:  # a tier came (back): what was degraded for its absence is planned again
+            self._replan_degraded()
+
+    def _on_WorkerStartFailed(self, event: WorkerStartFailed, out: list) -> None:
+        slot = self.workers[event.worker]
+        slot.move(WorkerPhase.GONE)
+        if not self.expected_counts().get(slot.tier):  # nobody of that tier is coming: plan its queue elsewhere
+            orphans = self.queue.drain_tier(slot.tier)
+            if orphans:
+                self._replan(orphans)
+
+    def _on_WorkerRetired(self, event: WorkerRetired, out: list) -> None:
+        slot = self.workers[event.worker]
+        if slot.phase is not WorkerPhase.IDLE or slot.uploading:  # it took work meanwhile: it stays
+            return
+        slot.move(WorkerPhase.GONE)
+        out.append(StopWorker(slot.name))
+        orphans = self.queue.worker_gone(slot.tier)
+        if orphans:
+            self._replan(orphans)
+
     def _on_DrainRequested(self, event: DrainRequested, out: list) -> None:
         self.draining = True
 
@@ -434,7 +515,7 @@ class DispatchState:
 
     def _on_Tick(self, event: Tick, out: list) -> None:
         self._fill(out)
-        if self.in_flight() or not len(self.queue) or self.draining:
+        if self.in_flight() or not len(self.queue) or self.draining or self.starting():
             return
         for job in list(self.jobs.values()):  # work left, nobody able to take it
             job.state.fail_remaining(FailureReason.WORKER_LOST, "no render worker left that can take these items")
@@ -519,9 +600,24 @@ class DispatchState:
         planner = Planner(self.table, self.shape, self.profile_for(spec.model))
         return planner.fit_to_tier(spec_item, tier, order=spec.degrade_order, blocked=blocked_on(tier, ooms))
 
+    def _ensure_tier(self, tier: str) -> None:
+        if tier not in self.queue.tiers:
+            known = [t for t in (*self.queue.tiers, tier) if t != CPU_TIER]
+            self.queue.set_tiers(([CPU_TIER] if CPU_TIER in (*self.queue.tiers, tier) else []) + self.table.ordered(known))
+
+    def _replan_degraded(self) -> None:
+        """Queued items whose plan degraded them (no tier big enough was there) are planned
+        again on the workers there are now, in one pass."""
+        degraded = [(job.id, item_id) for job in self.jobs.values() for item_id, item in job.items.items()
+                    if item.plan.degradations and item.settings is None]
+        queued = self.queue.remove_items(set(degraded))
+        if queued:
+            self._replan(queued)
+
     def _replan(self, orphans: list[tuple[str, str]]) -> None:
-        """The last worker of a tier is gone: plan its queued items on the tiers that are left."""
-        counts = self.live_counts()
+        """The last worker of a tier is gone: plan its queued items on the tiers that are left
+        (and those whose workers are starting)."""
+        counts = self.expected_counts()
         for job_id, item_id in orphans:
             job = self.jobs[job_id]
             if not counts:
@@ -537,7 +633,7 @@ class DispatchState:
                 continue
             job.items[item_id] = DispatchItem(item_plan, replace_etag=job.items[item_id].replace_etag)
             job.state.mark_planned(item_id, item_plan.tier)
-            self.queue.push(job_id, item_id, item_plan.tier)
+            self.queue.push(job_id, item_id, item_plan.tier, work=item_plan.seconds or 0.0)
 
     # --- finishing jobs ----------------------------------------------------------------------
 

@@ -93,6 +93,11 @@ class JobState:
             )
         self.workers: dict[str, dict[str, Any]] = {}
         self.plan: dict[str, Any] | None = None
+        # Kept as items change state, so a status answer does not depend on the item count.
+        self._counts = {state: 0 for state in ITEM_STATES}
+        for status in self.items.values():
+            self._counts[status.state] += 1
+        self._degraded = 0  # succeeded items with degradations
 
     # --- transitions ------------------------------------------------------------------------
 
@@ -102,7 +107,7 @@ class JobState:
     @property
     def worked(self) -> bool:
         """Whether this run rendered or failed anything (rather than finding it all committed)."""
-        return any(s.state != SKIPPED for s in self.items.values())
+        return self._counts[SKIPPED] != len(self.items)
 
     def task_for(self, item_id: str, **plan: Any) -> RenderTask:
         status = self.items[item_id]
@@ -115,6 +120,8 @@ class JobState:
         status = self.items[item_id]
         if state not in ITEM_TRANSITIONS[status.state]:
             raise IllegalItemTransition(f"item {item_id!r} of job {self.spec.name!r}: {status.state} -> {state}")
+        self._counts[status.state] -= 1
+        self._counts[state] += 1
         status.state = state
         return status
 
@@ -146,6 +153,7 @@ class JobState:
         status.seconds, status.worker = outcome.seconds, outcome.worker or status.worker
         status.tier = outcome.tier or status.tier
         status.warnings, status.degradations = list(outcome.warnings), list(outcome.degradations)
+        self._degraded += bool(status.degradations) and status.state == SUCCEEDED
 
     def worker_lost(self, item_id: str, message: str) -> bool:
         """A worker died mid-render. Requeue the item if it has attempts left; True if requeued."""
@@ -163,6 +171,8 @@ class JobState:
             self._move(item_id, QUEUED).worker = None
 
     def fail_remaining(self, reason: FailureReason | str, message: str) -> None:
+        if not (self._counts[QUEUED] or self._counts[RUNNING]):
+            return
         for item_id, status in self.items.items():
             if status.state in (QUEUED, RUNNING):
                 self.fail(item_id, reason, message)
@@ -173,18 +183,12 @@ class JobState:
     # --- derived ---------------------------------------------------------------------------
 
     def counts(self) -> dict[str, int]:
-        counts = {state: 0 for state in ITEM_STATES}
-        degraded = 0
-        for status in self.items.values():
-            counts[status.state] += 1
-            degraded += bool(status.degradations) and status.state == SUCCEEDED
-        counts["total"] = len(self.items)
-        counts["degraded"] = degraded
-        return counts
+        """Items per state, `total` and `degraded` (kept incrementally: O(1))."""
+        return {**self._counts, "total": len(self.items), "degraded": self._degraded}
 
     @property
     def done(self) -> bool:
-        return all(s.state in FINAL_ITEM_STATES for s in self.items.values())
+        return not (self._counts[QUEUED] or self._counts[RUNNING])
 
     @property
     def final_state(self) -> JobStatus:

@@ -3,7 +3,8 @@
 Jobs are served by priority (a higher integer first), FIFO by submission within a priority,
 but not one job after the other: within the highest priority that has work a worker can take,
 jobs take turns (round-robin), so a small job submitted after a big one is not stuck behind it.
-Inside a job, the tier rules of `TierScheduler` apply (own tier first, then steal from smaller).
+Inside a job, the tier rules of `TierScheduler` apply (own tier first, then steal from smaller;
+the longest estimated item first).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ class _QueuedJob:
 
 
 class JobQueue:
+    """The queued items of every admitted job: by priority, jobs in turn, then by tier."""
+
     def __init__(self, tiers_smallest_first: list[str], workers_per_tier: dict[str, int]):
         self.tiers = list(tiers_smallest_first)
         self.workers = dict(workers_per_tier)
@@ -40,8 +43,9 @@ class JobQueue:
             return []
         return [item for queue in queued.scheduler.queues.values() for item in queue]
 
-    def push(self, job_id: str, item_id: str, tier: str, *, front: bool = False) -> None:
-        self.jobs[job_id].scheduler.push(item_id, tier, front=front)
+    def push(self, job_id: str, item_id: str, tier: str, *, work: float = 0.0, front: bool = False) -> None:
+        """Queue an item; within its tier the largest estimated `work` goes first (`front`: first of all)."""
+        self.jobs[job_id].scheduler.push(item_id, tier, work=work, front=front)
 
     def take(self, tier: str) -> tuple[str, str, str] | None:
         """(job_id, item_id, planned tier) for an idle worker of `tier`, or None."""
@@ -58,6 +62,36 @@ class JobQueue:
         self._last_served[top] = chosen.sequence
         item_id, planned = chosen.scheduler.take(tier)
         return chosen.job_id, item_id, planned
+
+    def set_tiers(self, tiers_smallest_first: list[str]) -> None:
+        """The tiers there are changed (a worker of a new tier is starting): queues for them."""
+        self.tiers = list(tiers_smallest_first)
+        for job in self.jobs.values():
+            job.scheduler.set_tiers(self.tiers)
+
+    def worker_joined(self, tier: str) -> None:
+        self.workers[tier] = self.workers.get(tier, 0) + 1
+        for job in self.jobs.values():
+            job.scheduler.workers[tier] = self.workers[tier]
+
+    def remove_items(self, pairs: set[tuple[str, str]]) -> list[tuple[str, str]]:
+        """Take these (job, item) pairs out of the queues; returns those that were queued."""
+        removed = []
+        for job in self.jobs.values():
+            ids = {item for job_id, item in pairs if job_id == job.job_id}
+            if ids:
+                removed += [(job.job_id, item) for item in job.scheduler.remove(ids)]
+        return removed
+
+    def drain_tier(self, tier: str) -> list[tuple[str, str]]:
+        """Empty one tier's queues (nobody of that tier will come): the (job, item) pairs they held."""
+        orphans = []
+        for job in self.jobs.values():
+            queue = job.scheduler.queues.get(tier)
+            if queue:
+                orphans += [(job.job_id, item) for item in queue]
+                queue.clear()
+        return orphans
 
     def worker_gone(self, tier: str) -> list[tuple[str, str]]:
         """A worker of `tier` is gone; if it was the last one, the (job, item) pairs it orphans."""

@@ -220,7 +220,7 @@ def plan_job(
     plan.tiers = {name: TierLoad(workers=count) for name, count in shape.workers.items() if count > 0}
     for item_plan in items:
         if item_plan.tier is not None:
-            load = plan.tiers[item_plan.tier]
+            load = plan.tiers.setdefault(item_plan.tier, TierLoad(workers=0))
             load.items += 1
             load.busy_seconds += item_plan.seconds or 0.0
     if not planner.cpu_only:
@@ -239,7 +239,7 @@ def simulate(planner: Planner, items: list[ItemPlan], params_by_id: dict) -> tup
     scheduler = TierScheduler(order, shape.workers)
     plans = {plan.item_id: plan for plan in items if plan.tier is not None}
     for plan in plans.values():
-        scheduler.push(plan.item_id, plan.tier)
+        scheduler.push(plan.item_id, plan.tier, work=plan.seconds or 0.0)  # longest first, as the dispatcher
     workers = [(0.0, index, tier) for index, (tier, count) in enumerate(
         (t, c) for t in order for c in range(shape.workers.get(t, 0))
     )]

@@ -126,9 +126,13 @@ class Coordinator:
         from farm.runtime.mailbox import RayMailbox
 
         mailbox = RayMailbox()  # the workers' commit reports; killed with this actor (it owns it)
+        from farm.runtime.fleet import RayFleet
+
+        fleet = RayFleet(self.model, self.settings, mailbox=mailbox)  # workers follow the cluster's GPUs
         self.workers = start_workers(self.model, ray.cluster_resources(), self.table, settings=self.settings,
-                                     mailbox=mailbox)
-        self.engine = Engine(self.workers, self.table, self.metrics, self.settings, mailbox=mailbox)
+                                     mailbox=mailbox, unusable=fleet.start_failed)
+        fleet.started([w.name for w in self.workers])
+        self.engine = Engine(self.workers, self.table, self.metrics, self.settings, mailbox=mailbox, fleet=fleet)
         self._reload()
         self.metrics.skipped_records.set(len(self.registry.skipped))
         threading.Thread(target=self._admit_loop, name="farm-admission", daemon=True).start()

@@ -95,14 +95,15 @@ def start_workers(
     cpu_threads: int | None = None,
     faults: str | None = None,
     mailbox=None,
+    unusable: Callable[[str], None] | None = None,
 ) -> list[Worker]:
     """Start one render actor per GPU (or CPU workers) and wait for their models to load.
-    `mailbox` (farm.runtime.mailbox.RayMailbox): where they report each commit, for the Engine.
+    `mailbox` (farm.runtime.mailbox.RayMailbox): where they report each commit, for the Engine;
+    `unusable(tier)` hears of each worker that could not start (the fleet then leaves its GPU be).
 
     `settings` travel to every worker (which reads no environment of its own for them); the
     keyword arguments override their engine and worker parts."""
     from farm.models.loading import absolute_model_ref
-    from farm.runtime.workers import RenderWorker
 
     settings = settings or FarmSettings()
     faults = faults if faults is not None else settings.workers.faults
@@ -110,26 +111,21 @@ def start_workers(
     gpus = int(resources.get("GPU", 0))
     tiers = tiers_in_resources(resources)
     handles: list[Worker] = []
+    spawn = dict(settings=settings, faults=faults, mailbox=mailbox)
     if tiers:
         for tier in table.ordered(t for t in tiers if t in table) + sorted(t for t in tiers if t not in table):
             for index in range(tiers[tier]):
-                actor = RenderWorker.options(
-                    num_gpus=1 if gpus else 0, num_cpus=1, resources={f"farm_tier_{tier}": 1}
-                ).remote(model, f"{tier}-{index}", cpu_threads, faults, tier, settings, mailbox)
-                handles.append(Worker(f"{tier}-{index}", RayWorkerHandle(actor), tier))
+                handles.append(spawn_worker(model, f"{tier}-{index}", tier, gpu=bool(gpus), cpu_threads=cpu_threads, **spawn))
     elif gpus:
         for index in range(gpus):  # GPUs without tier labels: each worker measures its card
-            actor = RenderWorker.options(num_gpus=1, num_cpus=1).remote(model, f"gpu-{index}", None, faults, None, settings, mailbox)
-            handles.append(Worker(f"gpu-{index}", RayWorkerHandle(actor), "gpu"))
+            handles.append(spawn_worker(model, f"gpu-{index}", None, gpu=True, **spawn))
     else:
         count = cpu_workers or settings.engine.cpu_workers
         threads = cpu_threads or settings.engine.cpu_threads
         for index in range(count):
             # CPU rendering: one scheduling slot, but torch uses every core of the node.
-            actor = RenderWorker.options(num_cpus=1).remote(
-                model, f"cpu-{index}", threads or os.cpu_count(), faults, None, settings, mailbox
-            )
-            handles.append(Worker(f"cpu-{index}", RayWorkerHandle(actor), CPU_TIER))
+            handles.append(spawn_worker(model, f"cpu-{index}", None, gpu=False, cpu_threads=threads or os.cpu_count(),
+                                        slot_tier=CPU_TIER, **spawn))
     usable, errors = [], []
     replies = [w.actor.info.remote() for w in handles]
     for worker, reply in zip(handles, replies):
@@ -139,11 +135,36 @@ def start_workers(
         (usable if info["ok"] else errors).append(worker)
     for worker in errors:
         log.warning("%s cannot render: %s", worker.name, worker.info["error"])
+        if unusable is not None:
+            unusable(worker.slot_tier)
     if not usable:
         stop_workers(handles)
         raise ModelUnavailableError(errors[0].info["error"] if errors else "no render workers could start")
     stop_workers(errors)
     return usable
+
+
+def spawn_worker(
+    model: str,
+    name: str,
+    tier: str | None,
+    *,
+    gpu: bool,
+    settings: FarmSettings,
+    faults: str | None = None,
+    mailbox=None,
+    cpu_threads: int | None = None,
+    slot_tier: str | None = None,
+) -> Worker:
+    """Start one render actor (it loads its model in the background; `info()` answers once it
+    has). `tier`: pinned to the node resource `farm_tier_<tier>`; None: any GPU (or the CPU)."""
+    from farm.runtime.workers import RenderWorker
+
+    resources = {f"farm_tier_{tier}": 1} if tier else {}
+    actor = RenderWorker.options(num_gpus=1 if gpu else 0, num_cpus=1, resources=resources).remote(
+        model, name, cpu_threads, faults, tier, settings, mailbox
+    )
+    return Worker(name, RayWorkerHandle(actor), slot_tier or tier or "gpu")
 
 
 def _started(worker: Worker, reply) -> dict:
@@ -193,8 +214,14 @@ class Engine:
         settings: FarmSettings | None = None,
         pool: CallPool | None = None,
         mailbox=None,
+        fleet=None,
     ):
         self.workers = list(workers)
+        self.fleet = fleet  # farm.runtime.fleet.RayFleet: workers follow the cluster's GPUs (None: a fixed set)
+        self.starting: dict[Any, Worker] = {}  # start call -> a worker loading its model
+        self._idle_since: dict[str, float] = {}
+        self._next_poll = 0.0
+        self._model_config_sha256 = self.workers[0].info["model"]["config_sha256"] if self.workers else None
         self.mailbox = mailbox  # where the workers report their commits (farm.runtime.mailbox)
         self.watched: set[str] = set()  # workers whose uploads the open mailbox take is for
         self.table = table
@@ -219,7 +246,13 @@ class Engine:
 
     @property
     def shape(self) -> ClusterShape:
-        return self.state.shape
+        """What jobs are planned for: the workers there are (and those starting), and the GPUs of
+        the cluster that workers can be started on."""
+        counts = self.state.expected_counts()
+        if self.fleet is not None:
+            for tier, slots in self.fleet.slots().items():
+                counts[tier] = max(counts.get(tier, 0), slots)
+        return ClusterShape(counts)
 
     @property
     def queue(self):
@@ -231,7 +264,7 @@ class Engine:
 
     @property
     def model_config_sha256(self) -> str:
-        return self.workers[0].info["model"]["config_sha256"]
+        return self._model_config_sha256
 
     def worker_infos(self) -> dict[str, dict]:
         return {w.name: w.public_info() for w in self.workers}
@@ -254,6 +287,7 @@ class Engine:
             self._carry_out(self.state.handle(
                 dispatch.JobAdmitted(job.id, job.state, plan, job.priority, dict(replace_etags or {}))
             ))
+            self._follow_cluster(force=True)  # workers for its tiers, before anything decides nobody can take it
 
     def cancel(self, job_id: str) -> bool:
         """Drop the job's queued items; running ones finish (their results are kept)."""
@@ -296,6 +330,8 @@ class Engine:
 
     def step(self, timeout: float = 1.0) -> None:
         with self.lock:
+            stuck = len(self.state.queue) and not self.state.in_flight() and not self.state.starting()
+            self._follow_cluster(force=bool(stuck))
             self._carry_out(self.state.handle(dispatch.Tick()))
             if not self.calls:
                 return
@@ -311,6 +347,74 @@ class Engine:
                 if job.recorder is not None:
                     job.recorder.write()
             self.publish()
+
+    def stop_all(self) -> None:
+        """Stop every worker, those still starting included (the end of a local run)."""
+        with self.lock:
+            stop_workers([*self.workers, *self.starting.values()])
+
+    # --- following the cluster -------------------------------------------------------------------
+
+    def _follow_cluster(self, *, force: bool = False) -> None:
+        """Start workers on GPUs that joined (while work waits), stop workers idle too long."""
+        from farm.core.fleet import FleetWorker, fleet_changes
+
+        now = time.monotonic()
+        if self.fleet is None or self.state.draining or (now < self._next_poll and not force):
+            return
+        engine = self.settings.engine
+        self._next_poll = now + engine.cluster_poll_s
+        slots = self.fleet.slots()
+        if not slots:  # a CPU-only cluster: its workers are fixed
+            return
+        views, starting = [], {}
+        for slot in self.state.workers.values():
+            if slot.phase is dispatch.WorkerPhase.STARTING:
+                starting[slot.tier] = starting.get(slot.tier, 0) + 1
+            elif slot.phase is not dispatch.WorkerPhase.GONE:
+                idle = slot.phase is dispatch.WorkerPhase.IDLE and not slot.uploading
+                since = self._idle_since.setdefault(slot.name, now) if idle else None
+                if not idle:
+                    self._idle_since.pop(slot.name, None)
+                views.append(FleetWorker(slot.name, slot.tier, since))
+        order = self.table.ordered(t for t in {*slots, *self.state.queue.tiers} if t in self.table)
+        changes = fleet_changes(
+            slots=slots, workers=views, starting=starting, queued=self.state.queue.queued_by_tier(), order=order,
+            now=now, idle_timeout_s=engine.worker_idle_timeout_s, min_per_tier=engine.min_workers_per_tier,
+            max_loads=engine.max_concurrent_loads,
+        )
+        events: list[dispatch.Event] = []
+        for tier, count in changes.start.items():
+            for _ in range(count):
+                worker = self.fleet.start(tier)
+                call = worker.handle.info()
+                self.calls[call], self.starting[call] = (worker.name, "start"), worker
+                events.append(dispatch.WorkerStarting(worker.name, tier))
+                log.info("starting render worker %s (a free %s GPU, work waiting)", worker.name, tier)
+        for name in changes.stop:
+            log.info("stopping render worker %s: idle for %.0f s", name, engine.worker_idle_timeout_s)
+            events.append(dispatch.WorkerRetired(name))
+        if events:
+            self._carry_out(self.state.handle(*events))
+
+    def _joined(self, call) -> dispatch.Event:
+        worker = self.starting.pop(call)
+        try:
+            info = self.pool.result(call)
+        except (WorkerDied, WorkerCallError) as error:
+            info = {"ok": False, "error": worker_start_failure(worker.name, str(error))}
+        if info.get("ok") and info.get("tier") not in self.table and info.get("tier") != CPU_TIER:
+            info["ok"], info["error"] = False, f"its card ({info.get('card')}) is smaller than the smallest tier"
+        if not info.get("ok"):
+            log.warning("%s cannot render: %s", worker.name, info.get("error"))
+            worker.handle.kill()
+            self.fleet.start_failed(worker.slot_tier)
+            return dispatch.WorkerStartFailed(worker.name, str(info.get("error")))
+        worker.info = info
+        self.workers.append(worker)
+        if self._model_config_sha256 is None:
+            self._model_config_sha256 = info["model"]["config_sha256"]
+        return dispatch.WorkerJoined(worker.name, worker.tier)
 
     def publish(self) -> None:
         """Queue, in-flight and worker gauges (the counters are updated as outcomes arrive)."""
@@ -329,6 +433,8 @@ class Engine:
         self.probe_started.pop(call, None)
         if kind == "mailbox":
             return self._reported(call)
+        if kind == "start":
+            return [self._joined(call)]
         return [self._event(call, name, kind)]
 
     def _reported(self, call) -> list[dispatch.Event]:
@@ -377,6 +483,7 @@ class Engine:
     def _carry_out(self, instructions: list) -> None:
         for instruction in instructions:
             if isinstance(instruction, dispatch.SendTask):
+                self._idle_since.pop(instruction.worker, None)
                 self._call(instruction.worker, "render", instruction.task)
             elif isinstance(instruction, dispatch.WatchCommits):
                 self._watch(instruction.worker)
@@ -386,6 +493,7 @@ class Engine:
                 worker = self._worker(instruction.worker)
                 worker.handle.kill()
                 self.workers.remove(worker)
+                self._idle_since.pop(worker.name, None)
             elif isinstance(instruction, dispatch.ItemFinished):
                 self._item_finished(instruction.job_id, instruction.outcome)
             elif isinstance(instruction, dispatch.ItemsCancelled):

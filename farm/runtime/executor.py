@@ -13,7 +13,8 @@ from farm.core.job import JobState
 from farm.core.manifest import JobSpec
 from farm.core.tiers import TierTable, load_tier_table
 from farm.runtime.cluster import RayCluster, local_gpu_resources
-from farm.runtime.engine import ActiveJob, Engine, NullReporter, start_workers, stop_workers
+from farm.runtime.engine import ActiveJob, Engine, NullReporter, start_workers
+from farm.runtime.fleet import RayFleet
 from farm.runtime.jobs import JobRecorder, ProgressReporter, clear_staging, prepare_job, write_job_files
 from farm.runtime.mailbox import RayMailbox
 from farm.runtime.stopping import StopRequest
@@ -67,12 +68,14 @@ def run_job(spec: JobSpec, options: RunOptions | None = None) -> JobState:
             if options.stop is not None:
                 options.stop.install()  # again: ray.init replaced the SIGTERM handler
             mailbox = RayMailbox()
+            fleet = RayFleet(spec.model, settings, mailbox=mailbox, faults=options.faults)
             workers = start_workers(
-                spec.model, cluster.resources, table, settings=settings,
-                cpu_workers=options.workers, cpu_threads=options.cpu_threads, faults=options.faults, mailbox=mailbox,
+                spec.model, cluster.resources, table, settings=settings, cpu_workers=options.workers,
+                cpu_threads=options.cpu_threads, faults=options.faults, mailbox=mailbox, unusable=fleet.start_failed,
             )
+            fleet.started([w.name for w in workers])
+            engine = Engine(workers, table, options.metrics, settings, mailbox=mailbox, fleet=fleet)
             try:
-                engine = Engine(workers, table, options.metrics, settings, mailbox=mailbox)
                 if options.metrics is not None:
                     options.metrics.tier_budgets({t.name: t.budget_bytes for t in table.tiers})
                     options.metrics.job_states({"running": 1})
@@ -87,7 +90,7 @@ def run_job(spec: JobSpec, options: RunOptions | None = None) -> JobState:
                 state.interrupted = not engine.run_until_done(stop, grace_s)
                 engine.publish()
             finally:
-                stop_workers(workers)
+                engine.stop_all()  # those the fleet started on GPUs that joined too
                 mailbox.close()
         clear_staging(store, spec.name)
         state.finish()

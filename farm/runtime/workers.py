@@ -94,8 +94,9 @@ class RenderWorkerImpl:
         if rules:
             self.adapter.injector = OomInjector(rules, self.card.tier)
             self.adapter.injector.attach(self.adapter.pipeline)
+        node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
         self.renderer = ItemRenderer(
-            self.adapter, worker_name=self.name, card=self.card, calibration=settings.vram_calibration
+            self.adapter, worker_name=self.name, card=self.card, calibration=settings.vram_calibration, node_id=node_id
         )
         self.commits = BackgroundCommits(self.renderer, settings.storage.upload_queue, on_commit=self._report_commits)
         self.memory_baseline_bytes = allocated_bytes(device)

@@ -54,6 +54,12 @@ def test_mixed_manifest_runs_on_the_planned_tiers_and_the_big_tier_steals(tmp_pa
         assert not sidecar["degradations"]
         ran_on[item_id] = tier["ran_on"]
     assert len(ran_on) == 6
+    # Sidecars say where: each names its Ray node, and a node holds one tier (one GPU each here).
+    node_tiers = {}
+    for sidecar in sidecars(tmp_path / "out" / "mixed").values():
+        node_id = sidecar["device"]["node_id"]
+        assert isinstance(node_id, str) and len(node_id) == 56 and sidecar["device"]["worker"]
+        assert node_tiers.setdefault(node_id, sidecar["tier"]["ran_on"]) == sidecar["tier"]["ran_on"]
     assert any(t == "80g" for t in ran_on.values()), "the idle 80g worker took small items"
     assert ran_on["large"] in ("24g", "80g")
 

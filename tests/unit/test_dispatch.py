@@ -11,7 +11,7 @@ from farm.core.job import FAILED, SUCCEEDED, ItemOutcome, JobState
 from farm.core.ladder import Degradation, OomRecord, RenderSettings
 from farm.core.manifest import parse_manifest
 from farm.core.planner import plan_job
-from farm.core.tiers import ClusterShape, TierTable
+from farm.core.tiers import TierTable
 
 TABLE = TierTable()
 
@@ -39,7 +39,7 @@ class Farm:
     def admit(self, job_id, items, priority=0, **header):
         spec = spec_of(items, name=job_id, **header)
         job = JobState(spec)
-        plan = plan_job(spec, ClusterShape(self.state.live_counts()), TABLE)
+        plan = plan_job(spec, self.state.shape, TABLE)
         self.handle(d.JobAdmitted(job_id, job, plan, priority))
         return job
 
@@ -120,6 +120,28 @@ def test_priority_first_then_jobs_of_one_priority_take_turns():
         current = farm.sent()["cpu-0"]
         order.append(current)
     assert order == [("high-a", "a1"), ("high-b", "b1"), ("high-a", "a2"), ("low", "l2")]
+
+
+def test_longest_estimated_item_first_within_a_job_and_jobs_still_take_turns():
+    farm = Farm(("12g-0", "12g"))
+    farm.admit("a", [item("short", frames=8), item("long", frames=24), item("mid", frames=16)])
+    order = [farm.sent()["12g-0"]]  # the worker took the longest of the first job at once
+    farm.admit("b", [item("b-short", frames=8), item("b-long", frames=16)])
+    for _ in range(4):
+        farm.reply("12g-0", done(*order[-1]))
+        order.append(farm.sent()["12g-0"])
+    assert order == [("a", "long"), ("b", "b-long"), ("a", "mid"), ("b", "b-short"), ("a", "short")]
+
+
+def test_a_retry_goes_before_longer_items():
+    farm = Farm(("12g-0", "12g"), ("12g-1", "12g"))
+    farm.admit("j", [item("s1", frames=8), item("l1", frames=24), item("l2", frames=24)])
+    assert set(farm.sent().values()) == {("j", "l1"), ("j", "l2")}
+    lost = next(w for w, pair in farm.sent().items() if pair == ("j", "l1"))
+    other = next(w for w in ("12g-0", "12g-1") if w != lost)
+    farm.handle(d.WorkerLost(lost, "gone"))
+    farm.reply(other, done("j", "l2"))
+    assert farm.sent() == {other: ("j", "l1")}  # the lost item first, then the short one
 
 
 @pytest.mark.parametrize("where", ["rendering", "uploading"])
@@ -286,10 +308,13 @@ def test_an_escalation_while_draining_is_handed_back():
 
 
 def test_illegal_worker_transitions_raise():
+    starting = d.WorkerSlot("s", "cpu", d.WorkerPhase.STARTING)
+    with pytest.raises(d.IllegalTransition, match="starting -> rendering"):
+        starting.move(d.WorkerPhase.RENDERING)
     slot = d.WorkerSlot("w", "cpu")
-    with pytest.raises(d.IllegalTransition, match="idle -> gone"):
-        slot.move(d.WorkerPhase.GONE)
     slot.move(d.WorkerPhase.RENDERING)
+    with pytest.raises(d.IllegalTransition, match="rendering -> gone"):
+        slot.move(d.WorkerPhase.GONE)
     slot.move(d.WorkerPhase.PROBING)
     slot.move(d.WorkerPhase.GONE)
     with pytest.raises(d.IllegalTransition):
@@ -312,3 +337,70 @@ def test_gauges_count_queued_in_flight_and_worker_states():
     assert gauges["in_flight"] == {"12g": 2, "24g": 1}
     assert gauges["workers"] == {("12g", "busy"): 1, ("24g", "busy"): 1}
     assert sum(gauges["queued"].values()) == 0
+
+
+# --- workers that come and go with the cluster ---------------------------------------------------
+
+
+def test_a_worker_that_joins_mid_job_takes_queued_work():
+    farm = Farm(("12g-0", "12g"))
+    job = farm.admit("j", [item("a"), item("b"), item("c")])
+    farm.handle(d.WorkerStarting("12g-1", "12g"))
+    assert not farm.sent()  # still loading its model
+    out = farm.handle(d.WorkerJoined("12g-1", "12g"))
+    assert farm.sent(out) == {"12g-1": ("j", "b")} and job.items["b"].worker == "12g-1"
+
+
+def test_queued_work_is_not_failed_while_a_worker_starts():
+    farm = Farm(("24g-0", "24g"))
+    farm.handle(d.WorkerLost("24g-0", "node left"))
+    farm.handle(d.WorkerProbed("24g-0", ok=False))
+    farm.handle(d.WorkerStarting("24g-1", "24g"))
+    job = farm.admit("j", [item("a")])
+    farm.handle(d.Tick())
+    assert job.items["a"].state == "queued"  # a worker is on its way
+    assert farm.sent(farm.handle(d.WorkerJoined("24g-1", "24g"))) == {"24g-1": ("j", "a")}
+
+
+def test_a_start_that_fails_leaves_the_work_to_the_others_or_fails_it():
+    farm = Farm(("cpu-0", "cpu"))
+    farm.handle(d.WorkerLost("cpu-0", "gone"))
+    farm.handle(d.WorkerProbed("cpu-0", ok=False))
+    farm.handle(d.WorkerStarting("cpu-1", "cpu"))
+    job = farm.admit("j", [item("a")])
+    farm.handle(d.WorkerStartFailed("cpu-1", "out of memory while loading"))
+    farm.handle(d.Tick())
+    assert job.items["a"].state == FAILED and job.items["a"].reason == "worker_lost"
+
+
+def test_a_new_bigger_tier_takes_over_what_was_degraded_for_its_absence():
+    farm = Farm(("12g-0", "12g"))
+    farm.admit("warm", [item("w")])  # the 12g card is busy
+    job = farm.admit("j", [item("small"), item("big", 1024, 24)])  # big: degraded to fit the 12g card
+    assert farm.state.jobs["j"].items["big"].plan.degradations
+    farm.handle(d.WorkerStarting("80g-0", "80g"))
+    out = farm.handle(d.WorkerJoined("80g-0", "80g"))
+    task = farm.tasks()["80g-0"] if farm.sent(out) else None
+    assert task is not None and task.item_id == "big" and task.degradations == ()
+    assert task.settings.resolution == 1024 and job.items["big"].planned_tier == "80g"
+
+
+def test_an_idle_worker_retires_and_a_busy_one_does_not():
+    farm = Farm(("cpu-0", "cpu"), ("cpu-1", "cpu"))
+    farm.admit("j", [item("a")])
+    busy = farm.sent()
+    idle = next(w for w in ("cpu-0", "cpu-1") if w not in busy)
+    assert d.StopWorker(idle) in farm.handle(d.WorkerRetired(idle))
+    assert farm.handle(d.WorkerRetired(next(iter(busy)))) == [] and farm.state.live_counts() == {"cpu": 1}
+
+
+def test_a_tier_whose_only_worker_fails_to_start_has_its_queue_planned_on_the_others():
+    farm = Farm(("12g-0", "12g"))
+    farm.handle(d.WorkerStarting("24g-0", "24g"))
+    farm.admit("warm", [item("w")])  # the 12g card is busy
+    job = farm.admit("j", [item("mid", 768, 16)])  # planned for the 24g card on its way
+    assert job.items["mid"].planned_tier == "24g"
+    farm.handle(d.WorkerStartFailed("24g-0", "its model did not fit"))
+    assert job.items["mid"].state == "queued" and job.items["mid"].planned_tier == "12g"  # degraded to fit
+    farm.reply("12g-0", done("warm", "w"))
+    assert farm.sent() == {"12g-0": ("j", "mid")}

@@ -88,3 +88,30 @@ def test_item_states_change_only_as_a_job_goes(tmp_path):
         state.fail("i1", "disk_full", "the reason is not one of farm's")
     state.fail("i1", "oom", "out of memory")
     assert state.items["i1"].reason == "oom" and state.final_state == "partial"
+
+
+def test_counts_kept_incrementally_match_a_full_recount(tmp_path):
+    """The counts a status answer reads are kept as items move; they equal counting every item."""
+    import random
+
+    from farm.core.job import ITEM_STATES
+
+    state = job(tmp_path, 40, Clock())
+    rng = random.Random(7)
+    ids = [item.id for item in state.spec.items]
+    for item_id in ids[:5]:
+        state.mark_skipped(item_id, "committed earlier")
+    for item_id in ids[5:]:
+        state.mark_running(item_id, "w")
+        roll = rng.random()
+        if roll < 0.5:
+            degradations = [{"step": "resolution", "from": 512, "to": 256, "why": "oom"}] if roll < 0.2 else []
+            state.record(ItemOutcome(item_id=item_id, status="succeeded", degradations=degradations))
+        elif roll < 0.7:
+            state.record(ItemOutcome.failure(item_id, "oom", "out of memory"))
+        elif roll < 0.85:
+            state.worker_lost(item_id, "gone")
+    recount = {s: sum(1 for st in state.items.values() if st.state == s) for s in ITEM_STATES}
+    degraded = sum(1 for st in state.items.values() if st.state == "succeeded" and st.degradations)
+    assert state.counts() == {**recount, "total": len(state.items), "degraded": degraded}
+    assert state.done == all(st.state not in ("queued", "running") for st in state.items.values())

@@ -1,0 +1,71 @@
+"""Render workers that follow the cluster: start workers on GPUs that joined, stop idle ones.
+
+`RayFleet` is what the engine asks, every `cluster_poll_s`: how many GPU slots each tier has in
+the cluster now (`ray.cluster_resources()`: the `farm_tier_<tier>` resources of the nodes that
+are alive), and to start a worker for a tier. What to start and what to stop is decided by
+`farm.core.fleet.fleet_changes` from those slots, the workers the dispatcher knows and the
+queue; the engine carries it out (a started worker joins the dispatcher once its model has
+loaded; a retired one is stopped, which releases its GPU). Workers on nodes that leave die with
+them and are handled as any lost worker (their items are queued again).
+
+A worker that cannot start (its model does not fit, its node cannot import farm) takes its GPU
+slot out of the count for `FAILED_START_HOLD_S`, so a bad GPU is not retried every poll.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+from farm.core.tiers import tiers_in_resources
+from farm.runtime.engine import Worker, spawn_worker
+from farm.settings import FarmSettings
+
+
+FAILED_START_HOLD_S = 300.0
+
+
+class RayFleet:
+    """Starts render actors for the engine as GPUs appear (see the module text)."""
+
+    def __init__(self, model: str, settings: FarmSettings, *, mailbox=None, faults: str | None = None):
+        from farm.models.loading import absolute_model_ref
+
+        self.model = absolute_model_ref(model)
+        self.settings = settings
+        self.mailbox = mailbox
+        self.faults = faults if faults is not None else settings.workers.faults
+        self._next: dict[str, int] = {}
+        self._failed: list[tuple[str, float]] = []  # (tier, when) of starts that failed
+
+    def started(self, names: list[str]) -> None:
+        """Workers started before the fleet took over: names stay unique (TIER-N after theirs)."""
+        for name in names:
+            match = re.fullmatch(r"(.+)-(\d+)", name)
+            if match:
+                tier, index = match.group(1), int(match.group(2))
+                self._next[tier] = max(self._next.get(tier, 0), index + 1)
+
+    def slots(self) -> dict[str, int]:
+        """GPU slots per tier on the nodes that are alive now."""
+        import ray
+
+        slots = tiers_in_resources(ray.cluster_resources())
+        now = time.monotonic()
+        self._failed = [(tier, when) for tier, when in self._failed if now - when < FAILED_START_HOLD_S]
+        for tier, _ in self._failed:
+            if tier in slots:
+                slots[tier] = max(slots[tier] - 1, 0)
+        return slots
+
+    def start_failed(self, tier: str) -> None:
+        self._failed.append((tier, time.monotonic()))
+
+    def start(self, tier: str) -> Worker:
+        index = self._next.get(tier, 0)
+        self._next[tier] = index + 1
+        import ray
+
+        gpu = ray.cluster_resources().get("GPU", 0) > 0
+        return spawn_worker(self.model, f"{tier}-{index}", tier, gpu=gpu, settings=self.settings, faults=self.faults,
+                            mailbox=self.mailbox)

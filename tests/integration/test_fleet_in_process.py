@@ -1,0 +1,120 @@
+"""Workers that follow the cluster, through the real engine, state machine, renderer and storage,
+without Ray: a fake fleet (the GPU slots the test sets, workers made in this process) stands in
+for `farm.runtime.fleet.RayFleet`. A GPU that joins mid-job takes work; idle workers stop after
+the idle timeout, keeping the tier's minimum; work that comes later starts a worker again."""
+
+import json
+import time
+
+import pytest
+from helpers import encode, pattern
+
+from farm.core.job import JobState
+from farm.core.manifest import parse_manifest
+from farm.core.planner import plan_job
+from farm.core.tiers import GIB, TierTable
+from farm.models.memory import CardInfo
+from farm.runtime.engine import ActiveJob, Engine, Worker
+from farm.runtime.handles import LocalCallPool, LocalWorkerHandle
+from farm.runtime.mailbox import LocalMailbox
+from farm.runtime.workers import RenderWorkerImpl
+from farm.settings import load_settings
+
+pytestmark = pytest.mark.integration
+TABLE = TierTable()
+
+
+@pytest.fixture(scope="module")
+def adapters(tiny_model_dir):
+    from farm.models.i2vgen import I2VGenXLAdapter
+
+    return {tier: I2VGenXLAdapter.load("tiny", device="cpu") for tier in ("12g", "24g")}
+
+
+def card(tier: str) -> CardInfo:
+    return CardInfo(tier, int(TABLE[tier].card_gib * GIB), TABLE[tier].budget_bytes, "FARM_GPU_VRAM_GB", True)
+
+
+class LocalFleet:
+    """RayFleet's interface over in-process workers: `slot_counts` is what the cluster offers."""
+
+    def __init__(self, adapters, mailbox):
+        self.adapters, self.mailbox = adapters, mailbox
+        self.slot_counts: dict[str, int] = {}
+        self.made: list[Worker] = []
+
+    def slots(self) -> dict[str, int]:
+        return dict(self.slot_counts)
+
+    def start(self, tier: str) -> Worker:
+        name = f"{tier}-new{len(self.made)}"
+        impl = RenderWorkerImpl.in_process(name, self.adapters[tier], card(tier), mailbox=self.mailbox)
+        worker = Worker(name, LocalWorkerHandle(impl), tier)
+        self.made.append(worker)
+        return worker
+
+    def start_failed(self, tier: str) -> None:
+        raise AssertionError(f"a start on {tier} failed")
+
+    def started(self, names) -> None:
+        pass
+
+
+def farm(adapters, tiers, **settings):
+    mailbox = LocalMailbox()
+    fleet = LocalFleet(adapters, mailbox)
+    workers = []
+    for tier in tiers:
+        impl = RenderWorkerImpl.in_process(f"{tier}-0", adapters[tier], card(tier), mailbox=mailbox)
+        workers.append(Worker(f"{tier}-0", LocalWorkerHandle(impl), tier, impl.info()))
+        fleet.slot_counts[tier] = fleet.slot_counts.get(tier, 0) + 1
+    env = {"FARM_CLUSTER_POLL_S": "0.05", **{f"FARM_{k.upper()}": str(v) for k, v in settings.items()}}
+    engine = Engine(workers, TABLE, pool=LocalCallPool(), mailbox=mailbox, fleet=fleet, settings=load_settings(env))
+    return engine, fleet
+
+
+def job_of(tmp_path, name: str, count: int, engine: Engine):
+    (tmp_path / "a.png").write_bytes(encode(pattern(320, 240), "PNG"))
+    items = [{"id": f"i{n}", "image": "a.png", "prompt": "p", "resolution": 256, "frames": 8} for n in range(count)]
+    document = {"version": 1, "name": name, "model": "tiny", "output": str(tmp_path / "out"),
+                "defaults": {"steps": 10, "fps": 8}, "items": items}
+    spec = parse_manifest(json.dumps(document), "json", base_dir=tmp_path)
+    return ActiveJob(id=name, state=JobState(spec)), plan_job(spec, engine.shape, TABLE)
+
+
+def ran_on(tmp_path, name):
+    return {p.stem: json.loads(p.read_text())["device"]["worker"] for p in (tmp_path / "out" / name).glob("i*.json")}
+
+
+def test_a_gpu_that_joins_mid_job_gets_a_worker_that_takes_queued_work(tmp_path, adapters):
+    engine, fleet = farm(adapters, ["12g"])
+    job, plan = job_of(tmp_path, "grow", 6, engine)
+    engine.admit(job, plan)
+    engine.step()
+    fleet.slot_counts["24g"] = 1  # a 24g node joined the cluster
+    assert engine.run_until_done() and job.state.final_state == "succeeded", job.state.failures()
+    assert [w.name for w in fleet.made] == ["24g-new0"]
+    workers = ran_on(tmp_path, "grow")
+    assert len(workers) == 6 and "24g-new0" in workers.values(), workers
+    assert "24g-new0" in engine.worker_infos()
+
+
+def test_idle_workers_stop_after_the_timeout_and_later_work_starts_one_again(tmp_path, adapters):
+    engine, fleet = farm(adapters, ["12g", "24g"], worker_idle_timeout_s=0.3, min_workers_per_tier="12g=1")
+    job, plan = job_of(tmp_path, "first", 2, engine)
+    engine.admit(job, plan)
+    assert engine.run_until_done()
+    twelve, twenty_four = (w.handle for w in engine.workers)
+    deadline = time.monotonic() + 10
+    while not twenty_four.killed and time.monotonic() < deadline:
+        engine.step(0.05)
+        time.sleep(0.05)
+    assert twenty_four.killed, "the idle 24g worker released its GPU"
+    assert not twelve.killed and [w.name for w in engine.workers] == ["12g-0"]  # the 12g minimum stays
+    assert engine.state.live_counts() == {"12g": 1}
+    # More work than the 12g worker absorbs: a worker is started on the free 24g GPU.
+    later, plan = job_of(tmp_path, "later", 3, engine)
+    assert plan.shape.workers == {"12g": 1, "24g": 1}  # planned for the GPUs there are, not only the workers
+    engine.admit(later, plan)
+    assert engine.run_until_done() and later.state.final_state == "succeeded"
+    assert [w.name for w in fleet.made] == ["24g-new0"]
