@@ -5,15 +5,12 @@ with its own tiny model and a simulated card. Admit, render, OOM, escalation and
 import json
 
 import pytest
-from helpers import encode, pattern
+from helpers import engine_job
 
-from farm.core.job import JobState
-from farm.core.manifest import parse_manifest
-from farm.core.planner import plan_job
 from farm.core.tiers import GIB, TierTable
 from farm.models.faults import OomInjector, parse_faults
 from farm.models.memory import CardInfo
-from farm.runtime.engine import ActiveJob, Engine, Worker
+from farm.runtime.engine import Engine, Worker
 from farm.runtime.handles import LocalCallPool, LocalWorkerHandle
 from farm.runtime.mailbox import LocalMailbox
 from farm.runtime.workers import RenderWorkerImpl
@@ -44,13 +41,8 @@ def farm(adapters, faults: str | None = None, tiers=("12g", "24g", "80g")) -> En
     return Engine(workers, TABLE, pool=LocalCallPool(), mailbox=mailbox)
 
 
-def job_of(tmp_path, name: str, count: int, engine: Engine) -> tuple[ActiveJob, object]:
-    (tmp_path / "a.png").write_bytes(encode(pattern(320, 240), "PNG"))
-    items = [{"id": f"i{n}", "image": "a.png", "prompt": "p", "resolution": 256, "frames": 8} for n in range(count)]
-    document = {"version": 1, "name": name, "model": "tiny", "output": str(tmp_path / "out"),
-                "defaults": {"steps": 10, "fps": 8}, "items": items}
-    spec = parse_manifest(json.dumps(document), "json", base_dir=tmp_path)
-    return ActiveJob(id=name, state=JobState(spec)), plan_job(spec, engine.shape, TABLE)
+def job_of(tmp_path, name: str, count: int, engine: Engine):
+    return engine_job(tmp_path, name, count, engine, TABLE)
 
 
 def sidecars(folder):

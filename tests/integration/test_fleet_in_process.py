@@ -7,14 +7,11 @@ import json
 import time
 
 import pytest
-from helpers import encode, pattern
+from helpers import engine_job
 
-from farm.core.job import JobState
-from farm.core.manifest import parse_manifest
-from farm.core.planner import plan_job
 from farm.core.tiers import GIB, TierTable
 from farm.models.memory import CardInfo
-from farm.runtime.engine import ActiveJob, Engine, Worker
+from farm.runtime.engine import Engine, Worker
 from farm.runtime.handles import LocalCallPool, LocalWorkerHandle
 from farm.runtime.mailbox import LocalMailbox
 from farm.runtime.workers import RenderWorkerImpl
@@ -74,12 +71,7 @@ def farm(adapters, tiers, **settings):
 
 
 def job_of(tmp_path, name: str, count: int, engine: Engine):
-    (tmp_path / "a.png").write_bytes(encode(pattern(320, 240), "PNG"))
-    items = [{"id": f"i{n}", "image": "a.png", "prompt": "p", "resolution": 256, "frames": 8} for n in range(count)]
-    document = {"version": 1, "name": name, "model": "tiny", "output": str(tmp_path / "out"),
-                "defaults": {"steps": 10, "fps": 8}, "items": items}
-    spec = parse_manifest(json.dumps(document), "json", base_dir=tmp_path)
-    return ActiveJob(id=name, state=JobState(spec)), plan_job(spec, engine.shape, TABLE)
+    return engine_job(tmp_path, name, count, engine, TABLE)
 
 
 def ran_on(tmp_path, name):
