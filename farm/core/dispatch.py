@@ -596,7 +596,7 @@ class DispatchState:
 
     def _fit(self, job: DispatchJob, item_id: str, tier: str, ooms: tuple[OomRecord, ...]):
         spec = job.state.spec
-        spec_item = next(i for i in spec.items if i.id == item_id)
+        spec_item = job.state.spec_item(item_id)
         planner = Planner(self.table, self.shape, self.profile_for(spec.model))
         return planner.fit_to_tier(spec_item, tier, order=spec.degrade_order, blocked=blocked_on(tier, ooms))
 
@@ -618,15 +618,18 @@ class DispatchState:
         """The last worker of a tier is gone: plan its queued items on the tiers that are left
         (and those whose workers are starting)."""
         counts = self.expected_counts()
+        planners: dict[str, Planner] = {}  # one per model: its plan cache serves identical items
         for job_id, item_id in orphans:
             job = self.jobs[job_id]
             if not counts:
                 job.state.fail(item_id, FailureReason.WORKER_LOST, "every render worker is gone")
                 job.items.pop(item_id, None)
                 continue
-            planner = Planner(self.table, ClusterShape(counts), self.profile_for(job.state.spec.model))
-            spec_item = next(i for i in job.state.spec.items if i.id == item_id)
-            item_plan = planner.plan_item(spec_item, order=job.state.spec.degrade_order, unfit=job.state.spec.unfit)
+            spec = job.state.spec
+            if spec.model not in planners:
+                planners[spec.model] = Planner(self.table, ClusterShape(counts), self.profile_for(spec.model))
+            item_plan = planners[spec.model].plan_item(job.state.spec_item(item_id), order=spec.degrade_order,
+                                                       unfit=spec.unfit)
             if item_plan.rejected:
                 job.state.fail(item_id, FailureReason.NO_FITTING_TIER, item_plan.rejected)
                 job.items.pop(item_id, None)

@@ -109,6 +109,10 @@ class JobState:
         """Whether this run rendered or failed anything (rather than finding it all committed)."""
         return self._counts[SKIPPED] != len(self.items)
 
+    def spec_item(self, item_id: str):
+        """The validated manifest item (a dict lookup: re-planning many items stays one pass)."""
+        return self._items_by_id[item_id]
+
     def task_for(self, item_id: str, **plan: Any) -> RenderTask:
         status = self.items[item_id]
         return RenderTask.for_item(self.spec, self._items_by_id[item_id], attempt=status.attempts + 1, **plan)
