@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from farm.core.errors import FailureReason
@@ -122,9 +122,6 @@ class ItemOutcome:
             self.reason = FailureReason(self.reason)
         elif self.status == FAILED:
             raise ValueError(f"item {self.item_id}: a failed outcome needs a FailureReason")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
     @classmethod
     def failure(cls, item_id: str, reason: FailureReason | str, message: str, **extra: Any) -> ItemOutcome:

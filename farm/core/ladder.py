@@ -58,10 +58,6 @@ class RenderSettings:
             "saver_level": self.saver_level,
         }
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> RenderSettings:
-        return cls(**data)
-
     def describe(self) -> str:
         width, height = self.size
         savers = "+".join(self.savers) or "no savers"
@@ -79,10 +75,6 @@ class Degradation:
 
     def to_dict(self) -> dict[str, Any]:
         return {"step": self.step, "from": self.before, "to": self.after, "why": self.why}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Degradation:
-        return cls(data["step"], data.get("from"), data.get("to"), data.get("why", ""))
 
 
 @dataclass(frozen=True)

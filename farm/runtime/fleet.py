@@ -37,6 +37,7 @@ class RayFleet:
         self.faults = faults if faults is not None else settings.workers.faults
         self._next: dict[str, int] = {}
         self._failed: list[tuple[str, float]] = []  # (tier, when) of starts that failed
+        self._gpus = True  # whether the cluster's tier nodes have GPUs (simulated ones may not): from `slots`
 
     def started(self, names: list[str]) -> None:
         """Workers started before the fleet took over: names stay unique (TIER-N after theirs)."""
@@ -50,7 +51,9 @@ class RayFleet:
         """GPU slots per tier on the nodes that are alive now."""
         import ray
 
-        slots = tiers_in_resources(ray.cluster_resources())
+        resources = ray.cluster_resources()
+        self._gpus = resources.get("GPU", 0) > 0
+        slots = tiers_in_resources(resources)
         now = time.monotonic()
         self._failed = [(tier, when) for tier, when in self._failed if now - when < FAILED_START_HOLD_S]
         for tier, _ in self._failed:
@@ -64,8 +67,5 @@ class RayFleet:
     def start(self, tier: str) -> Worker:
         index = self._next.get(tier, 0)
         self._next[tier] = index + 1
-        import ray
-
-        gpu = ray.cluster_resources().get("GPU", 0) > 0
-        return spawn_worker(self.model, f"{tier}-{index}", tier, gpu=gpu, settings=self.settings, faults=self.faults,
-                            mailbox=self.mailbox)
+        return spawn_worker(self.model, f"{tier}-{index}", tier, gpu=self._gpus, settings=self.settings,
+                            faults=self.faults, mailbox=self.mailbox)
