@@ -438,7 +438,11 @@ class BackgroundCommits:
         self._slots = threading.BoundedSemaphore(capacity)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="farm-commit")
         self._lock = threading.Lock()
-        self._done: list[ItemOutcome] = []
+        self._done: list[ItemOutcome] = []  # not yet in a commit report (the mailbox)
+        # Not yet in a render reply: a reply repeats what a report already sent, because the
+        # report may reach the engine after the reply (it would then see nothing pending and end
+        # the job before the commit is counted); the engine counts an item once.
+        self._unreplied: list[ItemOutcome] = []
         self._pending: dict[tuple[str, str], Future] = {}  # (job id, item id) -> its commit
         self._sequence = 0  # of the reports: a later report's pending list replaces an earlier's
 
@@ -455,6 +459,7 @@ class BackgroundCommits:
             self._slots.release()
         with self._lock:
             self._done.append(outcome)
+            self._unreplied.append(outcome)
             self._pending.pop((produced.task.job_id, produced.task.item_id), None)
         if self.on_commit is not None:
             self.on_commit()
@@ -463,16 +468,18 @@ class BackgroundCommits:
         with self._lock:
             return list(self._pending)
 
-    def finished(self) -> list[ItemOutcome]:
-        with self._lock:
-            done, self._done = self._done, []
-        return done
-
     def report(self) -> tuple[int, list[ItemOutcome], list[tuple[str, str]]]:
-        """(sequence, finished outcomes, still pending), taken together. Each outcome is reported
-        once; a report with a higher sequence is newer (its pending list replaces an older one)."""
+        """For the mailbox: (sequence, outcomes not yet reported, still pending), taken together.
+        A report with a higher sequence is newer (its pending list replaces an older one)."""
         with self._lock:
             done, self._done = self._done, []
+            self._sequence += 1
+            return self._sequence, done, list(self._pending)
+
+    def reply(self) -> tuple[int, list[ItemOutcome], list[tuple[str, str]]]:
+        """For a render reply: the same, with every outcome since the last reply (reported or not)."""
+        with self._lock:
+            done, self._unreplied, self._done = self._unreplied, [], []
             self._sequence += 1
             return self._sequence, done, list(self._pending)
 
@@ -482,4 +489,4 @@ class BackgroundCommits:
             futures = list(self._pending.values())
         for future in futures:
             future.result()
-        return self.finished()
+        return self.reply()[1]

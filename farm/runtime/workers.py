@@ -169,7 +169,7 @@ class RenderWorkerImpl:
             self.mailbox.put(WorkerReply(self.name, sequence, tuple(finished), pending=tuple(pending)))
 
     def _reply(self, outcomes: list[ItemOutcome], escalation: Escalation | None = None) -> WorkerReply:
-        sequence, finished, pending = self.commits.report()
+        sequence, finished, pending = self.commits.reply()
         return WorkerReply(self.name, sequence, (*outcomes, *finished), escalation, tuple(pending), self.memory())
 
     def memory(self) -> dict:
