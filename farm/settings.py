@@ -82,8 +82,18 @@ class EngineSettings(FarmBaseSettings):
         2.0, gt=0, description="How often the farm looks at the cluster's GPUs to start workers on new ones and "
         "stop idle ones."
     )
+    autoscale_max_workers: dict[str, Annotated[int, Field(ge=0)]] = Field(
+        default_factory=dict, description="Ask Ray's autoscaler for GPU nodes while work waits: the most workers "
+        "each tier may grow to, `12g=16,24g=8,80g=4` (or JSON); match the node groups' maxReplicas. Tiers not named "
+        "are never requested; empty: nothing is requested (a fixed cluster)."
+    )
+    autoscale_wait_s: float = Field(
+        600.0, gt=0, description="How long work waits for a requested tier's first node. Then the tier is reported "
+        "unprovidable (status `unprovidable_tiers`, metric farm_tier_unprovidable) and its queue is planned on "
+        "the tiers there are."
+    )
 
-    @field_validator("min_workers_per_tier", mode="before")
+    @field_validator("min_workers_per_tier", "autoscale_max_workers", mode="before")
     @classmethod
     def _tier_counts(cls, value: Any) -> Any:
         """`24g=1,80g=0` or a JSON object, from an environment variable."""
@@ -132,6 +142,9 @@ class WorkerSettings(FarmBaseSettings):
     )
     gpu_count: int | None = Field(None, ge=1, description="With FARM_GPU_VRAM_GB: how many such cards this "
                                   "machine has (default: the GPUs nvidia-smi lists, else 1).")
+    simulate_tier_cards: bool = Field(False, description="Without a GPU, a worker started for a tier simulates "
+                                      "that tier's card (as FARM_GPU_VRAM_GB would): fake multi-node clusters "
+                                      "whose nodes cannot each be given their own card size.")
     faults: str | None = Field(None, description="Test and chaos only: injected faults, e.g. "
                                "`oom:denoise:3:count=1` (see farm.models.faults).")
     worker_pythonpath: str | None = Field(

@@ -55,16 +55,17 @@ def write_manifest(folder: Path, items: list[dict], *, name: str = "job", model:
     return path
 
 
-def engine_job(tmp_path: Path, name: str, count: int, engine, table):
-    """(ActiveJob, plan) of `count` small tiny-model items, planned on the engine's shape: for
-    tests that drive an Engine with in-process workers."""
+def engine_job(tmp_path: Path, name: str, count: int, engine, table, **params):
+    """(ActiveJob, plan) of `count` small tiny-model items (`params` override theirs), planned on
+    the engine's shape: for tests that drive an Engine with in-process workers."""
     from farm.core.job import JobState
     from farm.core.manifest import parse_manifest
     from farm.core.planner import plan_job
     from farm.runtime.engine import ActiveJob
 
     (tmp_path / "a.png").write_bytes(encode(pattern(320, 240), "PNG"))
-    items = [{"id": f"i{n}", "image": "a.png", "prompt": "p", "resolution": 256, "frames": 8} for n in range(count)]
+    items = [{"id": f"i{n}", "image": "a.png", "prompt": "p", "resolution": 256, "frames": 8, **params}
+             for n in range(count)]
     document = {"version": 1, "name": name, "model": "tiny", "output": str(tmp_path / "out"),
                 "defaults": {"steps": 10, "fps": 8}, "items": items}
     spec = parse_manifest(json.dumps(document), "json", base_dir=tmp_path)

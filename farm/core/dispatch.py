@@ -22,7 +22,9 @@ The decisions it owns:
   (up to `MAX_ATTEMPTS` tries), and the worker probed; gone for good: its tier's queued items
   are planned again on the tiers left, or fail when no worker is left;
 - cancellation: queued items dropped (running ones finish and are kept);
-- nobody left who can take the queued work: those items fail;
+- nobody left who can take the queued work: those items fail, unless the autoscaler was asked
+  for their tier (`CapacityAwaited`): they wait, until the runtime says it did not come
+  (`TierUnprovided`: planned on the tiers there are);
 - draining: nothing new is sent; what is still held can be handed back;
 - a job's end: nothing of it queued, rendering or uploading.
 
@@ -149,12 +151,29 @@ class HandBackHeld:
 
 
 @dataclass(frozen=True)
+class CapacityAwaited:
+    """The GPUs per tier the autoscaler is asked for now (replacing the previous ask): work
+    planned for such a tier waits for its nodes, and plans count on them."""
+
+    tiers: dict[str, int]
+
+
+@dataclass(frozen=True)
+class TierUnprovided:
+    """A tier that was asked for did not come in time: its queued work is planned on the
+    tiers there are, and new plans no longer count on it."""
+
+    tier: str
+
+
+@dataclass(frozen=True)
 class Tick:
     """Nothing happened; look for work to send (and for work nobody can take)."""
 
 
 Event = (JobAdmitted | JobCancelled | WorkerReplied | WorkerCallFailed | WorkerLost | WorkerProbed
-         | WorkerStarting | WorkerJoined | WorkerStartFailed | WorkerRetired | DrainRequested | HandBackHeld | Tick)
+         | WorkerStarting | WorkerJoined | WorkerStartFailed | WorkerRetired | CapacityAwaited | TierUnprovided
+         | DrainRequested | HandBackHeld | Tick)
 
 # --- instructions ------------------------------------------------------------------------------
 
@@ -298,6 +317,7 @@ class DispatchState:
         self.queue = JobQueue(tiers, counts)
         self.jobs: dict[str, DispatchJob] = {}
         self.draining = False
+        self.awaited: dict[str, int] = {}  # tier -> GPUs asked of the autoscaler (CapacityAwaited)
 
     # --- views -----------------------------------------------------------------------------
 
@@ -320,9 +340,17 @@ class DispatchState:
     def starting(self) -> bool:
         return any(s.phase is WorkerPhase.STARTING for s in self.workers.values())
 
+    def plan_counts(self) -> dict[str, int]:
+        """What plans count on: the workers there are and are starting, and the GPUs asked of the
+        autoscaler (a tier that was asked for is planned for before its first node arrives)."""
+        counts = self.expected_counts()
+        for tier, wanted in self.awaited.items():
+            counts[tier] = max(counts.get(tier, 0), wanted)
+        return counts
+
     @property
     def shape(self) -> ClusterShape:
-        return ClusterShape(self.expected_counts())
+        return ClusterShape(self.plan_counts())
 
     def rendering(self) -> list[WorkerSlot]:
         return [s for s in self.workers.values() if s.phase is WorkerPhase.RENDERING]
@@ -501,6 +529,18 @@ class DispatchState:
         if orphans:
             self._replan(orphans)
 
+    def _on_CapacityAwaited(self, event: CapacityAwaited, out: list) -> None:
+        self.awaited = {tier: count for tier, count in event.tiers.items() if count > 0}
+        for tier in self.awaited:
+            self._ensure_tier(tier)
+
+    def _on_TierUnprovided(self, event: TierUnprovided, out: list) -> None:
+        self.awaited.pop(event.tier, None)
+        if not self.expected_counts().get(event.tier):
+            orphans = self.queue.drain_tier(event.tier)
+            if orphans:
+                self._replan(orphans)
+
     def _on_DrainRequested(self, event: DrainRequested, out: list) -> None:
         self.draining = True
 
@@ -516,6 +556,8 @@ class DispatchState:
     def _on_Tick(self, event: Tick, out: list) -> None:
         self._fill(out)
         if self.in_flight() or not len(self.queue) or self.draining or self.starting():
+            return
+        if any(self.queue.queued_by_tier().get(tier) for tier in self.awaited):  # nodes are on their way
             return
         for job in list(self.jobs.values()):  # work left, nobody able to take it
             job.state.fail_remaining(FailureReason.WORKER_LOST, "no render worker left that can take these items")
@@ -616,8 +658,8 @@ class DispatchState:
 
     def _replan(self, orphans: list[tuple[str, str]]) -> None:
         """The last worker of a tier is gone: plan its queued items on the tiers that are left
-        (and those whose workers are starting)."""
-        counts = self.expected_counts()
+        (and those whose workers are starting or were asked of the autoscaler)."""
+        counts = self.plan_counts()
         planners: dict[str, Planner] = {}  # one per model: its plan cache serves identical items
         for job_id, item_id in orphans:
             job = self.jobs[job_id]

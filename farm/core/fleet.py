@@ -11,11 +11,16 @@ ones to stop. No Ray and no clock here: `now` and each worker's idle-since time 
   weights from one volume at the same moment helps nobody).
 - A worker idle for `idle_timeout_s` (0: never) stops and frees its GPU (so the autoscaler can
   remove the node), unless its tier would drop below its minimum or work it could take waits.
+
+`autoscale_demand` turns the same view into what to ask Ray's autoscaler for: the GPUs each tier
+should have, so work that waits brings nodes and a drained queue lets them go.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from farm.core.tiers import RESOURCE_PREFIX
 
 
 @dataclass(frozen=True)
@@ -88,3 +93,34 @@ def fleet_changes(
             left[worker.tier] -= 1
             stop.append(worker.name)
     return FleetChanges(start, tuple(stop))
+
+
+def autoscale_demand(
+    *,
+    queued: dict[str, int],
+    workers: dict[str, int],
+    idle: dict[str, int],
+    caps: dict[str, int],
+    minimum: dict[str, int] | None = None,
+) -> dict[str, int]:
+    """GPUs per tier to ask the autoscaler for (a standing request, not an increment): the
+    workers a tier has (live and starting) plus one for each queued item of its own that its
+    idle workers cannot take at once, at least its minimum, at most its cap. Only tiers named
+    in `caps` are asked for; work is not carried to bigger tiers here (a bigger card for a
+    small item costs more: the cheap tier's own nodes are what it waits for). A tier asking for
+    nothing is left out, so an empty answer clears the request."""
+    minimum = minimum or {}
+    demand: dict[str, int] = {}
+    for tier, cap in caps.items():
+        have = workers.get(tier, 0)
+        extra = max(queued.get(tier, 0) - idle.get(tier, 0), 0)
+        wanted = min(max(have + extra, minimum.get(tier, 0)), cap)
+        if wanted > 0:
+            demand[tier] = wanted
+    return demand
+
+
+def resource_bundles(demand: dict[str, int]) -> list[dict[str, float]]:
+    """The autoscaler request for `demand`: one bundle per GPU, carrying the tier's resource
+    (what a render worker of that tier is started with)."""
+    return [{"GPU": 1.0, RESOURCE_PREFIX + tier: 1.0} for tier in sorted(demand) for _ in range(demand[tier])]

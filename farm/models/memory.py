@@ -131,10 +131,12 @@ def gpu_description(device: str) -> dict:
 
 
 def detect_card(
-    device: str, table: TierTable, advertised_tier: str | None = None, vram_gb: float | None = None
+    device: str, table: TierTable, advertised_tier: str | None = None, vram_gb: float | None = None,
+    *, simulate_tier: bool = False,
 ) -> CardInfo:
     """This worker's card: the declared size (`vram_gb`: FARM_GPU_VRAM_GB, or its tier) capped to
-    the real card on CUDA; the declared size simulated without a GPU; else the CPU."""
+    the real card on CUDA; the declared size simulated without a GPU (its tier's card too, with
+    `simulate_tier`: FARM_SIMULATE_TIER_CARDS); else the CPU."""
     declared, source = declared_card_bytes(table, advertised_tier, vram_gb)
     on_cuda = device.startswith("cuda")
     physical, gpu = None, {}
@@ -147,7 +149,7 @@ def detect_card(
         card_bytes = min(declared, physical) if declared else physical
         source = source if declared and declared < physical else "cuda"
         simulated = False
-    elif source == VRAM_ENV:
+    elif source == VRAM_ENV or (source == "tier" and simulate_tier):
         card_bytes, simulated = declared, True
     else:
         return CardInfo(CPU_TIER, None, None, "cpu", False)

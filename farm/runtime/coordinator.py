@@ -3,9 +3,11 @@ the render pool, so the HTTP layer holds no job state.
 
 Durability: every job is recorded in a registry (FARM_STATE_URI, a folder or s3:// prefix:
 `jobs/ID.json`), and its validated spec lives in its output (`JOB/spec.json`). The actor is
-restarted by Ray after a crash (`max_restarts=-1`); its workers die with it (they are owned by
-it), and the new incarnation starts new workers, reloads every unfinished job from the registry
-and runs it again: committed items are skipped (their sidecars), so nothing is rendered twice.
+restarted by Ray after a crash (`max_restarts=-1`). Its render workers are named detached actors
+(namespace `farm`), so they outlive it: the new incarnation adopts them (no model loaded again),
+waits until each has finished what the old one gave it and uploaded it, then reloads every
+unfinished job from the registry and runs it again: committed items are skipped (their
+sidecars), so nothing is rendered or committed twice.
 
 Threads: Ray calls (submit, status, ...) run on the actor's thread pool; one admission thread
 checks, scans and plans submitted jobs in order; one dispatch thread drives the engine.
@@ -27,10 +29,10 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
 
 from farm import __version__
 from farm.core.errors import FarmError, JobConflictError, QueueFullError, StorageError
-from farm.core.job import FINAL_ITEM_STATES, FINAL_JOB_STATES, JobStatus, JobState
+from farm.core.job import FINAL_ITEM_STATES, FINAL_JOB_STATES, JobState, JobStatus
 from farm.core.manifest import JobSpec
 from farm.core.tiers import load_tier_table
-from farm.runtime.engine import ActiveJob, Engine, start_workers
+from farm.runtime.engine import ActiveJob, Engine
 from farm.runtime.jobs import JobRecorder, clear_staging, prepare_job, write_job_files
 from farm.settings import FarmSettings, load_settings
 from farm.storage import canonical_output, open_store
@@ -117,8 +119,6 @@ class Coordinator:
         self.finished = collections.OrderedDict()  # job id -> final record summary (bounded)
         self.pending: queue.Queue[str] = queue.Queue()
         self.started_at = time.time()
-        import ray
-
         from farm.metrics import FarmMetrics
 
         self.metrics = FarmMetrics()
@@ -128,11 +128,12 @@ class Coordinator:
         mailbox = RayMailbox()  # the workers' commit reports; killed with this actor (it owns it)
         from farm.runtime.fleet import RayFleet
 
-        fleet = RayFleet(self.model, self.settings, mailbox=mailbox)  # workers follow the cluster's GPUs
-        self.workers = start_workers(self.model, ray.cluster_resources(), self.table, settings=self.settings,
-                                     mailbox=mailbox, unusable=fleet.start_failed)
-        fleet.started([w.name for w in self.workers])
-        self.engine = Engine(self.workers, self.table, self.metrics, self.settings, mailbox=mailbox, fleet=fleet)
+        # Workers follow the cluster's GPUs; they are named detached actors, so that they outlive
+        # this actor: after a restart the new incarnation adopts them, and no model is loaded again.
+        fleet = RayFleet(self.model, self.settings, mailbox=mailbox, namespace=NAMESPACE)
+        self.engine = Engine([], self.table, self.metrics, self.settings, mailbox=mailbox, fleet=fleet)
+        self.engine.adopt(fleet.adoptable_workers())
+        self.engine.warm_start()  # the rest load in the background; dispatch starts with the first
         self._reload()
         self.metrics.skipped_records.set(len(self.registry.skipped))
         threading.Thread(target=self._admit_loop, name="farm-admission", daemon=True).start()
@@ -226,6 +227,9 @@ class Coordinator:
                     items_per_minute=rate,
                     eta_seconds=eta,
                 )
+                if self.engine.unprovidable and summary["state"] not in FINAL_JOB_STATES:
+                    # asked of the autoscaler, never came: its work was planned on the tiers there are
+                    summary["unprovidable_tiers"] = sorted(self.engine.unprovidable)
             return summary
 
     def list_jobs(self, cursor: str | None = None, limit: int = 50) -> dict:
@@ -291,9 +295,17 @@ class Coordinator:
             storage_ok = False
         with self.lock:
             active = sum(1 for e in self.entries.values() if e["state"] not in FINAL_JOB_STATES)
+        engine = self.engine
+        with engine.lock:
+            unprovidable = dict(engine.unprovidable)
+            requested = dict(engine.requested)
         return {
-            "ok": bool(self.engine.workers) and storage_ok,
-            "workers": {w.name: w.tier for w in self.engine.workers},
+            "ok": bool(engine.workers) and storage_ok,
+            "workers": {w.name: w.tier for w in engine.workers},
+            "starting": len(engine.starting),
+            "start_errors": engine.start_errors[-5:],
+            "autoscaler_requested": requested,
+            "unprovidable_tiers": unprovidable,
             "storage": storage_ok,
             "skipped_job_records": self.registry.skipped[:20],
             "active_jobs": active,
@@ -355,6 +367,10 @@ class Coordinator:
                 self.pending.put(entry["id"])
 
     def _admit_loop(self) -> None:
+        # Adopted workers first finish and upload what the last coordinator gave them: only then
+        # does a job's scan of its output see every commit (no item rendered twice).
+        while self.engine.adopting():
+            time.sleep(0.1)
         while True:
             job_id = self.pending.get()
             with self.lock:

@@ -155,15 +155,19 @@ def spawn_worker(
     mailbox=None,
     cpu_threads: int | None = None,
     slot_tier: str | None = None,
+    namespace: str | None = None,
 ) -> Worker:
     """Start one render actor (it loads its model in the background; `info()` answers once it
-    has). `tier`: pinned to the node resource `farm_tier_<tier>`; None: any GPU (or the CPU)."""
-    from farm.runtime.workers import RenderWorker
+    has). `tier`: pinned to the node resource `farm_tier_<tier>`; None: any GPU (or the CPU).
+    `namespace`: a named, detached actor there (the service's workers: they outlive a
+    coordinator restart, and the next coordinator adopts them); None: owned by this process."""
+    from farm.runtime.workers import WORKER_NAME_PREFIX, RenderWorker
 
     resources = {f"farm_tier_{tier}": 1} if tier else {}
-    actor = RenderWorker.options(num_gpus=1 if gpu else 0, num_cpus=1, resources=resources).remote(
-        model, name, cpu_threads, faults, tier, settings, mailbox
-    )
+    options = dict(num_gpus=1 if gpu else 0, num_cpus=1, resources=resources)
+    if namespace is not None:
+        options.update(name=WORKER_NAME_PREFIX + name, namespace=namespace, lifetime="detached")
+    actor = RenderWorker.options(**options).remote(model, name, cpu_threads, faults, tier, settings, mailbox)
     return Worker(name, RayWorkerHandle(actor), slot_tier or tier or "gpu")
 
 
@@ -221,8 +225,14 @@ class Engine:
         self.starting: dict[Any, Worker] = {}  # start call -> a worker loading its model
         self._idle_since: dict[str, float] = {}
         self._next_poll = 0.0
+        self._adopting: set[str] = set()  # workers of an earlier coordinator that have not answered yet
+        self._warming = False  # start workers on every free GPU slot (the farm's start), not only for work
+        self._awaiting_since: dict[str, float] = {}  # tier -> when the autoscaler was first asked for it
+        self.unprovidable: dict[str, float] = {}  # tier -> since when (epoch s): asked for, never came
+        self.requested: dict[str, int] = {}  # GPUs per tier asked of the autoscaler now
         self._model_config_sha256 = self.workers[0].info["model"]["config_sha256"] if self.workers else None
         self.mailbox = mailbox  # where the workers report their commits (farm.runtime.mailbox)
+        self.start_errors: list[str] = []  # why the last workers that could not start did not (newest last)
         self.watched: set[str] = set()  # workers whose uploads the open mailbox take is for
         self.table = table
         self.metrics = metrics  # a farm.metrics.FarmMetrics, or None
@@ -246,12 +256,16 @@ class Engine:
 
     @property
     def shape(self) -> ClusterShape:
-        """What jobs are planned for: the workers there are (and those starting), and the GPUs of
-        the cluster that workers can be started on."""
-        counts = self.state.expected_counts()
+        """What jobs are planned for: the workers there are (and those starting), the GPUs of the
+        cluster that workers can be started on, and those the autoscaler may bring
+        (FARM_AUTOSCALE_MAX_WORKERS; not a tier found unprovidable)."""
+        counts = self.state.plan_counts()
         if self.fleet is not None:
             for tier, slots in self.fleet.slots().items():
                 counts[tier] = max(counts.get(tier, 0), slots)
+            for tier, cap in self.settings.engine.autoscale_max_workers.items():
+                if tier in self.table and tier not in self.unprovidable:  # the autoscaler can bring them
+                    counts[tier] = max(counts.get(tier, 0), cap)
         return ClusterShape(counts)
 
     @property
@@ -270,8 +284,14 @@ class Engine:
         return {w.name: w.public_info() for w in self.workers}
 
     def busy(self) -> bool:
+        """Work to drive: jobs, calls in flight, uploads, or workers still loading (or adopted)."""
         with self.lock:
-            return self.state.busy()
+            return self.state.busy() or bool(self.starting)
+
+    def adopting(self) -> bool:
+        """Workers of an earlier coordinator have not all answered `adopt` yet."""
+        with self.lock:
+            return bool(self._adopting)
 
     def settled(self) -> bool:
         """Nothing rendering and nothing waiting for upload."""
@@ -296,6 +316,54 @@ class Engine:
                 return False
             self._carry_out(self.state.handle(dispatch.JobCancelled(job_id)))
             return True
+
+    # --- workers --------------------------------------------------------------------------------
+
+    def adopt(self, workers: list[Worker]) -> None:
+        """Workers an earlier coordinator started, still alive: each joins as a starting worker
+        does, once its `adopt` call answers (after its last render and that render's uploads:
+        see `RenderWorkerImpl.adopt`), with its model loaded already."""
+        with self.lock:
+            events = []
+            for worker in workers:
+                call = worker.handle.adopt(self.mailbox)
+                self.calls[call], self.starting[call] = (worker.name, "start"), worker
+                self._adopting.add(worker.name)
+                events.append(dispatch.WorkerStarting(worker.name, worker.slot_tier))
+            self._carry_out(self.state.handle(*events))
+
+    def warm_start(self, *, cpu_workers: int | None = None, cpu_threads: int | None = None,
+                   faults: str | None = None) -> None:
+        """The farm's first workers, without waiting for their models: one per free GPU slot of
+        the cluster (at most `max_concurrent_loads` loading at once; dispatch starts as soon as
+        the first of a tier is ready); GPUs without tier labels get a worker each; a cluster
+        without GPUs whose autoscaler is not asked for any gets CPU workers (a fixed set)."""
+        from farm.runtime.fleet import cpu_worker_specs
+
+        with self.lock:
+            if self.fleet is not None and (self.fleet.slots() or self.settings.engine.autoscale_max_workers):
+                self._warming = bool(self.fleet.slots())
+                self._follow_cluster(force=True)
+                return
+            if self.workers or self.starting:
+                return
+            events = []
+            spawn = dict(settings=self.settings, faults=faults, mailbox=self.mailbox, namespace=self.fleet.namespace)
+            gpus = self.fleet.untiered_gpus()
+            if gpus:  # GPUs without tier labels: each worker measures its card
+                workers = [spawn_worker(self.fleet.model, f"gpu-{n}", None, gpu=True, **spawn) for n in range(gpus)]
+            else:
+                workers = [spawn_worker(self.fleet.model, name, None, gpu=False, cpu_threads=threads,
+                                        slot_tier=CPU_TIER, **spawn)
+                           for name, threads in cpu_worker_specs(self.settings, cpu_workers, cpu_threads)]
+            for worker in workers:
+                self._starting(worker)
+                events.append(dispatch.WorkerStarting(worker.name, worker.slot_tier))
+            self._carry_out(self.state.handle(*events))
+
+    def _starting(self, worker: Worker) -> None:
+        call = worker.handle.info()
+        self.calls[call], self.starting[call] = (worker.name, "start"), worker
 
     # --- the loop -----------------------------------------------------------------------------
 
@@ -365,7 +433,7 @@ class Engine:
         engine = self.settings.engine
         self._next_poll = now + engine.cluster_poll_s
         slots = self.fleet.slots()
-        if not slots:  # a CPU-only cluster: its workers are fixed
+        if not slots and not engine.autoscale_max_workers:  # a CPU-only cluster: its workers are fixed
             return
         views, starting = [], {}
         for slot in self.state.workers.values():
@@ -378,38 +446,98 @@ class Engine:
                     self._idle_since.pop(slot.name, None)
                 views.append(FleetWorker(slot.name, slot.tier, since))
         order = self.table.ordered(t for t in {*slots, *self.state.queue.tiers} if t in self.table)
+        queued = self.state.queue.queued_by_tier()
+        minimum = dict(engine.min_workers_per_tier)
+        if self._warming:  # the farm's start: a worker on every GPU there is
+            if all(starting.get(t, 0) + sum(1 for v in views if v.tier == t) >= n for t, n in slots.items()):
+                self._warming = False
+            else:
+                minimum = {t: max(minimum.get(t, 0), n) for t, n in slots.items()}
         changes = fleet_changes(
-            slots=slots, workers=views, starting=starting, queued=self.state.queue.queued_by_tier(), order=order,
-            now=now, idle_timeout_s=engine.worker_idle_timeout_s, min_per_tier=engine.min_workers_per_tier,
+            slots=slots, workers=views, starting=starting, queued=queued, order=order,
+            now=now, idle_timeout_s=engine.worker_idle_timeout_s, min_per_tier=minimum,
             max_loads=engine.max_concurrent_loads,
         )
         events: list[dispatch.Event] = []
         for tier, count in changes.start.items():
             for _ in range(count):
                 worker = self.fleet.start(tier)
-                call = worker.handle.info()
-                self.calls[call], self.starting[call] = (worker.name, "start"), worker
+                self._starting(worker)
                 events.append(dispatch.WorkerStarting(worker.name, tier))
-                log.info("starting render worker %s (a free %s GPU, work waiting)", worker.name, tier)
+                log.info("starting render worker %s (a free %s GPU)", worker.name, tier)
         for name in changes.stop:
             log.info("stopping render worker %s: idle for %.0f s", name, engine.worker_idle_timeout_s)
             events.append(dispatch.WorkerRetired(name))
+        if engine.autoscale_max_workers:
+            events += self._ask_autoscaler(slots, views, starting, queued, now)
         if events:
             self._carry_out(self.state.handle(*events))
 
+    def _ask_autoscaler(self, slots: dict[str, int], views, starting: dict[str, int], queued: dict[str, int],
+                        now: float) -> list[dispatch.Event]:
+        """Queued work the workers there are cannot absorb becomes a standing request to Ray's
+        autoscaler (`RayFleet.request`); a tier asked for whose first node does not come within
+        `autoscale_wait_s` is reported unprovidable and its queue planned elsewhere."""
+        from farm.core.fleet import autoscale_demand
+
+        engine = self.settings.engine
+        workers, idle = dict(starting), {}
+        for view in views:
+            workers[view.tier] = workers.get(view.tier, 0) + 1
+            if view.idle_since is not None:
+                idle[view.tier] = idle.get(view.tier, 0) + 1
+        caps = {t: n for t, n in engine.autoscale_max_workers.items() if t in self.table}
+        demand = autoscale_demand(queued=queued, workers=workers, idle=idle, caps=caps,
+                                  minimum=engine.min_workers_per_tier)
+        if demand != self.requested:
+            log.info("asking the autoscaler for GPUs per tier: %s", demand or "none")
+            self.fleet.request(demand)
+            self.requested = demand
+        events: list[dispatch.Event] = []
+        for tier in list(self.unprovidable):
+            if slots.get(tier):  # it came after all
+                log.info("tier %s has nodes again", tier)
+                del self.unprovidable[tier]
+        for tier in list(self._awaiting_since):
+            if not queued.get(tier) or slots.get(tier):
+                del self._awaiting_since[tier]
+        for tier, wanted in demand.items():
+            if slots.get(tier) or not queued.get(tier) or tier in self.unprovidable:
+                continue
+            since = self._awaiting_since.setdefault(tier, now)
+            if now - since >= engine.autoscale_wait_s:
+                log.warning("tier %s was asked of the autoscaler %.0f s ago and no node came: its work is "
+                            "planned on the tiers there are", tier, now - since)
+                self.unprovidable[tier] = time.time()
+                del self._awaiting_since[tier]
+                events.append(dispatch.TierUnprovided(tier))
+        awaited = {t: n for t, n in demand.items() if t not in self.unprovidable}
+        if awaited != self.state.awaited:
+            events.insert(0, dispatch.CapacityAwaited(awaited))
+        return events
+
     def _joined(self, call) -> dispatch.Event:
         worker = self.starting.pop(call)
+        adopted = worker.name in self._adopting
+        self._adopting.discard(worker.name)
         try:
             info = self.pool.result(call)
         except (WorkerDied, WorkerCallError) as error:
             info = {"ok": False, "error": worker_start_failure(worker.name, str(error))}
         if info.get("ok") and info.get("tier") not in self.table and info.get("tier") != CPU_TIER:
             info["ok"], info["error"] = False, f"its card ({info.get('card')}) is smaller than the smallest tier"
+        if info.get("ok") and adopted and self.fleet is not None and (info.get("model") or {}).get("id") != self.fleet.model:
+            info["ok"], info["error"] = False, f"it renders {(info.get('model') or {}).get('id')!r}, not {self.fleet.model!r}"
         if not info.get("ok"):
             log.warning("%s cannot render: %s", worker.name, info.get("error"))
             worker.handle.kill()
-            self.fleet.start_failed(worker.slot_tier)
+            self.start_errors.append(f"{worker.name}: {info.get('error')}")
+            del self.start_errors[:-20]
+            if self.fleet is not None and not adopted:
+                self.fleet.start_failed(worker.slot_tier)
             return dispatch.WorkerStartFailed(worker.name, str(info.get("error")))
+        if adopted:
+            log.info("adopted render worker %s (%s, model loaded already)", worker.name, info.get("tier"))
         worker.info = info
         self.workers.append(worker)
         if self._model_config_sha256 is None:

@@ -10,6 +10,11 @@ them and are handled as any lost worker (their items are queued again).
 
 A worker that cannot start (its model does not fit, its node cannot import farm) takes its GPU
 slot out of the count for `FAILED_START_HOLD_S`, so a bad GPU is not retried every poll.
+
+`request(demand)` hands what the engine wants (GPUs per tier, `farm.core.fleet.autoscale_demand`)
+to Ray's autoscaler as one standing `request_resources` of bundles `{GPU: 1, farm_tier_<tier>: 1}`
+(an empty demand clears it). With a `namespace` (the service's coordinator), workers are named
+detached actors there; `adoptable_workers` finds the ones a coordinator before this one left.
 """
 
 from __future__ import annotations
@@ -17,10 +22,10 @@ from __future__ import annotations
 import re
 import time
 
-from farm.core.tiers import tiers_in_resources
+from farm.core.tiers import CPU_TIER, tiers_in_resources
 from farm.runtime.engine import Worker, spawn_worker
+from farm.runtime.handles import RayWorkerHandle
 from farm.settings import FarmSettings
-
 
 FAILED_START_HOLD_S = 300.0
 
@@ -28,12 +33,15 @@ FAILED_START_HOLD_S = 300.0
 class RayFleet:
     """Starts render actors for the engine as GPUs appear (see the module text)."""
 
-    def __init__(self, model: str, settings: FarmSettings, *, mailbox=None, faults: str | None = None):
+    def __init__(self, model: str, settings: FarmSettings, *, mailbox=None, faults: str | None = None,
+                 namespace: str | None = None):
         from farm.models.loading import absolute_model_ref
 
         self.model = absolute_model_ref(model)
         self.settings = settings
         self.mailbox = mailbox
+        self.namespace = namespace  # workers are named detached actors there (None: owned by this process)
+        self._requested: list[dict[str, float]] | None = None
         self.faults = faults if faults is not None else settings.workers.faults
         self._next: dict[str, int] = {}
         self._failed: list[tuple[str, float]] = []  # (tier, when) of starts that failed
@@ -61,6 +69,13 @@ class RayFleet:
                 slots[tier] = max(slots[tier] - 1, 0)
         return slots
 
+    def untiered_gpus(self) -> int:
+        """GPUs of a cluster whose nodes carry no `farm_tier_<tier>` resource (0 when any does)."""
+        import ray
+
+        resources = ray.cluster_resources()
+        return 0 if tiers_in_resources(resources) else int(resources.get("GPU", 0))
+
     def start_failed(self, tier: str) -> None:
         self._failed.append((tier, time.monotonic()))
 
@@ -68,4 +83,49 @@ class RayFleet:
         index = self._next.get(tier, 0)
         self._next[tier] = index + 1
         return spawn_worker(self.model, f"{tier}-{index}", tier, gpu=self._gpus, settings=self.settings,
-                            faults=self.faults, mailbox=self.mailbox)
+                            faults=self.faults, mailbox=self.mailbox, namespace=self.namespace)
+
+    def request(self, demand: dict[str, int]) -> None:
+        """Ask Ray's autoscaler for these GPUs per tier (replacing the last ask; {} clears it)."""
+        from ray.autoscaler.sdk import request_resources
+
+        from farm.core.fleet import resource_bundles
+
+        bundles = resource_bundles(demand)
+        if bundles != self._requested:
+            request_resources(bundles=bundles)
+            self._requested = bundles
+
+    def adoptable_workers(self) -> list[Worker]:
+        """Render workers a coordinator of this namespace started before and that are still alive."""
+        import ray
+
+        from farm.runtime.workers import WORKER_NAME_PREFIX, service_worker_names
+
+        if self.namespace is None:
+            return []
+        found = []
+        for name in service_worker_names(self.namespace):
+            try:
+                actor = ray.get_actor(WORKER_NAME_PREFIX + name, namespace=self.namespace)
+            except ValueError:  # gone since it was listed
+                continue
+            found.append(Worker(name, RayWorkerHandle(actor), slot_tier_of(name)))
+        self.started([w.name for w in found])
+        return found
+
+
+def slot_tier_of(name: str) -> str:
+    """The tier a worker was started for, from its name (`24g-3`, `cpu-0`, `gpu-1`)."""
+    prefix = name.rsplit("-", 1)[0]
+    return CPU_TIER if prefix == "cpu" else prefix
+
+
+def cpu_worker_specs(settings: FarmSettings, count: int | None = None, threads: int | None = None) -> list[tuple[str, int]]:
+    """(name, torch threads) of the CPU workers of a cluster without GPUs: one scheduling slot
+    each, but torch uses every core of the node unless told otherwise."""
+    import os
+
+    count = count or settings.engine.cpu_workers
+    threads = threads or settings.engine.cpu_threads or os.cpu_count() or 1
+    return [(f"cpu-{index}", threads) for index in range(count)]

@@ -33,6 +33,10 @@ class WorkerHandle(Protocol):
 
     def info(self) -> Any: ...
 
+    def adopt(self, mailbox) -> Any:
+        """Take over a worker an earlier engine started: it reports to `mailbox` from now on;
+        answers `info()` once its last render's uploads are done."""
+
     def kill(self) -> None: ...
 
 
@@ -58,6 +62,9 @@ class RayWorkerHandle:
 
     def info(self):
         return self.actor.info.remote()
+
+    def adopt(self, mailbox):
+        return self.actor.adopt.remote(mailbox)
 
     def kill(self) -> None:
         import ray
@@ -112,6 +119,9 @@ class LocalWorkerHandle:
 
     def info(self) -> Future:
         return self._call("info")
+
+    def adopt(self, mailbox) -> Future:
+        return self._call("adopt", mailbox)
 
     def kill(self) -> None:
         self.killed = True

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from dataclasses import dataclass
 
 from farm.settings import FarmSettings
@@ -53,7 +54,7 @@ def serve_until_stopped(settings: FarmSettings, options: ServeOptions) -> None:
         print(f"starting the job coordinator and render workers (model {settings.model_ref!r})...", flush=True)
         coordinator = coordinator_handle(settings)
         try:
-            ray.get(coordinator.health.remote(), timeout=options.start_timeout_s)
+            wait_until_ready(coordinator, options.start_timeout_s)
         except Exception as error:  # the workers could not load the model, or storage is unusable
             ray.kill(coordinator)
             raise ServiceStartError(f"the coordinator did not start: {remote_cause(error)}") from None
@@ -79,6 +80,24 @@ def serve_until_stopped(settings: FarmSettings, options: ServeOptions) -> None:
                       "at the next start", file=sys.stderr, flush=True)
             except Exception as error:
                 print(f"warning: the coordinator did not stop cleanly: {remote_cause(error)}", file=sys.stderr)
+
+
+def wait_until_ready(coordinator, timeout_s: float) -> dict:
+    """The coordinator's health once a render worker has joined (its workers load in the
+    background); raises when every worker it started failed, or at the timeout. A farm that
+    waits for the autoscaler's first GPU node is ready with none."""
+    import ray
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        health = ray.get(coordinator.health.remote(), timeout=max(deadline - time.monotonic(), 1.0))
+        if health["ok"] or (not health["starting"] and not health["start_errors"]):
+            return health
+        if not health["starting"]:
+            raise RuntimeError(f"no render worker could start: {health['start_errors'][-1]}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no render worker was ready within {timeout_s:.0f} s")
+        time.sleep(0.5)
 
 
 def serve_deployment(settings: FarmSettings | None = None):

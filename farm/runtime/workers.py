@@ -83,7 +83,8 @@ class RenderWorkerImpl:
         from farm.renderer import BackgroundCommits, ItemRenderer
         settings, local = self.settings, self.local
         device = select_device(local.device)
-        self.card = detect_card(device, load_tier_table(settings.tiers_file), self.advertised_tier, local.gpu_vram_gb)
+        self.card = detect_card(device, load_tier_table(settings.tiers_file), self.advertised_tier, local.gpu_vram_gb,
+                                simulate_tier=local.simulate_tier_cards)
         apply_memory_cap(self.card, device)
         if self.card.simulated:
             SimulatedCard(self.card, profile_for_model(self.model_ref, calibration=settings.vram_calibration)).check_load()
@@ -154,6 +155,19 @@ class RenderWorkerImpl:
         self.commits.submit(produced)  # blocks while the upload queue is full
         return self._reply([])
 
+    def adopt(self, mailbox) -> dict:
+        """A new coordinator takes this worker over (the one that started it died): commits are
+        reported to its mailbox from now on. Calls run one at a time, so this runs after any
+        render the old coordinator had sent, and it waits for that render's uploads: once it
+        answers, everything this worker was given is committed (or never will be), and the new
+        coordinator's scan of the outputs sees it. What the old coordinator never heard of is
+        dropped here; the scan finds it."""
+        self.mailbox = mailbox
+        if self.renderer is not None:
+            self.commits.flush()
+            self.commits.reply()
+        return self.info()
+
     def flush(self) -> WorkerReply:
         """Wait for this worker's uploads; same shape as `render`."""
         if self.renderer is None:
@@ -181,3 +195,12 @@ class RenderWorkerImpl:
 
 # max_restarts: a worker process that dies (segfault, host OOM killer) comes back and reloads.
 RenderWorker = ray.remote(max_restarts=2, max_task_retries=0)(RenderWorkerImpl)
+
+WORKER_NAME_PREFIX = "farm-worker-"  # the service's workers are named (WORKER_NAME_PREFIX + name) and detached
+
+
+def service_worker_names(namespace: str) -> list[str]:
+    """The render workers a coordinator of `namespace` started that are alive now (they outlive
+    it: a restarted coordinator adopts them instead of loading every model again)."""
+    return sorted(entry["name"][len(WORKER_NAME_PREFIX):] for entry in ray.util.list_named_actors(all_namespaces=True)
+                  if entry["namespace"] == namespace and entry["name"].startswith(WORKER_NAME_PREFIX))

@@ -39,6 +39,7 @@ class LocalFleet:
         self.adapters, self.mailbox = adapters, mailbox
         self.slot_counts: dict[str, int] = {}
         self.made: list[Worker] = []
+        self.requests: list[dict[str, int]] = []  # what the autoscaler was asked for, in order
 
     def slots(self) -> dict[str, int]:
         return dict(self.slot_counts)
@@ -56,6 +57,9 @@ class LocalFleet:
     def started(self, names) -> None:
         pass
 
+    def request(self, demand: dict[str, int]) -> None:
+        self.requests.append(dict(demand))
+
 
 def farm(adapters, tiers, **settings):
     mailbox = LocalMailbox()
@@ -70,8 +74,8 @@ def farm(adapters, tiers, **settings):
     return engine, fleet
 
 
-def job_of(tmp_path, name: str, count: int, engine: Engine):
-    return engine_job(tmp_path, name, count, engine, TABLE)
+def job_of(tmp_path, name: str, count: int, engine: Engine, **params):
+    return engine_job(tmp_path, name, count, engine, TABLE, **params)
 
 
 def ran_on(tmp_path, name):
@@ -110,3 +114,35 @@ def test_idle_workers_stop_after_the_timeout_and_later_work_starts_one_again(tmp
     engine.admit(later, plan)
     assert engine.run_until_done() and later.state.final_state == "succeeded"
     assert [w.name for w in fleet.made] == ["24g-new0"]
+
+
+def test_work_asks_the_autoscaler_for_a_node_which_renders_it_and_is_released_after(tmp_path, adapters):
+    # Head only: no GPU, no worker; the 12g group may grow to 2 nodes.
+    engine, fleet = farm(adapters, [], autoscale_max_workers="12g=2", worker_idle_timeout_s=0.3)
+    job, plan = job_of(tmp_path, "scale", 3, engine)
+    assert plan.shape.workers == {"12g": 2}  # planned for what the autoscaler may bring
+    engine.admit(job, plan)
+    for _ in range(5):
+        engine.step(0.05)
+    assert fleet.requests == [{"12g": 2}], "3 items waiting, 2 at most"
+    assert job.state.counts().get("queued") == 3, "waiting for the nodes, not failed"
+    fleet.slot_counts["12g"] = 1  # the autoscaler's first node joined
+    assert engine.run_until_done() and job.state.final_state == "succeeded", job.state.failures()
+    assert set(ran_on(tmp_path, "scale").values()) == {"12g-new0"}
+    deadline = time.monotonic() + 10
+    while fleet.requests[-1] and time.monotonic() < deadline:
+        engine.step(0.05)
+        time.sleep(0.05)
+    assert fleet.made[0].handle.killed, "the idle worker released its GPU"
+    assert fleet.requests[-1] == {}, "and the request is cleared, so the autoscaler can remove the node"
+
+
+def test_a_tier_the_autoscaler_never_brings_is_reported_and_its_work_rendered_elsewhere(tmp_path, adapters):
+    engine, fleet = farm(adapters, ["12g"], autoscale_max_workers="24g=1", autoscale_wait_s=0.3)
+    job, plan = job_of(tmp_path, "never", 1, engine, resolution=512, frames=24)
+    assert {p.tier for p in plan.items} == {"24g"}
+    engine.admit(job, plan)
+    assert engine.run_until_done() and job.state.final_state == "succeeded", job.state.failures()
+    assert set(engine.unprovidable) == {"24g"} and fleet.requests[0] == {"24g": 1}
+    status = job.state.items["i0"]
+    assert status.tier == "12g" and status.degradations, "degraded to fit the card there is, and says so"

@@ -404,3 +404,27 @@ def test_a_tier_whose_only_worker_fails_to_start_has_its_queue_planned_on_the_ot
     assert job.items["mid"].state == "queued" and job.items["mid"].planned_tier == "12g"  # degraded to fit
     farm.reply("12g-0", done("warm", "w"))
     assert farm.sent() == {"12g-0": ("j", "mid")}
+
+
+def test_work_for_a_tier_asked_of_the_autoscaler_waits_for_its_nodes():
+    farm = Farm(("12g-0", "12g"))
+    farm.handle(d.CapacityAwaited({"80g": 2}))
+    assert farm.state.shape.workers["80g"] == 2  # plans count on the nodes that were asked for
+    job = farm.admit("j", [item("big", resolution=1024, frames=24)])
+    assert job.items["big"].planned_tier == "80g" and job.items["big"].state == "queued"
+    farm.handle(d.Tick())
+    assert job.items["big"].state == "queued", "not failed as 'nobody can take it' while its node is on its way"
+    farm.handle(d.WorkerStarting("80g-0", "80g"), d.WorkerJoined("80g-0", "80g"))
+    assert farm.sent() == {"80g-0": ("j", "big")}
+
+
+def test_a_tier_that_never_came_has_its_queue_planned_on_the_tiers_there_are():
+    farm = Farm(("24g-0", "24g"))
+    farm.handle(d.CapacityAwaited({"80g": 1}))
+    job = farm.admit("j", [item("a", resolution=1024, frames=24), item("b", resolution=1024, frames=24)])
+    assert {s.planned_tier for s in job.items.values()} == {"80g"} and not farm.sent()
+    farm.handle(d.TierUnprovided("80g"))
+    assert "80g" not in farm.state.shape.workers
+    assert {s.planned_tier for s in job.items.values()} == {"24g"}, "planned (degraded) for the 24g card"
+    assert farm.sent() == {"24g-0": ("j", "a")}
+    assert job.items["b"].degradations or farm.state.jobs["j"].items["b"].plan.degradations

@@ -45,3 +45,26 @@ def test_a_minimum_starts_workers_without_work_and_idle_ones_that_could_steal_st
     assert changes(slots={"24g": 2}, min_per_tier={"24g": 1}).start == {"24g": 1}
     idle = [FleetWorker("24g-0", "24g", 0.0)]
     assert changes(slots={"24g": 1}, workers=idle, queued={"12g": 3}).stop == ()  # it can steal 12g work
+
+
+def test_the_autoscaler_is_asked_for_the_workers_there_are_plus_what_waits_capped():
+    from farm.core.fleet import autoscale_demand
+
+    caps = {"12g": 16, "80g": 4}
+    # 1 worker busy, 3 items of its own waiting: 4 GPUs; the 80g tier waits for 10: its cap.
+    assert autoscale_demand(queued={"12g": 3, "80g": 10}, workers={"12g": 1}, idle={}, caps=caps) == {"12g": 4, "80g": 4}
+    # idle workers absorb the queue first; a tier not named in the caps is never asked for
+    assert autoscale_demand(queued={"12g": 2, "24g": 9}, workers={"12g": 2}, idle={"12g": 2}, caps=caps) == {"12g": 2}
+    # the queue drained: the ask shrinks to the workers there are, then to nothing once they stop
+    assert autoscale_demand(queued={}, workers={"80g": 2}, idle={"80g": 2}, caps=caps) == {"80g": 2}
+    assert autoscale_demand(queued={}, workers={}, idle={}, caps=caps) == {}
+    assert autoscale_demand(queued={}, workers={}, idle={}, caps=caps, minimum={"80g": 1}) == {"80g": 1}
+
+
+def test_autoscaler_bundles_carry_a_gpu_and_the_tier_resource():
+    from farm.core.fleet import resource_bundles
+
+    assert resource_bundles({"80g": 2, "12g": 1}) == [
+        {"GPU": 1.0, "farm_tier_12g": 1.0}, {"GPU": 1.0, "farm_tier_80g": 1.0}, {"GPU": 1.0, "farm_tier_80g": 1.0},
+    ]
+    assert resource_bundles({}) == []
