@@ -175,8 +175,9 @@ class Service:
 
 
 @pytest.fixture(scope="module")
-def service(farm_cache, tiny_model_dir, tmp_path_factory):
-    """moto S3, an embedded Ray cluster, the coordinator and the Serve app on 127.0.0.1."""
+def service(request, farm_cache, tiny_model_dir, tmp_path_factory):
+    """moto S3, an embedded Ray cluster, the coordinator and the Serve app on 127.0.0.1 (a test
+    module's `SERVICE_ENV` adds settings)."""
     import logging
 
     import ray
@@ -215,6 +216,7 @@ def service(farm_cache, tiny_model_dir, tmp_path_factory):
         "FARM_URL_ALLOWED_HOSTS": "127.0.0.1",
         "FARM_URL_ALLOW_LOOPBACK": "true",
         "FARM_URL_ALLOW_HTTP": "true",
+        **getattr(request.module, "SERVICE_ENV", {}),
     }
     previous = {name: os.environ.get(name) for name in env}
     os.environ.update(env)  # the Ray cluster started below hands these to every actor

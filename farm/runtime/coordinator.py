@@ -300,7 +300,8 @@ class Coordinator:
             unprovidable = dict(engine.unprovidable)
             requested = dict(engine.requested)
         return {
-            "ok": bool(engine.workers) and storage_ok,
+            # Ready to take jobs: workers there, loading, or an autoscaler that brings GPU nodes.
+            "ok": storage_ok and bool(engine.workers or engine.starting or self.settings.engine.autoscale_max_workers),
             "workers": {w.name: w.tier for w in engine.workers},
             "starting": len(engine.starting),
             "start_errors": engine.start_errors[-5:],

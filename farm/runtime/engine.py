@@ -119,6 +119,8 @@ def start_workers(
     elif gpus:
         for index in range(gpus):  # GPUs without tier labels: each worker measures its card
             handles.append(spawn_worker(model, f"gpu-{index}", None, gpu=True, **spawn))
+    elif settings.engine.autoscale_max_workers:
+        return []  # no GPU node yet: the autoscaler brings them, and the engine's fleet their workers
     else:
         count = cpu_workers or settings.engine.cpu_workers
         threads = cpu_threads or settings.engine.cpu_threads

@@ -91,10 +91,10 @@ def wait_until_ready(coordinator, timeout_s: float) -> dict:
     deadline = time.monotonic() + timeout_s
     while True:
         health = ray.get(coordinator.health.remote(), timeout=max(deadline - time.monotonic(), 1.0))
-        if health["ok"] or (not health["starting"] and not health["start_errors"]):
+        if health["workers"] or not health["starting"]:
+            if not health["workers"] and health["start_errors"]:
+                raise RuntimeError(f"no render worker could start: {health['start_errors'][-1]}")
             return health
-        if not health["starting"]:
-            raise RuntimeError(f"no render worker could start: {health['start_errors'][-1]}")
         if time.monotonic() > deadline:
             raise TimeoutError(f"no render worker was ready within {timeout_s:.0f} s")
         time.sleep(0.5)
