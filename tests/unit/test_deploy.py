@@ -1,7 +1,9 @@
 """Deployment files, checked offline: every kustomization renders; KubeRay resources validate
 against the CRD schemas in strict mode (unknown fields are errors); built-in kinds validate
 against Kubernetes' own schemas; tiers and model settings agree with farm's tier table and
-config; the compose stack and the cluster launcher parse and reference files that exist; the
+config; the autoscaling parts agree with each other (idle timeout, each tier in its group's
+`resources` map as Ray's autoscaler reads it, FARM_AUTOSCALE_MAX_WORKERS = maxReplicas, the drain
+shorter than the grace period); the compose stack and the cluster launcher parse and reference files that exist; the
 Dockerfiles' commands refer to entry points that exist."""
 
 import copy
@@ -117,30 +119,183 @@ def test_monitoring_resources_select_the_farm_pods():
     assert {"farm-overview.json", "farm-tier.json"} <= set(dashboards["data"])
 
 
+def ray_resource(path: str) -> dict:
+    return next(d for d in rendered(path) if d["kind"] in ("RayService", "RayJob"))
+
+
+def cluster_spec(path: str) -> dict:
+    ray = ray_resource(path)
+    return ray["spec"].get("rayClusterConfig") or ray["spec"]["rayClusterSpec"]
+
+
 def worker_groups(path: str) -> list[dict]:
-    docs = rendered(path)
-    ray = next(d for d in docs if d["kind"] in ("RayService", "RayJob"))
-    spec = ray["spec"].get("rayClusterConfig") or ray["spec"]["rayClusterSpec"]
-    return spec["workerGroupSpecs"]
+    return cluster_spec(path)["workerGroupSpecs"]
 
 
-@pytest.mark.parametrize("path", ["k8s/overlays/gpu", "k8s/rayjob"])
-def test_gpu_worker_groups_advertise_the_tiers_of_the_tier_table(path):
+GPU_PATHS = ["k8s/overlays/gpu", "k8s/rayjob"]
+# rayStartParams that KubeRay refuses next to a group's `resources` map (validateRayGroupResources).
+RAY_START_RESOURCE_PARAMS = ("num-cpus", "num-gpus", "memory", "resources")
+
+
+def gpu_limit(group: dict) -> int:
+    return int(group["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"])
+
+
+def group_problems(group: dict) -> list[str]:
+    """What is wrong with a GPU worker group: its tier, its `resources` map, its autoscaling bounds."""
+    name = group["groupName"]
+    match = re.fullmatch(r"gpu-(\d+g)", name)
+    if not match:
+        return [f"{name}: a GPU group is named gpu-<tier>"]
+    tier = match.group(1)
+    problems = []
+    if tier not in TABLE:
+        problems.append(f"{name}: {tier} is not in farm's tier table ({TABLE.names()})")
+    gpus = gpu_limit(group)
+    if gpus != 1:
+        problems.append(f"{name}: nvidia.com/gpu limit {gpus}, farm runs one worker per GPU pod")
+    if group.get("resources") != {f"farm_tier_{tier}": str(gpus)}:
+        problems.append(f"{name}: resources {group.get('resources')!r}, want {{farm_tier_{tier}: '{gpus}'}} (GPU comes "
+                        "from the nvidia.com/gpu limit)")
+    mixed = [key for key in RAY_START_RESOURCE_PARAMS if key in group.get("rayStartParams", {})]
+    if mixed:
+        problems.append(f"{name}: rayStartParams {mixed} next to `resources` (KubeRay rejects the group)")
+    if group["minReplicas"] != 0:
+        problems.append(f"{name}: minReplicas {group['minReplicas']}, autoscaled groups start at 0")
+    if not group["minReplicas"] <= group.get("replicas", 0) <= group["maxReplicas"]:
+        problems.append(f"{name}: replicas outside minReplicas..maxReplicas")
+    if not any(t["key"] == "nvidia.com/gpu" for t in group["template"]["spec"].get("tolerations", [])):
+        problems.append(f"{name}: the nvidia.com/gpu taint is not tolerated")
+    return problems
+
+
+@pytest.mark.parametrize("path", GPU_PATHS)
+def test_gpu_worker_groups_advertise_their_tier_in_the_resources_map(path):
     groups = worker_groups(path)
     assert groups
-    for group in groups:
-        match = re.fullmatch(r"gpu-(\d+g)", group["groupName"])
-        assert match, group["groupName"]
-        tier = match.group(1)
-        assert tier in TABLE, f"{tier} is not in farm's tier table ({TABLE.names()})"
-        resources = json.loads(json.loads(group["rayStartParams"]["resources"]))
-        assert resources == {f"farm_tier_{tier}": 1}
-        container = group["template"]["spec"]["containers"][0]
-        gpus = container["resources"]["limits"]["nvidia.com/gpu"]
-        assert str(gpus) == group["rayStartParams"]["num-gpus"] == "1"
-        tolerations = group["template"]["spec"].get("tolerations", [])
-        assert any(t["key"] == "nvidia.com/gpu" for t in tolerations)
-        assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
+    assert [problem for group in groups for problem in group_problems(group)] == []
+
+
+def test_a_json_string_of_resources_or_num_gpus_in_ray_start_params_is_caught():
+    group = copy.deepcopy(worker_groups("k8s/overlays/gpu")[0])
+    assert group_problems(group) == []
+    old_style = copy.deepcopy(group)
+    old_style["rayStartParams"].update({"num-gpus": "1", "resources": '"{\\"farm_tier_12g\\": 1}"'})
+    assert any("KubeRay rejects" in p for p in group_problems(old_style))
+    del old_style["resources"]
+    assert any("want {farm_tier_12g: '1'}" in p for p in group_problems(old_style))
+    wrong_tier = copy.deepcopy(group)
+    wrong_tier["resources"] = {"farm_tier_24g": "1"}
+    assert group_problems(wrong_tier)
+
+
+@pytest.mark.parametrize("path", KUSTOMIZATIONS)
+def test_the_autoscaler_runs_with_an_idle_timeout(path):
+    spec = cluster_spec(path)
+    assert spec["enableInTreeAutoscaling"] is True
+    options = spec["autoscalerOptions"]
+    assert isinstance(options["idleTimeoutSeconds"], int) and 0 < options["idleTimeoutSeconds"] <= 600
+    assert options["upscalingMode"] == "Default"  # not rate-limited: a queue's GPUs are asked for at once
+    assert {"cpu", "memory"} <= set(options["resources"]["requests"]) and {"cpu", "memory"} <= set(options["resources"]["limits"])
+
+
+@pytest.mark.parametrize("path", GPU_PATHS)
+def test_the_ray_autoscaler_finds_each_tier_on_its_own_group(path):
+    """Ray's KubeRay autoscaler (the installed version) derives its node types from the rendered
+    cluster: the bundle farm asks for, {"GPU": 1, "farm_tier_<tier>": 1}, fits that tier's group only."""
+    try:
+        from ray.autoscaler._private.kuberay.autoscaling_config import _derive_autoscaling_config_from_ray_cr
+    except ImportError:
+        pytest.skip("ray's KubeRay autoscaler config is not importable")
+    ray = ray_resource(path)
+    spec = cluster_spec(path)
+    config = _derive_autoscaling_config_from_ray_cr({"metadata": {"name": "farm", "namespace": ray["metadata"]["namespace"]},
+                                                     "spec": copy.deepcopy(spec)})
+    assert config["idle_timeout_minutes"] == spec["autoscalerOptions"]["idleTimeoutSeconds"] / 60
+    node_types = config["available_node_types"]
+    for group in spec["workerGroupSpecs"]:
+        tier = group["groupName"].removeprefix("gpu-")
+        bundle = {"GPU": 1, f"farm_tier_{tier}": 1}
+        fits = [name for name, node in node_types.items() if all(node["resources"].get(k, 0) >= v for k, v in bundle.items())]
+        assert fits == [group["groupName"]], (bundle, {n: t["resources"] for n, t in node_types.items()})
+        assert node_types[group["groupName"]]["max_workers"] == group["maxReplicas"]
+
+
+def test_no_deprecated_unhealthy_thresholds_anywhere_in_k8s():
+    files = [p for p in (ROOT / "k8s").rglob("*") if p.is_file()]
+    assert files
+    assert [str(p.relative_to(ROOT)) for p in files if "UnhealthySecondThreshold" in p.read_text()] == []
+
+    def keys(node):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                yield key
+                yield from keys(value)
+        elif isinstance(node, list):
+            for value in node:
+                yield from keys(value)
+
+    for path in KUSTOMIZATIONS:
+        assert [k for doc in rendered(path) for k in keys(doc) if k.endswith("UnhealthySecondThreshold")] == []
+
+
+def env_of(container: dict) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+
+
+def tier_counts(text: str) -> dict[str, int]:
+    """`12g=16,24g=8` as FARM_AUTOSCALE_MAX_WORKERS writes it."""
+    pairs = [part.split("=", 1) for part in text.split(",") if part.strip()]
+    assert all(len(pair) == 2 for pair in pairs), text
+    return {tier.strip(): int(count) for tier, count in pairs}
+
+
+def autoscale_cap_problems(spec: dict) -> list[str]:
+    """FARM_AUTOSCALE_MAX_WORKERS on the head names every tier group with its maxReplicas (in GPUs)."""
+    head = env_of(spec["headGroupSpec"]["template"]["spec"]["containers"][0])
+    caps = tier_counts(head.get("FARM_AUTOSCALE_MAX_WORKERS", ""))
+    groups = {}
+    for group in spec["workerGroupSpecs"]:
+        for resource, count in group.get("resources", {}).items():
+            if resource.startswith("farm_tier_"):
+                groups[resource.removeprefix("farm_tier_")] = group["maxReplicas"] * group.get("numOfHosts", 1) * int(count)
+    return [f"{tier}: FARM_AUTOSCALE_MAX_WORKERS {caps.get(tier)} but the group allows {groups.get(tier)}"
+            for tier in sorted(set(caps) | set(groups)) if caps.get(tier) != groups.get(tier)]
+
+
+@pytest.mark.parametrize("path", KUSTOMIZATIONS)
+def test_the_head_asks_for_no_more_workers_than_the_groups_allow(path):
+    spec = cluster_spec(path)
+    assert autoscale_cap_problems(spec) == []
+    if path in GPU_PATHS:
+        head = env_of(spec["headGroupSpec"]["template"]["spec"]["containers"][0])
+        assert tier_counts(head["FARM_AUTOSCALE_MAX_WORKERS"])  # set, not empty: the farm requests GPUs
+    wrong = copy.deepcopy(spec)
+    if wrong["workerGroupSpecs"] and wrong["workerGroupSpecs"][0].get("resources"):
+        wrong["workerGroupSpecs"][0]["maxReplicas"] += 1
+        assert autoscale_cap_problems(wrong)
+
+
+def drain_problems(group: dict) -> list[str]:
+    """A pod told to stop drains for RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S, which must end before
+    Kubernetes kills it (terminationGracePeriodSeconds, 30 when unset), with time left to stop."""
+    pod = group["template"]["spec"]
+    drain = env_of(pod["containers"][0]).get("RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S")
+    if drain is None:
+        return [f"{group['groupName']}: RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S is not set"]
+    grace = pod.get("terminationGracePeriodSeconds", 30)
+    if not 0 < float(drain) <= grace - 5:
+        return [f"{group['groupName']}: drain {drain} s, grace period {grace} s (drain at least 5 s shorter)"]
+    return []
+
+
+@pytest.mark.parametrize("path", GPU_PATHS)
+def test_gpu_pods_drain_within_their_termination_grace_period(path):
+    groups = worker_groups(path)
+    assert [problem for group in groups for problem in drain_problems(group)] == []
+    late = copy.deepcopy(groups[0])
+    late["template"]["spec"]["terminationGracePeriodSeconds"] = 40
+    assert drain_problems(late)
 
 
 def test_the_gpu_overlay_covers_small_and_big_cards_with_affinity():
