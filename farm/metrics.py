@@ -55,6 +55,13 @@ class FarmMetrics:
         )
         self.workers = Gauge("farm_workers", "Render workers by tier and state", ["tier", "state"], registry=r)
         self.jobs = Gauge("farm_jobs", "Jobs by state", ["state"], registry=r)
+        self.autoscale_requested = Gauge(
+            "farm_autoscale_requested_gpus", "GPUs per tier the farm asks Ray's autoscaler for", ["tier"], registry=r,
+        )
+        self.unprovidable = Gauge(
+            "farm_tier_unprovidable", "1 while a tier asked of the autoscaler never came (its work is planned "
+            "elsewhere)", ["tier"], registry=r,
+        )
         self.skipped_records = Gauge(
             "farm_job_records_skipped", "Files in the job registry skipped as unreadable or not job records", registry=r,
         )
@@ -94,6 +101,11 @@ class FarmMetrics:
         for tier in tiers:
             for state in WORKER_STATES:
                 self.workers.labels(tier, state).set(workers.get((tier, state), 0))
+
+    def autoscaling(self, requested: dict[str, int], unprovidable: set[str], tiers: list[str]) -> None:
+        for tier in tiers:
+            self.autoscale_requested.labels(tier).set(requested.get(tier, 0))
+            self.unprovidable.labels(tier).set(1 if tier in unprovidable else 0)
 
     def worker_memory(self, worker: str, tier: str, used: int | None, total: int | None) -> None:
         if used is not None:

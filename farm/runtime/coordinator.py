@@ -493,4 +493,7 @@ def coordinator_handle(settings: FarmSettings | dict | None = None, *, create: b
         max_task_retries=0,  # a submit that may have run is not retried blindly: clients retry
         max_concurrency=32,
         num_cpus=0,
+        # On the head node: on a GPU node it would keep the autoscaler from seeing that node
+        # idle, or die with it when the node is scaled in or reclaimed.
+        resources={"node:__internal_head__": 0.001},
     ).remote(settings)

@@ -552,6 +552,9 @@ class Engine:
             return
         with self.lock:
             self.metrics.engine_state(**self.state.gauges())
+            caps = self.settings.engine.autoscale_max_workers
+            if caps:
+                self.metrics.autoscaling(self.requested, set(self.unprovidable), sorted(caps))
 
     # --- events in, instructions out ------------------------------------------------------------
 

@@ -139,10 +139,16 @@ def test_work_asks_the_autoscaler_for_a_node_which_renders_it_and_is_released_af
 
 def test_a_tier_the_autoscaler_never_brings_is_reported_and_its_work_rendered_elsewhere(tmp_path, adapters):
     engine, fleet = farm(adapters, ["12g"], autoscale_max_workers="24g=1", autoscale_wait_s=0.3)
+    from farm.metrics import FarmMetrics
+
+    engine.metrics = FarmMetrics()
     job, plan = job_of(tmp_path, "never", 1, engine, resolution=512, frames=24)
     assert {p.tier for p in plan.items} == {"24g"}
     engine.admit(job, plan)
     assert engine.run_until_done() and job.state.final_state == "succeeded", job.state.failures()
     assert set(engine.unprovidable) == {"24g"} and fleet.requests[0] == {"24g": 1}
+    engine.publish()
+    text = engine.metrics.text().decode()
+    assert 'farm_tier_unprovidable{tier="24g"} 1.0' in text, text
     status = job.state.items["i0"]
     assert status.tier == "12g" and status.degradations, "degraded to fit the card there is, and says so"
