@@ -14,8 +14,9 @@ Measured side by side in the same run:
     total work / total speed and, per tier t, (work planned for tiers >= t) / (speed of tiers
     >= t), and the longest single item on the fastest worker allowed to run it;
     efficiency = ideal / makespan (goal: >= 0.9);
-  - farm's dispatch policy replayed on the same durations with zero overhead (what the per-tier
-    queues and stealing would give on a perfect runtime), to separate policy from overhead;
+  - farm's dispatch policy replayed on the same durations with zero overhead (farm's own
+    `DispatchState` on a simulated clock: what the per-tier queues, longest-first and stealing
+    would give on a perfect runtime), to separate policy from overhead;
   - the coordinator's (this process's) resident memory: before the job, peak, growth;
   - per-item scheduling overhead: each worker's gap between returning a reply and receiving its
     next task (split into reply pickup, coordinator processing, task delivery), the coordinator's
@@ -29,6 +30,13 @@ then checking every output) after a minute of cluster start-up, so `--repeats` d
 `--dry-run` only plans and prints the bounds; `--profile` profiles the coordinator's loop.
 
     python benchmarks/scale.py [--items 5000] [--workers 48] [--target-ideal 180] [--repeats 1]
+
+Many GPUs (`--gpus`, no Ray, seconds): farm's dispatch state machine (`DispatchState`, pure)
+replayed on a simulated clock over hundreds of simulated GPUs of three tiers, three jobs of one
+priority, at several loads, each against the ideal (the same lower bounds), and the same machine
+with the plans' estimates withheld (its tier queues then first-in first-out) beside it:
+
+    python benchmarks/scale.py --gpus 500 --per-gpu 4,10,40 [--noise 0.2] [--seed 7]
 """
 
 from __future__ import annotations
@@ -46,12 +54,12 @@ import tempfile
 import threading
 import time
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-from farm.core.jobqueue import JobQueue
 from farm.core.planner import plan_job
 from farm.core.tiers import ClusterShape, load_tier_table
 from farm.storage.manifest_file import load_manifest
@@ -121,27 +129,218 @@ def lower_bounds(work: dict[str, float], planned: dict[str, str], speeds: list[t
     return bounds
 
 
-def replay_policy(items: list[tuple[str, str]], work: dict[str, float], workers: list[tuple[str, float]], order: list[str]) -> float:
-    """farm's dispatch (JobQueue: own tier first, then steal from smaller; smallest tiers choose
-    first) on these exact durations with zero overhead: the makespan a perfect runtime would get."""
-    queue = JobQueue(order, dict(Counter(t for t, _ in workers)))
-    queue.add_job("job")
-    for item, tier in items:
-        queue.push("job", item, tier)
-    rank = {tier: index for index, tier in enumerate(order)}
-    heap = [(0.0, rank[tier], index) for index, (tier, _) in enumerate(workers)]
-    heapq.heapify(heap)
-    makespan = 0.0
-    while heap and len(queue):
-        now, _, index = heapq.heappop(heap)
-        tier, speed = workers[index]
-        taken = queue.take(tier)
-        if taken is None:
-            continue
-        finish = now + work[taken[1]] / speed
-        makespan = max(makespan, finish)
-        heapq.heappush(heap, (finish, rank[tier], index))
-    return makespan
+def replay_policy(spec, plan, work: dict[str, float], workers: list[tuple[str, float]], table) -> float:
+    """farm's dispatch (`DispatchState`, longest estimated first) on these exact durations with
+    zero overhead: the makespan a perfect runtime would get. `workers`: (tier, speed) each."""
+    names = [(f"{tier}-{index}", tier) for index, (tier, _) in enumerate(workers)]
+    speed = {name: s for (name, _), (_, s) in zip(names, workers)}
+    return replay_dispatch(table, names, [("job", spec, plan)], lambda worker, task: work[task.item_id] / speed[worker]).makespan
+
+
+# --- many GPUs: farm's dispatch state machine on a simulated clock ---------------------------
+
+
+@dataclass
+class Replay:
+    makespan: float
+    sent: int
+    handles: int
+    wall_seconds: float
+    busy: dict[str, float]  # tier -> GPU-seconds rendering
+    stolen: int  # items run on a bigger tier than planned
+
+
+def replay_dispatch(table, workers: list[tuple[str, str]], jobs, seconds, *, estimates: bool = True) -> Replay:
+    """Drive farm's `DispatchState` (pure: events in, instructions out) on a simulated clock.
+
+    `workers`: (name, tier); `jobs`: (job id, JobSpec, JobPlan), admitted together at time 0 with
+    one priority (they take turns); `seconds(worker, task)`: how long that worker renders that
+    task. Each `SendTask` is answered at now + seconds by a `WorkerReplied` with a succeeded
+    `ItemOutcome` (nothing left uploading), one `handle` per reply, in time order (an event heap).
+    `estimates=False` admits the plans with their time estimates taken out: every item's queued
+    work is 0, so each tier queue is first-in first-out (farm's policy before longest-first)."""
+    from dataclasses import replace
+
+    from farm.core import dispatch as d
+    from farm.core.contracts import ItemOutcome
+    from farm.core.job import SUCCEEDED, JobState
+
+    clock = [0.0]
+    state = d.DispatchState(table, workers)
+    tier_of = dict(workers)
+    states = {}
+    admitted = []
+    for job_id, spec, plan in jobs:
+        states[job_id] = JobState(spec, clock=lambda: clock[0])
+        if not estimates:
+            plan = replace(plan, items=[replace(p, seconds=None) for p in plan.items])
+        admitted.append(d.JobAdmitted(job_id, states[job_id], plan))
+    heap: list = []
+    sent = handles = 0
+    busy: Counter = Counter()
+    sequence = 0
+    started = time.perf_counter()
+
+    def carry_out(out) -> None:
+        nonlocal sent, sequence
+        for instruction in out:
+            if isinstance(instruction, d.SendTask):
+                task = instruction.task
+                duration = seconds(instruction.worker, task)
+                busy[tier_of[instruction.worker]] += duration
+                sent += 1
+                sequence += 1
+                heapq.heappush(heap, (clock[0] + duration, sequence, instruction.worker, task.job_id, task.item_id, duration))
+
+    carry_out(state.handle(*admitted))
+    handles = 1
+    while heap:
+        clock[0], _, worker, job_id, item_id, duration = heapq.heappop(heap)
+        outcome = ItemOutcome(item_id, SUCCEEDED, job_id=job_id, seconds=duration, worker=worker, tier=tier_of[worker])
+        carry_out(state.handle(d.WorkerReplied(worker, (outcome,), ())))
+        handles += 1
+    wall = time.perf_counter() - started
+    unfinished = [p.item_id for job_id, _, plan in jobs for p in plan.items if states[job_id].items[p.item_id].state != SUCCEEDED]
+    assert not unfinished and not state.jobs, f"replay ended with {len(unfinished)} planned items not succeeded"
+    stolen = sum(1 for s in states.values() for item in s.items.values() if item.tier != item.planned_tier)
+    return Replay(clock[0], sent, handles, wall, dict(busy), stolen)
+
+
+# Many simulated GPUs (`--gpus`): tiers by share of the GPU count, and the item mix.
+MANY_TIER_SHARES = (("12g", 0.6), ("24g", 0.3), ("80g", 0.1))
+MANY_RESOLUTIONS, MANY_RESOLUTION_WEIGHTS = (512, 768, 1024), (5, 3, 2)
+MANY_STEPS = (20, 25, 30, 40, 50)
+JOB_SHARES = (0.5, 0.3, 0.2)  # three jobs of one priority: they take turns
+
+
+def many_layout(text: str, table) -> dict[str, int]:
+    """`500` (split 60/30/10 % over 12g/24g/80g) or `12g:300,24g:150,80g:50`."""
+    from farm.core.tiers import parse_gpus
+
+    if text.isdigit():
+        total = int(text)
+        counts = {tier: int(total * share) for tier, share in MANY_TIER_SHARES}
+        counts["12g"] += total - sum(counts.values())
+        return counts
+    return parse_gpus(text, table).workers
+
+
+def many_jobs(count: int, seed: int):
+    """Three manifests (50/30/20 % of `count` items) of mixed resolution (512-1024), aspect,
+    frames (8-32) and steps (20-50), parsed and validated as farm does (no images are read)."""
+    from farm.core.manifest import parse_manifest
+
+    rng = random.Random(seed)
+    sizes = [int(count * share) for share in JOB_SHARES]
+    sizes[0] += count - sum(sizes)
+    specs = []
+    for index, size in enumerate(sizes):
+        items = [
+            {
+                "id": f"j{index}-{n:05d}",
+                "image": "s3://bench/a.png",
+                "prompt": f"a slow pan across scene {n}",
+                "resolution": rng.choices(MANY_RESOLUTIONS, MANY_RESOLUTION_WEIGHTS)[0],
+                "aspect": rng.choices(ASPECTS, ASPECT_WEIGHTS)[0],
+                "frames": rng.randint(8, 32),
+                "steps": rng.choice(MANY_STEPS),
+            }
+            for n in range(size)
+        ]
+        document = {"version": 1, "name": f"job-{index}", "model": "tiny", "items": items}
+        specs.append(parse_manifest(json.dumps(document), "json", base_dir=Path(tempfile.gettempdir())))
+    return specs
+
+
+def many_gpus(args) -> None:
+    """Farm's dispatch (`DispatchState`) on `--gpus` simulated GPUs at each `--per-gpu` load,
+    against the ideal; the same state machine with the estimates withheld (FIFO) beside it."""
+    from farm.core.planner import Planner
+    from farm.core.vram import profile_for_model
+
+    table = load_tier_table()
+    counts = many_layout(args.gpus, table)
+    shape = ClusterShape(counts)
+    order = table.ordered(counts)
+    workers = [(f"{tier}-{n:03d}", tier) for tier in order for n in range(counts[tier])]
+    tier_of = dict(workers)
+    gpus = len(workers)
+    flops = {tier: table[tier].effective_flops for tier in order}
+    speeds = [(tier, flops[tier]) for _, tier in workers]
+    planner = Planner(table, shape, profile_for_model("tiny"))
+    print(f"{gpus} simulated GPUs: {', '.join(f'{counts[t]} x {t} ({flops[t] / 1e12:.0f} TFLOP/s effective)' for t in order)}; "
+          f"{len(JOB_SHARES)} jobs of one priority ({'/'.join(f'{100 * s:.0f}' for s in JOB_SHARES)} % of the items)")
+    print("policy: farm.core.dispatch.DispatchState, one handle per WorkerReplied on a simulated clock (no Ray, no "
+          "threads, no overhead); a task takes the planner's estimate for its item on that worker's tier")
+    print("ideal: a lower bound, the largest of: total work / total capacity; per tier t, work planned for t or bigger "
+          "/ capacity of t and bigger (items never move to a smaller tier); the longest item on the fastest GPU allowed it")
+    print(f"FIFO: the same DispatchState admitted with the plans' estimates withheld (every queued item's work 0: "
+          f"each tier queue first-in first-out); 'noisy': true time = estimate x lognormal(0, {args.noise}), seeded per item, "
+          f"the queues still order by the estimates")
+    cache: dict = {}  # the planner's estimate per (tier, settings, steps, guidance)
+
+    def estimate(worker: str, task) -> float:
+        key = (tier_of[worker], task.settings, task.params.steps, task.params.guidance_scale > 1)
+        if key not in cache:
+            cache[key] = planner.seconds(*key)
+        return cache[key]
+
+    rows = []
+    for per_gpu in args.per_gpu:
+        count = gpus * per_gpu
+        t = time.perf_counter()
+        specs = many_jobs(count, args.seed + per_gpu)
+        plans = [plan_job(spec, shape, table) for spec in specs]
+        setup = time.perf_counter() - t
+        jobs = [(spec.name, spec, plan) for spec, plan in zip(specs, plans)]
+        params = {item.id: item.params for spec in specs for item in spec.items}
+        planned = {p.item_id: p.tier for plan in plans for p in plan.items}
+        rng = random.Random(args.seed * 1000 + per_gpu)
+        noise = {item_id: rng.lognormvariate(0.0, args.noise) for item_id in planned}
+        base_work = {p.item_id: planner.work(p.settings, params[p.item_id].steps, params[p.item_id].guidance_scale > 1)
+                     for plan in plans for p in plan.items}
+        row = {"per_gpu": per_gpu, "items": count, "setup_s": setup, "planned": dict(Counter(planned.values()))}
+        for label, factor in (("exact", None), ("noisy", noise)):
+            work = base_work if factor is None else {k: v * factor[k] for k, v in base_work.items()}
+            bounds = lower_bounds(work, planned, speeds, order)
+            ideal = max(bounds.values())
+            if factor is None:
+                seconds = estimate
+            else:
+                def seconds(worker: str, task, factor=factor) -> float:
+                    return estimate(worker, task) * factor[task.item_id]
+            lpt = replay_dispatch(table, workers, jobs, seconds)
+            fifo = replay_dispatch(table, workers, jobs, seconds, estimates=False)
+            capacity = sum(flops[tier] * counts[tier] for tier in order)
+            row[label] = {
+                "bounds": bounds, "ideal": ideal, "binding": max(bounds, key=bounds.get),
+                "lpt": lpt.makespan, "lpt_ratio": ideal / lpt.makespan, "fifo": fifo.makespan, "fifo_ratio": ideal / fifo.makespan,
+                "lpt_replay_s": lpt.wall_seconds, "fifo_replay_s": fifo.wall_seconds, "handles": lpt.handles,
+                "lpt_stolen": lpt.stolen, "fifo_stolen": fifo.stolen,
+                "lpt_busy": {t: lpt.busy.get(t, 0.0) / (lpt.makespan * counts[t]) for t in order},
+                "work_share": sum(work.values()) / capacity,
+            }
+        rows.append(row)
+        exact, noisy = row["exact"], row["noisy"]
+        print(f"\n--- {per_gpu} items per GPU: {count} items, planned {row['planned']} (set up in {setup:.1f} s) ---")
+        for name, value in exact["bounds"].items():
+            print(f"  bound: {name:40} {value:8.1f} s")
+        print(f"  exact : ideal {exact['ideal']:7.1f} s ({exact['binding']}); longest-first {exact['lpt']:7.1f} s, "
+              f"ratio {exact['lpt_ratio']:.3f}; FIFO {exact['fifo']:7.1f} s, ratio {exact['fifo_ratio']:.3f}")
+        print(f"  noisy : ideal {noisy['ideal']:7.1f} s ({noisy['binding']}); longest-first {noisy['lpt']:7.1f} s, "
+              f"ratio {noisy['lpt_ratio']:.3f}; FIFO {noisy['fifo']:7.1f} s, ratio {noisy['fifo_ratio']:.3f}")
+        print(f"  longest-first: tier busy {', '.join(f'{t} {100 * v:.1f}%' for t, v in exact['lpt_busy'].items())}; "
+              f"stolen {exact['lpt_stolen']} (FIFO {exact['fifo_stolen']}); replay {exact['lpt_replay_s']:.2f} s for "
+              f"{exact['handles']} handle calls ({1e3 * exact['lpt_replay_s'] / exact['handles']:.3f} ms each)")
+    print(f"\n{'items/GPU':>9} {'items':>7} {'ideal s':>8} {'LPT s':>8} {'ratio':>6} {'FIFO s':>8} {'ratio':>6} "
+          f"{'noisy: ideal':>12} {'LPT':>6} {'FIFO':>6} {'replay s':>8}")
+    for row in rows:
+        e, n = row["exact"], row["noisy"]
+        print(f"{row['per_gpu']:>9} {row['items']:>7} {e['ideal']:8.1f} {e['lpt']:8.1f} {e['lpt_ratio']:6.3f} {e['fifo']:8.1f} "
+              f"{e['fifo_ratio']:6.3f} {n['ideal']:12.1f} {n['lpt_ratio']:6.3f} {n['fifo_ratio']:6.3f} {e['lpt_replay_s']:8.2f}")
+    print(f"goal: >= 0.9 of the ideal at 10 items per GPU; machine: {os.cpu_count()} CPUs; python {sys.version.split()[0]}")
+    if args.raw:
+        Path(args.raw).write_text(json.dumps({"args": vars(args), "layout": counts, "rows": rows}, default=str))
 
 
 # --- instrumentation -------------------------------------------------------------------------
@@ -356,7 +555,7 @@ def run_once(run: int, spec, manifest_path: Path, workers, table, speeds: dict[s
     worker_speeds = [(w.tier, speeds[w.name]) for w in workers]
     bounds = lower_bounds(work, planned, worker_speeds, order)
     ideal = max(bounds.values())
-    policy = replay_policy([(p.item_id, p.tier) for p in plan.items], work, worker_speeds, order)
+    policy = replay_policy(spec, plan, work, worker_speeds, table)
 
     # Where each worker's time went, from first dispatch to the last commit (wall seconds).
     lost = Counter()  # speed-weighted seconds
@@ -494,7 +693,15 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="cProfile the coordinator's loop (slows it)")
     parser.add_argument("--raw", help="write every figure as JSON to this file")
     parser.add_argument("--dry-run", action="store_true", help="plan and print the bounds; start nothing")
+    parser.add_argument("--gpus", help="many simulated GPUs, no Ray: replay farm's dispatch state machine on a simulated "
+                        "clock; 500 (60/30/10 %% over 12g/24g/80g) or 12g:300,24g:150,80g:50")
+    parser.add_argument("--per-gpu", type=lambda text: [int(v) for v in text.split(",")], default=[4, 10, 40],
+                        help="with --gpus: items per GPU, comma-separated (default 4,10,40)")
+    parser.add_argument("--noise", type=float, default=0.2, help="with --gpus: sigma of the lognormal true/estimate factor")
     args = parser.parse_args()
+    if args.gpus:
+        many_gpus(args)
+        return
 
     table = load_tier_table()
     layout = node_layout(args.workers)
@@ -520,7 +727,7 @@ def main() -> None:
     for name, seconds in bounds.items():
         print(f"  bound: {name:40} {seconds:7.1f} s")
     print(f"  farm's policy with zero overhead:        "
-          f"{replay_policy([(p.item_id, p.tier) for p in plan.items], {k: v * spf for k, v in unit.items()}, speeds_nominal, order):7.1f} s")
+          f"{replay_policy(spec, plan, {k: v * spf for k, v in unit.items()}, speeds_nominal, table):7.1f} s")
     print("renderer: BENCHMARK-ONLY sleep worker (benchmarks/sleep_worker.py), not farm's renderer")
     if args.dry_run:
         import shutil

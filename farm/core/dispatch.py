@@ -569,20 +569,28 @@ class DispatchState:
         return self.queue.tiers.index(tier) if tier in self.queue.tiers else -1
 
     def _bigger_tier_alive(self, tier: str) -> bool:
-        rank = self._rank(tier)
-        return any(self._rank(s.tier) > rank for s in self.workers.values() if s.phase is not WorkerPhase.GONE)
+        bigger = set(self.queue.tiers[self._rank(tier) + 1 :])  # one set test per worker, not a list search
+        return bool(bigger) and any(s.tier in bigger and s.phase is not WorkerPhase.GONE for s in self.workers.values())
 
     def _fill(self, out: list) -> None:
         # Smallest tiers choose first, so big workers only steal what small ones cannot take now.
+        if self.draining:
+            return
         idle = [s for s in self.workers.values() if s.phase is WorkerPhase.IDLE]
-        for slot in sorted(idle, key=lambda s: self._rank(s.tier)):
-            taken = None if self.draining else self.queue.take(slot.tier)
-            if taken is not None:
+        empty: set[str] = set()  # tiers that found nothing this pass (queues only shrink in it)
+        rank = {tier: index for index, tier in enumerate(self.queue.tiers)}
+        for slot in sorted(idle, key=lambda s: rank.get(s.tier, -1)):
+            if slot.tier in empty:
+                continue
+            taken = self.queue.take(slot.tier)
+            if taken is None:
+                empty.add(slot.tier)
+            else:
                 self._send(slot, taken[0], taken[1], out)
 
     def _watch(self, out: list) -> None:
         for slot in self.workers.values():
-            if slot.live and slot.uploading and not slot.watching:
+            if slot.uploading and not slot.watching and slot.live:
                 slot.watching = True
                 out.append(WatchCommits(slot.name))
 

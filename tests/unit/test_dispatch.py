@@ -109,6 +109,20 @@ def test_smallest_workers_choose_first_and_big_ones_steal():
     assert farm.sent() == {"12g-0": ("j", "s1"), "24g-0": ("j", "s2")}  # the 24g card steals a 12g item
 
 
+def test_idle_workers_of_a_tier_with_nothing_to_take_cost_one_look_per_event():
+    # 50 idle 12g cards, work only a 24g card may take: each event asks the queue once for 12g
+    # (queues only shrink while idle workers are served), not once per idle card; the 24g card
+    # still gets its next item.
+    farm = Farm(("24g-0", "24g"), *[(f"12g-{n}", "12g") for n in range(50)])
+    farm.admit("j", [item("big1", 1024, 16), item("big2", 1024, 16)])
+    assert farm.sent() == {"24g-0": ("j", "big1")}
+    takes = []
+    take = farm.state.queue.take
+    farm.state.queue.take = lambda tier: takes.append(tier) or take(tier)
+    farm.reply("24g-0", done("j", "big1"))
+    assert farm.sent() == {"24g-0": ("j", "big2")} and takes.count("12g") == 1
+
+
 def test_priority_first_then_jobs_of_one_priority_take_turns():
     farm = Farm(("cpu-0", "cpu"))
     farm.admit("low", [item("l1"), item("l2")], priority=0)
