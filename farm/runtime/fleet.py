@@ -10,6 +10,10 @@ them and are handled as any lost worker (their items are queued again).
 
 A worker that cannot start (its model does not fit, its node cannot import farm) takes its GPU
 slot out of the count for `FAILED_START_HOLD_S`, so a bad GPU is not retried every poll.
+
+Nodes being drained (`draining()`: Ray's node drain, or a SIGTERM to the node) are going: their
+slots are not counted, so no worker is started there; the engine drains the workers on them
+(`farm.core.dispatch.WorkerDraining`).
 """
 
 from __future__ import annotations
@@ -54,12 +58,33 @@ class RayFleet:
         resources = ray.cluster_resources()
         self._gpus = resources.get("GPU", 0) > 0
         slots = tiers_in_resources(resources)
+        self._without_draining(slots)
         now = time.monotonic()
         self._failed = [(tier, when) for tier, when in self._failed if now - when < FAILED_START_HOLD_S]
         for tier, _ in self._failed:
             if tier in slots:
                 slots[tier] = max(slots[tier] - 1, 0)
         return slots
+
+    def draining(self) -> dict[str, float | None]:
+        """Nodes being drained: {node id: deadline (epoch seconds; None: no deadline)}."""
+        from farm.runtime.cluster import draining_nodes
+
+        return draining_nodes()
+
+    def _without_draining(self, slots: dict[str, int]) -> None:
+        """Take the tier slots of nodes being drained out of `slots` (they still count in the
+        cluster's resources until they are gone)."""
+        import ray
+
+        draining = self.draining()
+        if not draining:
+            return
+        for node in ray.nodes():
+            if node.get("Alive") and node.get("NodeID") in draining:
+                for tier, count in tiers_in_resources(node.get("Resources") or {}).items():
+                    if tier in slots:
+                        slots[tier] = max(slots[tier] - count, 0)
 
     def start_failed(self, tier: str) -> None:
         self._failed.append((tier, time.monotonic()))
