@@ -23,7 +23,7 @@ GIB = 1024**3
 RENDER_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600)
 MEMORY_BUCKETS = tuple(gib * GIB for gib in (1, 2, 4, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64, 80))
 UPLOAD_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
-WORKER_STATES = ("idle", "busy", "lost", "starting")
+WORKER_STATES = ("idle", "busy", "lost", "starting", "draining")
 
 
 class FarmMetrics:
@@ -34,6 +34,10 @@ class FarmMetrics:
         r = self.registry
         self.items = Counter("farm_items", "Items that reached a final state", ["outcome", "tier", "model"], registry=r)
         self.failures = Counter("farm_item_failures", "Failed items by reason", ["reason", "tier"], registry=r)
+        self.handed_back = Counter(
+            "farm_items_handed_back", "Items a worker handed back unfinished and that were queued again at once",
+            ["reason", "tier"], registry=r,
+        )
         self.frames = Counter("farm_frames_rendered", "Video frames rendered", ["tier", "model"], registry=r)
         self.render_seconds = Histogram(
             "farm_render_seconds", "Wall time of one rendered item (read to committed)",

@@ -15,6 +15,13 @@ When the ladder is exhausted the item fails with reason `oom` and the worker car
 with NaN/Inf fail the item with reason `nan_output`. Any other failure also becomes an
 `ItemOutcome` with a reason; nothing raised here stops the job.
 
+Graceful drain: given a `drain_probe` (is this worker's node being drained, and until when), a
+render asks it as it starts (a task that reaches a draining node goes back unstarted) and then,
+from a hook before each denoise step, at most every `drain_check_s`. Once the node drains,
+`farm.core.drain.decide` says at each step whether the rest of the render fits before the
+node's deadline; if not, the denoise stops there, memory is released and the item comes back
+as a `ReturnedItem` (nothing committed), which the dispatcher queues again at once.
+
 The sidecar keeps what was measured (each phase's peak allocated and reserved CUDA memory) and
 the estimator's figure for the same settings side by side, so `farm calibrate` can fit one to
 the other.
@@ -35,7 +42,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from farm.core.errors import FarmError, ItemError, StorageError
-from farm.core.contracts import Escalation, ItemOutcome, RenderTask, inputs_digest
+from farm.core.contracts import Escalation, ItemOutcome, RenderTask, ReturnedItem, inputs_digest
+from farm.core.drain import NODE_DRAINING, DrainHandBack, NodeDrain, decide
 from farm.core.ladder import (
     BIGGER_TIER,
     Degradation,
@@ -85,6 +93,9 @@ class ItemRenderer:
         image_limits: ImageLimits = ImageLimits(),
         calibration: str | None = None,
         node_id: str | None = None,
+        drain_probe=None,
+        drain_check_s: float = 2.0,
+        drain_margin_s: float = 5.0,
     ):
         self.adapter = adapter
         self.worker_name = worker_name
@@ -95,6 +106,12 @@ class ItemRenderer:
         self.simulated = SimulatedCard(self.card, self.profile) if self.card.simulated else None
         self.image_limits = image_limits
         self._stores: dict[str, Any] = {}
+        # () -> NodeDrain | None: whether this worker's node is being drained (None: never asked).
+        self.drain_probe = drain_probe
+        self.drain_check_s = drain_check_s
+        self.drain_margin_s = drain_margin_s
+        self.after_denoise_s: float | None = None  # decode + encode + upload of the last item here
+        self._upload_s = 0.0
 
     def _store(self, uri: str):
         if uri not in self._stores:
@@ -106,17 +123,33 @@ class ItemRenderer:
         produced = self.produce(task)
         return self.commit(produced) if isinstance(produced, Produced) else produced
 
-    def produce(self, task: RenderTask) -> ItemOutcome | Escalation | Produced:
+    def produce(self, task: RenderTask) -> ItemOutcome | Escalation | ReturnedItem | Produced:
         """Render and encode; an ItemOutcome when there is nothing to commit (a failure), an
-        Escalation when the ladder wants a bigger GPU."""
+        Escalation when the ladder wants a bigger GPU, a ReturnedItem when this worker's node is
+        being drained and the render could not finish before it goes."""
         started = time.perf_counter()
+        watch = DrainWatch(self) if self.drain_probe is not None else None
+        returned = None
         try:
-            result = self._produce(task, started)
+            if watch is not None and watch.drain is not None:
+                result = self._returned(task, "its node is being drained: not started")
+            else:
+                result = self._produce(task, started, watch)
+        except DrainHandBack as exc:  # handled outside the except block: the stopped denoise's tensors go with it
+            returned = (str(exc), exc.steps_done)
         except Exception as exc:
             result = self._failure(task, exc)
+        if returned is not None:
+            self.adapter.phase = "idle"
+            self._released()
+            result = self._returned(task, *returned)
         if not isinstance(result, Produced):
             self._stamp(result, task, started)
         return result
+
+    def _returned(self, task: RenderTask, message: str, steps_done: int = 0) -> ReturnedItem:
+        log.info("worker %s hands item %s back: %s", self.worker_name, task.item_id, message)
+        return ReturnedItem(task.item_id, task.job_id, NODE_DRAINING, message, steps_done)
 
     def commit(self, produced: Produced) -> ItemOutcome:
         """Upload and commit a produced item (conditional sidecar write: exactly once)."""
@@ -134,6 +167,7 @@ class ItemRenderer:
                 replace_etag=task.replace_etag,
             )
             outcome.timings["upload"] = round(time.perf_counter() - t0, 4)
+            self._upload_s = outcome.timings["upload"]
             if result.committed:
                 outcome.outputs = {name: store.location(key) for name, key in item_keys(task.job_name, task.item_id).items()}
                 outcome.upload_bytes = sum(info.size for info in result.outputs.values()) + result.sidecar.size
@@ -166,7 +200,8 @@ class ItemRenderer:
 
     # --- one render with the degrade ladder -------------------------------------------------
 
-    def _produce(self, task: RenderTask, started: float) -> ItemOutcome | Escalation | Produced:
+    def _produce(self, task: RenderTask, started: float, watch: DrainWatch | None = None
+                 ) -> ItemOutcome | Escalation | Produced:
         params = task.params
         degradations: list[Degradation] = list(task.degradations)
         ooms: list[OomRecord] = list(task.ooms)  # those of earlier attempts, when the item moved or came back
@@ -216,7 +251,7 @@ class ItemRenderer:
                 t0 = time.perf_counter()
                 prepared[size] = prepare_image(data, *size, name=task.image, limits=self.image_limits)
                 timings["preprocess"] += time.perf_counter() - t0
-            result, settings = self._attempt(task, params, settings, prepared[size], degradations, ooms)
+            result, settings = self._attempt(task, params, settings, prepared[size], degradations, ooms, watch)
             if not isinstance(result, OomRecord):
                 generation = result
                 break
@@ -240,6 +275,7 @@ class ItemRenderer:
         except BaseException:
             scratch.cleanup()
             raise
+        self.after_denoise_s = timings.get("decode", 0.0) + timings["encode"] + self._upload_s
         sizes = {name: os.path.getsize(path) for name, path in files.items()}
         timings["total"] = time.perf_counter() - started
         image = prepared[settings.size]
@@ -274,7 +310,8 @@ class ItemRenderer:
         )
         return Produced(task, scratch, files, sidecar, outcome, started)
 
-    def _attempt(self, task: RenderTask, params, settings: RenderSettings, prepared: PreparedImage, degradations, ooms):
+    def _attempt(self, task: RenderTask, params, settings: RenderSettings, prepared: PreparedImage, degradations, ooms,
+                 watch: DrainWatch | None = None):
         """(Generation, settings), or (OomRecord, settings) for the ladder to handle.
 
         A decode OOM is handled here: the latents are kept and only the decode is retried with
@@ -298,6 +335,7 @@ class ItemRenderer:
                 guidance_scale=params.guidance_scale,
                 fps=params.fps,
                 seed=task.seed,
+                **({"on_step": watch.step} if watch is not None else {}),
             )
 
         latents, oom = self._guarded("denoise", settings, denoise)
@@ -417,6 +455,52 @@ class ItemRenderer:
                 height=int(frames.shape[1]), fps=params.fps,
             ),
         )
+
+
+class DrainWatch:
+    """One render's watch on its node's drain (see the module text): the probe is asked when the
+    render starts and then, from the step hook, at most every `drain_check_s`; once the node is
+    draining, each step asks `farm.core.drain.decide` and stops the render (DrainHandBack) when
+    it cannot end before the node's deadline."""
+
+    def __init__(self, renderer: ItemRenderer):
+        self.renderer = renderer
+        self.checked = time.monotonic()
+        self.drain: NodeDrain | None = self._probe()
+        self.first_step: float | None = None
+        self.finishing = False  # told the log this render finishes despite the drain
+
+    def _probe(self) -> NodeDrain | None:
+        try:
+            return self.renderer.drain_probe()
+        except Exception:  # noqa: BLE001 - the cluster's state unreachable for a moment: ask again later
+            log.debug("drain probe failed", exc_info=True)
+            return None
+
+    def step(self, done: int, total: int) -> None:
+        """Before denoise step `done + 1` of `total`."""
+        now = time.monotonic()
+        if done == 0:
+            self.first_step = now  # the pace counts from here (a retried denoise starts again)
+        if self.drain is None and now - self.checked >= self.renderer.drain_check_s:
+            self.checked = now
+            self.drain = self._probe()
+        if self.drain is None:
+            return
+        verdict = decide(
+            elapsed_s=now - (self.first_step if self.first_step is not None else now),
+            steps_done=done,
+            steps_total=total,
+            seconds_left=self.drain.seconds_left(time.time()),
+            after_denoise_s=self.renderer.after_denoise_s,
+            margin_s=self.renderer.drain_margin_s,
+        )
+        if not verdict.finish:
+            raise DrainHandBack(f"its node is being drained: {verdict.why}; stopped after step {done} of {total}", done)
+        if not self.finishing:
+            self.finishing = True
+            log.info("worker %s: its node is being drained; finishing its item (%s)", self.renderer.worker_name,
+                     verdict.why)
 
 
 def torch_version() -> str:

@@ -92,6 +92,15 @@ class EngineSettings(FarmBaseSettings):
         "unprovidable (status `unprovidable_tiers`, metric farm_tier_unprovidable) and its queue is planned on "
         "the tiers there are."
     )
+    drain_check_s: float = Field(
+        2.0, gt=0, description="While rendering, how often a worker asks whether its node is being drained (Ray's "
+        "node drain, or a SIGTERM to the node); a draining node's worker takes no new item, and hands its current "
+        "one back when it cannot finish before the node's deadline."
+    )
+    drain_margin_s: float = Field(
+        5.0, ge=0, description="On a draining node: the time a render must have to spare before the node's deadline "
+        "to be finished rather than handed back."
+    )
 
     @field_validator("min_workers_per_tier", "autoscale_max_workers", mode="before")
     @classmethod

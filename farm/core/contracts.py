@@ -3,7 +3,8 @@
 A `RenderTask` goes out (one item: where to read and write, the validated parameters, the
 settings to try first, what the ladder changed so far); a `WorkerReply` comes back with the
 items that ended (`ItemOutcome`: succeeded, skipped or failed, with a `FailureReason`), an
-`Escalation` when the worker's ladder wants a bigger GPU (nothing was committed), and the uploads
+`Escalation` when the worker's ladder wants a bigger GPU (nothing was committed), a
+`ReturnedItem` when the worker's node is being drained (nothing was committed), and the uploads
 still pending. The same reply is what a worker puts in the commit mailbox the moment a
 background commit lands. Plain dataclasses: Ray pickles them, and the in-process workers of the
 tests pass them as they are.
@@ -145,6 +146,22 @@ class Escalation:
     seconds: float = 0.0
 
 
+@dataclass
+class ReturnedItem:
+    """The worker gives an item back unfinished (its node is being drained and the render could
+    not end before the node's deadline, or had not started): nothing was committed; the item is
+    queued again at once for another worker, without counting an attempt. Not an outcome."""
+
+    item_id: str
+    job_id: str
+    reason: str  # farm.core.drain.NODE_DRAINING
+    message: str
+    steps_done: int = 0  # denoise steps done when it stopped (wasted work)
+    worker: str | None = None
+    tier: str | None = None
+    seconds: float = 0.0
+
+
 @dataclass(frozen=True)
 class WorkerReply:
     """A worker's answer to a render call, or its report of background commits (mailbox).
@@ -158,3 +175,4 @@ class WorkerReply:
     escalation: Escalation | None = None
     pending: tuple[tuple[str, str], ...] = ()
     memory: dict[str, Any] | None = None  # device memory in use and in total (render replies)
+    returned: ReturnedItem | None = None  # the task handed back unfinished (its node is draining)

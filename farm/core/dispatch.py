@@ -26,6 +26,11 @@ The decisions it owns:
   for their tier (`CapacityAwaited`): they wait, until the runtime says it did not come
   (`TierUnprovided`: planned on the tiers there are);
 - draining: nothing new is sent; what is still held can be handed back;
+- a worker's node being drained (Ray's node drain, or a SIGTERM to the node; `WorkerDraining`
+  from the runtime, or a `ReturnedItem` in the worker's own reply): the worker takes nothing new
+  and is not counted as capacity (its tier's queue is planned elsewhere when it was the last);
+  an item it returns unfinished is queued again at once at the front, its attempt not counted;
+  it is stopped once it holds nothing (see `farm.core.drain`);
 - a job's end: nothing of it queued, rendering or uploading.
 
 Per-item state: `JobState.items` (the job record's view) and one `DispatchItem` per queued or
@@ -38,7 +43,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Callable, Iterable
 
-from farm.core.contracts import Escalation, ItemOutcome, RenderTask
+from farm.core.contracts import Escalation, ItemOutcome, RenderTask, ReturnedItem
 from farm.core.errors import FailureReason
 from farm.core.job import JobState
 from farm.core.jobqueue import JobQueue
@@ -82,6 +87,7 @@ class WorkerReplied:
     call: str = RENDER
     sequence: int | None = None
     escalation: Escalation | None = None
+    returned: ReturnedItem | None = None  # the task handed back unfinished: the worker's node is draining
 
 
 @dataclass(frozen=True)
@@ -141,6 +147,16 @@ class WorkerRetired:
 
 
 @dataclass(frozen=True)
+class WorkerDraining:
+    """The worker's node is being drained (it goes at `deadline_s`, epoch seconds; None: once
+    idle): the worker takes nothing new, and is stopped once it holds nothing. What it renders
+    now finishes, or comes back as a `ReturnedItem` (the worker decides: `farm.core.drain`)."""
+
+    worker: str
+    deadline_s: float | None = None
+
+
+@dataclass(frozen=True)
 class DrainRequested:
     """The farm is stopping: send nothing new."""
 
@@ -172,8 +188,8 @@ class Tick:
 
 
 Event = (JobAdmitted | JobCancelled | WorkerReplied | WorkerCallFailed | WorkerLost | WorkerProbed
-         | WorkerStarting | WorkerJoined | WorkerStartFailed | WorkerRetired | CapacityAwaited | TierUnprovided
-         | DrainRequested | HandBackHeld | Tick)
+         | WorkerStarting | WorkerJoined | WorkerStartFailed | WorkerRetired | WorkerDraining | CapacityAwaited
+         | TierUnprovided | DrainRequested | HandBackHeld | Tick)
 
 # --- instructions ------------------------------------------------------------------------------
 
@@ -212,6 +228,19 @@ class ItemFinished:
 
 
 @dataclass(frozen=True)
+class ItemRequeued:
+    """A worker handed an item back unfinished (`reason`: its node is draining); it is queued
+    again (for the log and the metrics)."""
+
+    job_id: str
+    item_id: str
+    worker: str
+    tier: str
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
 class ItemsCancelled:
     job_id: str
     count: int
@@ -227,8 +256,8 @@ class JobFinished:
     job_id: str
 
 
-Instruction = (SendTask | WatchCommits | ProbeWorker | StopWorker | ItemFinished | ItemsCancelled | HandedBack
-               | JobFinished)
+Instruction = (SendTask | WatchCommits | ProbeWorker | StopWorker | ItemFinished | ItemRequeued | ItemsCancelled
+               | HandedBack | JobFinished)
 
 # --- state -------------------------------------------------------------------------------------
 
@@ -238,15 +267,18 @@ class WorkerPhase(str, Enum):
     IDLE = "idle"
     RENDERING = "rendering"
     PROBING = "probing"  # lost: waiting to hear whether it is back or gone
+    DRAINING = "draining"  # its node is being drained: takes nothing new; may still render and upload
     GONE = "gone"
 
 
 _WORKER_TRANSITIONS = {
     WorkerPhase.STARTING: {WorkerPhase.IDLE, WorkerPhase.GONE},
     # An idle worker dies in its commits call, or is retired (idle too long).
-    WorkerPhase.IDLE: {WorkerPhase.RENDERING, WorkerPhase.PROBING, WorkerPhase.GONE},
-    WorkerPhase.RENDERING: {WorkerPhase.IDLE, WorkerPhase.RENDERING, WorkerPhase.PROBING},
+    WorkerPhase.IDLE: {WorkerPhase.RENDERING, WorkerPhase.PROBING, WorkerPhase.DRAINING, WorkerPhase.GONE},
+    WorkerPhase.RENDERING: {WorkerPhase.IDLE, WorkerPhase.RENDERING, WorkerPhase.PROBING, WorkerPhase.DRAINING},
     WorkerPhase.PROBING: {WorkerPhase.IDLE, WorkerPhase.GONE},
+    # Draining: stopped once it holds nothing, or lost (its node went); never back to work.
+    WorkerPhase.DRAINING: {WorkerPhase.GONE},
     WorkerPhase.GONE: set(),
 }
 
@@ -270,13 +302,18 @@ class WorkerSlot:
 
     @property
     def live(self) -> bool:
-        return self.phase in (WorkerPhase.IDLE, WorkerPhase.RENDERING)
+        return self.phase in (WorkerPhase.IDLE, WorkerPhase.RENDERING, WorkerPhase.DRAINING)
+
+    @property
+    def in_render(self) -> bool:
+        """A render call is open (a draining worker may still be rendering)."""
+        return self.item_id is not None and self.phase in (WorkerPhase.RENDERING, WorkerPhase.DRAINING)
 
     def move(self, phase: WorkerPhase) -> None:
         if phase not in _WORKER_TRANSITIONS[self.phase]:
             raise IllegalTransition(f"worker {self.name}: {self.phase.value} -> {phase.value}")
         self.phase = phase
-        if phase is not WorkerPhase.RENDERING:
+        if phase not in (WorkerPhase.RENDERING, WorkerPhase.DRAINING):  # a draining worker keeps its render
             self.job_id = self.item_id = None
 
 
@@ -322,10 +359,11 @@ class DispatchState:
     # --- views -----------------------------------------------------------------------------
 
     def live_counts(self) -> dict[str, int]:
-        """Workers per tier that have joined and are not gone (a lost one may come back)."""
+        """Workers per tier that have joined and are not gone (a lost one may come back), nor
+        draining (it takes nothing new)."""
         counts: dict[str, int] = {}
         for slot in self.workers.values():
-            if slot.phase not in (WorkerPhase.GONE, WorkerPhase.STARTING):
+            if slot.phase not in (WorkerPhase.GONE, WorkerPhase.STARTING, WorkerPhase.DRAINING):
                 counts[slot.tier] = counts.get(slot.tier, 0) + 1
         return counts
 
@@ -353,7 +391,7 @@ class DispatchState:
         return ClusterShape(self.plan_counts())
 
     def rendering(self) -> list[WorkerSlot]:
-        return [s for s in self.workers.values() if s.phase is WorkerPhase.RENDERING]
+        return [s for s in self.workers.values() if s.in_render]
 
     def held(self) -> set[tuple[str, str]]:
         """(job, item) pairs that are rendering or uploading."""
@@ -362,7 +400,7 @@ class DispatchState:
 
     def in_flight(self) -> bool:
         """Some call is open: a render, a commits watch or a probe."""
-        return any(s.phase in (WorkerPhase.RENDERING, WorkerPhase.PROBING) or s.watching for s in self.workers.values())
+        return any(s.in_render or s.phase is WorkerPhase.PROBING or s.watching for s in self.workers.values())
 
     def busy(self) -> bool:
         return bool((self.jobs and not self.draining) or self.in_flight() or self.uploads())
@@ -381,11 +419,11 @@ class DispatchState:
         for slot in self.workers.values():
             if slot.phase is WorkerPhase.GONE:
                 continue
-            held = (slot.phase is WorkerPhase.RENDERING) + len(slot.uploading)
+            held = slot.in_render + len(slot.uploading)
             if held:
                 in_flight[slot.tier] = in_flight.get(slot.tier, 0) + held
-            state = {WorkerPhase.PROBING: "lost", WorkerPhase.IDLE: "idle", WorkerPhase.STARTING: "starting"}.get(
-                slot.phase, "busy")
+            state = {WorkerPhase.PROBING: "lost", WorkerPhase.IDLE: "idle", WorkerPhase.STARTING: "starting",
+                     WorkerPhase.DRAINING: "draining"}.get(slot.phase, "busy")
             states[(slot.tier, state)] = states.get((slot.tier, state), 0) + 1
         return {"queued": self.queue.queued_by_tier(), "in_flight": in_flight, "workers": states}
 
@@ -396,6 +434,7 @@ class DispatchState:
         for event in events:
             handler = getattr(self, f"_on_{type(event).__name__}")
             handler(event, out)
+        self._stop_drained(out)
         self._fill(out)
         self._watch(out)
         self._finish_finished_jobs(out)
@@ -443,9 +482,12 @@ class DispatchState:
             self._record(outcome, out)
         if event.call == COMMITS:
             return
+        if event.returned is not None:
+            self._returned(slot, event.returned, out)
+            return
         escalated = event.escalation
         job = self.jobs.get(escalated.job_id) if escalated is not None else None
-        slot.move(WorkerPhase.IDLE)
+        self._render_ended(slot)
         if job is None:
             return
         if self.draining:  # stopping: not moved on
@@ -453,15 +495,67 @@ class DispatchState:
             return
         self._escalate(slot, job, escalated, out)
 
+    def _render_ended(self, slot: WorkerSlot) -> None:
+        """A render call returned: the worker is free again (a draining one only holds less)."""
+        if slot.phase is WorkerPhase.DRAINING:
+            slot.job_id = slot.item_id = None
+        else:
+            slot.move(WorkerPhase.IDLE)
+
+    def _returned(self, slot: WorkerSlot, returned: ReturnedItem, out: list) -> None:
+        """The worker handed its task back unfinished, its node being drained: the worker drains
+        (it takes nothing new), the item is queued again at once, the attempt taken back."""
+        held = (slot.job_id, slot.item_id)
+        if slot.phase is not WorkerPhase.DRAINING:
+            self._start_draining(slot)
+        slot.job_id = slot.item_id = None
+        job = self.jobs.get(returned.job_id)
+        if job is None or held != (returned.job_id, returned.item_id) or job.state.items[returned.item_id].state != RUNNING:
+            return  # stale: the item ended or moved meanwhile
+        item_id = returned.item_id
+        # Every run is part of a counted attempt (a move to a bigger GPU continues one): take it back.
+        job.state.hand_back(item_id, uncount=True)
+        out.append(ItemRequeued(job.id, item_id, slot.name, slot.tier, returned.reason, returned.message))
+        if job.state.cancelled:  # its job was cancelled meanwhile: dropped as the queued ones were
+            job.state.mark_cancelled(item_id)
+            job.items.pop(item_id, None)
+            out.append(ItemsCancelled(job.id, 1))
+        elif not self.draining:  # the farm stopping: kept queued for a resumed job
+            self._requeue(job.id, item_id)
+
+    def _requeue(self, job_id: str, item_id: str) -> None:
+        """Back to the front of its tier's queue; planned again when no worker of that tier is left."""
+        tier = self.jobs[job_id].items[item_id].plan.tier
+        if self.expected_counts().get(tier):
+            self.queue.push(job_id, item_id, tier, front=True)
+        else:
+            self._replan([(job_id, item_id)])
+
+    def _start_draining(self, slot: WorkerSlot) -> None:
+        """The worker stops counting as capacity: when it was its tier's last, the tier's queue
+        is planned on the tiers left (as for a worker gone)."""
+        slot.move(WorkerPhase.DRAINING)
+        orphans = self.queue.worker_gone(slot.tier)
+        if orphans:
+            self._replan(orphans)
+
+    def _stop_drained(self, out: list) -> None:
+        """Draining workers that hold nothing any more (no render, no upload) are stopped."""
+        for slot in self.workers.values():
+            if slot.phase is WorkerPhase.DRAINING and not slot.in_render and not slot.uploading:
+                slot.move(WorkerPhase.GONE)
+                slot.watching = False
+                out.append(StopWorker(slot.name))
+
     def _on_WorkerCallFailed(self, event: WorkerCallFailed, out: list) -> None:
         slot = self.workers[event.worker]
         if event.call == COMMITS:  # opened again by the next handle while uploads are pending
             slot.watching = False
             return
-        if slot.phase is WorkerPhase.RENDERING:
+        if slot.in_render:
             failure = ItemOutcome.failure(slot.item_id, FailureReason.RENDER_ERROR, event.message, job_id=slot.job_id)
             self._record(failure, out)
-        slot.move(WorkerPhase.IDLE)
+        self._render_ended(slot)
 
     def _on_WorkerLost(self, event: WorkerLost, out: list) -> None:
         """Requeue what the worker held: the item it was rendering and its unfinished uploads."""
@@ -470,19 +564,20 @@ class DispatchState:
             return
         message = f"worker {slot.name} died: {event.message}"
         lost = set(slot.uploading)
-        if slot.phase is WorkerPhase.RENDERING:
+        if slot.in_render:
             lost.add((slot.job_id, slot.item_id))
         slot.uploading, slot.watching = set(), False
-        slot.move(WorkerPhase.PROBING)
+        drained = slot.phase is WorkerPhase.DRAINING  # its node went: not probed, stopped for good
+        slot.move(WorkerPhase.GONE if drained else WorkerPhase.PROBING)
         for job_id, item_id in sorted(lost, reverse=True):  # each to the front: the first ends first
             job = self.jobs.get(job_id)
             if job is None:
                 continue
             if job.state.worker_lost(item_id, message) and not job.state.cancelled:
-                self.queue.push(job_id, item_id, job.items[item_id].plan.tier, front=True)
+                self._requeue(job_id, item_id)
             elif job.state.items[item_id].state != QUEUED:  # failed: no attempts left
                 job.items.pop(item_id, None)
-        out.append(ProbeWorker(slot.name))
+        out.append(StopWorker(slot.name) if drained else ProbeWorker(slot.name))
 
     def _on_WorkerProbed(self, event: WorkerProbed, out: list) -> None:
         slot = self.workers[event.worker]
@@ -541,6 +636,11 @@ class DispatchState:
             if orphans:
                 self._replan(orphans)
 
+    def _on_WorkerDraining(self, event: WorkerDraining, out: list) -> None:
+        slot = self.workers.get(event.worker)
+        if slot is not None and slot.phase in (WorkerPhase.IDLE, WorkerPhase.RENDERING):
+            self._start_draining(slot)  # stopped by `_stop_drained` once it holds nothing
+
     def _on_DrainRequested(self, event: DrainRequested, out: list) -> None:
         self.draining = True
 
@@ -570,7 +670,8 @@ class DispatchState:
 
     def _bigger_tier_alive(self, tier: str) -> bool:
         bigger = set(self.queue.tiers[self._rank(tier) + 1 :])  # one set test per worker, not a list search
-        return bool(bigger) and any(s.tier in bigger and s.phase is not WorkerPhase.GONE for s in self.workers.values())
+        return bool(bigger) and any(s.tier in bigger and s.phase not in (WorkerPhase.GONE, WorkerPhase.DRAINING)
+                                    for s in self.workers.values())
 
     def _fill(self, out: list) -> None:
         # Smallest tiers choose first, so big workers only steal what small ones cannot take now.
@@ -633,6 +734,10 @@ class DispatchState:
         item.settings, item.degradations, item.ooms = escalation.settings, escalation.degradations, escalation.ooms
         rank = self._rank(slot.tier)
         bigger = [s for s in self.workers.values() if s.phase is WorkerPhase.IDLE and self._rank(s.tier) > rank]
+        if not bigger and slot.phase is WorkerPhase.DRAINING:  # not back to a worker that takes nothing new
+            job.state.hand_back(escalation.item_id, uncount=True)  # the attempt goes on elsewhere
+            self._requeue(job.id, escalation.item_id)
+            return
         if not bigger:
             self._send(slot, job.id, escalation.item_id, out, new_attempt=False, allow_bigger=False)
             return

@@ -169,10 +169,15 @@ class JobState:
         status.reason, status.message = FailureReason.WORKER_LOST, message
         return False
 
-    def hand_back(self, item_id: str) -> None:
-        """A running item that was stopped before it committed: queued again, nothing counted."""
+    def hand_back(self, item_id: str, *, uncount: bool = False) -> None:
+        """A running item that was stopped before it committed: queued again, nothing counted
+        (`uncount`: the attempt it was sent as is taken back too, as a worker on a draining node
+        returned it unfinished)."""
         if self.items[item_id].state == RUNNING:
-            self._move(item_id, QUEUED).worker = None
+            status = self._move(item_id, QUEUED)
+            status.worker = None
+            if uncount:
+                status.attempts = max(status.attempts - 1, 0)
 
     def fail_remaining(self, reason: FailureReason | str, message: str) -> None:
         if not (self._counts[QUEUED] or self._counts[RUNNING]):

@@ -10,6 +10,8 @@ Denoising and VAE decoding are run as separate calls so each is timed, and so de
 chunked (four frames at a time by default; one at a time with the `vae_slicing` memory saver).
 `phase` says which stage is running, so an out-of-memory error can be attributed to it, and
 the renderer can retry only the decode (the latents kept) when that is where memory ran out.
+`denoise(on_step=...)` calls back before each denoise step (a UNet pre-hook, for the renderer's
+watch on its node's drain; what the callback raises stops the denoise there).
 Each phase's peak allocated and reserved CUDA memory is measured on its own.
 
 Precision comes from `farm.models.precision` (bf16 where the card has it); with fp16 the VAE
@@ -254,8 +256,11 @@ class I2VGenXLAdapter:
         guidance_scale: float,
         fps: int,
         seed: int,
+        on_step=None,
     ):
-        """Encode the prompt and the image, run the denoising loop; the latents stay on the device."""
+        """Encode the prompt and the image, run the denoising loop; the latents stay on the device.
+        `on_step(done, total)` is called before each denoise step (one UNet call per step); what
+        it raises stops the render there."""
         import torch
 
         self.begin_render()
@@ -278,21 +283,34 @@ class I2VGenXLAdapter:
         # seed that too, inside fork_rng so the process's own RNG state is left as it was.
         generator = torch.Generator(device="cpu").manual_seed(seed)
         rng_devices = [torch.device(self.device).index or 0] if on_cuda else []
-        with torch.random.fork_rng(devices=rng_devices):
-            torch.manual_seed(seed)
-            latents = self.pipeline(
-                image=image,
-                prompt_embeds=positive,
-                negative_prompt_embeds=negative,
-                height=height,
-                width=width,
-                num_frames=frames,
-                num_inference_steps=steps,
-                guidance_scale=guidance_scale,
-                target_fps=fps,
-                generator=generator,
-                output_type="latent",
-            ).frames
+        hook = None
+        if on_step is not None:
+            done = [0]
+
+            def before_step(module, args):
+                on_step(done[0], steps)
+                done[0] += 1
+
+            hook = self.pipeline.unet.register_forward_pre_hook(before_step)
+        try:
+            with torch.random.fork_rng(devices=rng_devices):
+                torch.manual_seed(seed)
+                latents = self.pipeline(
+                    image=image,
+                    prompt_embeds=positive,
+                    negative_prompt_embeds=negative,
+                    height=height,
+                    width=width,
+                    num_frames=frames,
+                    num_inference_steps=steps,
+                    guidance_scale=guidance_scale,
+                    target_fps=fps,
+                    generator=generator,
+                    output_type="latent",
+                ).frames
+        finally:
+            if hook is not None:
+                hook.remove()
         self.memory.end("denoise")
         self._timings["denoise"] = time.perf_counter() - started
         self.phase = "idle"

@@ -255,3 +255,19 @@ def bind_serve_replica_to_loopback() -> None:
 
     on_loopback.farm_loopback = True
     replica.add_port_to_grpc_server = on_loopback
+
+
+def draining_nodes() -> dict[str, float | None]:
+    """The nodes being drained, `{node id hex: deadline}` (epoch seconds; None: no deadline, the
+    node goes once idle): Ray's node drain (autoscaler, preemption, `ray drain-node`), and a
+    SIGTERM to a node's raylet, which drains the node itself for
+    `RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S`. One GCS call (about 1 ms); the same source Ray Train
+    and Ray Serve use."""
+    import ray
+    from ray._private.state import state
+
+    from farm.core.drain import NodeDrain
+
+    if not ray.is_initialized():
+        return {}
+    return {node: NodeDrain.from_ray(deadline).deadline_s for node, deadline in state.get_draining_nodes().items()}

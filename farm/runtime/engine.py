@@ -434,6 +434,7 @@ class Engine:
             return
         engine = self.settings.engine
         self._next_poll = now + engine.cluster_poll_s
+        self._follow_drains()
         slots = self.fleet.slots()
         if not slots and not engine.autoscale_max_workers:  # a CPU-only cluster: its workers are fixed
             return
@@ -441,7 +442,7 @@ class Engine:
         for slot in self.state.workers.values():
             if slot.phase is dispatch.WorkerPhase.STARTING:
                 starting[slot.tier] = starting.get(slot.tier, 0) + 1
-            elif slot.phase is not dispatch.WorkerPhase.GONE:
+            elif slot.phase not in (dispatch.WorkerPhase.GONE, dispatch.WorkerPhase.DRAINING):
                 idle = slot.phase is dispatch.WorkerPhase.IDLE and not slot.uploading
                 since = self._idle_since.setdefault(slot.name, now) if idle else None
                 if not idle:
@@ -517,6 +518,29 @@ class Engine:
         if awaited != self.state.awaited:
             events.insert(0, dispatch.CapacityAwaited(awaited))
         return events
+
+    def _follow_drains(self) -> None:
+        """Workers on nodes being drained (Ray's node drain, or a SIGTERM to the node) take no
+        new item and stop once they hold nothing (`dispatch.WorkerDraining`); the worker itself
+        decides whether its current item finishes or comes back (`farm.core.drain`)."""
+        draining = getattr(self.fleet, "draining", None)  # a fleet that cannot tell: no drains
+        nodes = draining() if draining is not None else {}
+        if not nodes:
+            return
+        events: list[dispatch.Event] = []
+        for worker in self.workers:
+            node = worker.info.get("node_id")
+            slot = self.state.workers.get(worker.name)
+            if node not in nodes or slot is None or slot.phase not in (dispatch.WorkerPhase.IDLE,
+                                                                       dispatch.WorkerPhase.RENDERING):
+                continue
+            deadline = nodes[node]
+            left = "no deadline" if deadline is None else f"it goes in {max(deadline - time.time(), 0):.0f} s"
+            log.info("render worker %s: its node %s is being drained (%s): it takes no new item and stops once its "
+                     "current one is finished or handed back", worker.name, node[:12], left)
+            events.append(dispatch.WorkerDraining(worker.name, deadline))
+        if events:
+            self._carry_out(self.state.handle(*events))
 
     def _joined(self, call) -> dispatch.Event:
         worker = self.starting.pop(call)
@@ -611,7 +635,8 @@ class Engine:
         if memory and self.metrics is not None:
             self.metrics.worker_memory(name, worker.tier, memory.get("used"), memory.get("total"))
         sequence = reply.sequence if reply.sequence >= 0 else None
-        return dispatch.WorkerReplied(name, reply.outcomes, reply.pending, kind, sequence, reply.escalation)
+        return dispatch.WorkerReplied(name, reply.outcomes, reply.pending, kind, sequence, reply.escalation,
+                                      reply.returned)
 
     def _carry_out(self, instructions: list) -> None:
         for instruction in instructions:
@@ -629,6 +654,11 @@ class Engine:
                 self._idle_since.pop(worker.name, None)
             elif isinstance(instruction, dispatch.ItemFinished):
                 self._item_finished(instruction.job_id, instruction.outcome)
+            elif isinstance(instruction, dispatch.ItemRequeued):
+                log.info("item %s of job %s is queued again at once: worker %s handed it back (%s)",
+                         instruction.item_id, instruction.job_id, instruction.worker, instruction.message)
+                if self.metrics is not None:
+                    self.metrics.handed_back.labels(instruction.reason, instruction.tier).inc()
             elif isinstance(instruction, dispatch.ItemsCancelled):
                 if self.metrics is not None:
                     model = self.jobs[instruction.job_id].state.spec.model

@@ -15,6 +15,10 @@ slot out of the count for `FAILED_START_HOLD_S`, so a bad GPU is not retried eve
 to Ray's autoscaler as one standing `request_resources` of bundles `{GPU: 1, farm_tier_<tier>: 1}`
 (an empty demand clears it). With a `namespace` (the service's coordinator), workers are named
 detached actors there; `adoptable_workers` finds the ones a coordinator before this one left.
+
+Nodes being drained (`draining()`: Ray's node drain, or a SIGTERM to the node) are going: their
+slots are not counted, so no worker is started there; the engine drains the workers on them
+(`farm.core.dispatch.WorkerDraining`).
 """
 
 from __future__ import annotations
@@ -62,6 +66,7 @@ class RayFleet:
         resources = ray.cluster_resources()
         self._gpus = resources.get("GPU", 0) > 0
         slots = tiers_in_resources(resources)
+        self._without_draining(slots)
         now = time.monotonic()
         self._failed = [(tier, when) for tier, when in self._failed if now - when < FAILED_START_HOLD_S]
         for tier, _ in self._failed:
@@ -75,6 +80,26 @@ class RayFleet:
 
         resources = ray.cluster_resources()
         return 0 if tiers_in_resources(resources) else int(resources.get("GPU", 0))
+
+    def draining(self) -> dict[str, float | None]:
+        """Nodes being drained: {node id: deadline (epoch seconds; None: no deadline)}."""
+        from farm.runtime.cluster import draining_nodes
+
+        return draining_nodes()
+
+    def _without_draining(self, slots: dict[str, int]) -> None:
+        """Take the tier slots of nodes being drained out of `slots` (they still count in the
+        cluster's resources until they are gone)."""
+        import ray
+
+        draining = self.draining()
+        if not draining:
+            return
+        for node in ray.nodes():
+            if node.get("Alive") and node.get("NodeID") in draining:
+                for tier, count in tiers_in_resources(node.get("Resources") or {}).items():
+                    if tier in slots:
+                        slots[tier] = max(slots[tier] - count, 0)
 
     def start_failed(self, tier: str) -> None:
         self._failed.append((tier, time.monotonic()))

@@ -5,6 +5,10 @@ its card (CUDA, capped to a declared smaller card; or FARM_GPU_VRAM_GB when simu
 its tier and memory budget, and loads the model in the precision the card supports. A load
 failure, out-of-memory included, does not kill the actor (a crash loop would just reload and
 fail again): it stays up, reports itself unusable in `info()`, and the executor routes around it.
+
+While it renders it watches its node's drain (`drain_probe`: Ray's draining nodes, asked as each
+render starts and at most every FARM_DRAIN_CHECK_S during the denoise, from the renderer's step
+hook, on the actor's one thread): see `farm.renderer` and `farm.core.drain`.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import traceback
 
 import ray
 
-from farm.core.contracts import Escalation, ItemOutcome, RenderTask, WorkerReply
+from farm.core.contracts import Escalation, ItemOutcome, RenderTask, ReturnedItem, WorkerReply
 from farm.core.errors import FarmError
 
 
@@ -97,15 +101,19 @@ class RenderWorkerImpl:
             self.adapter.injector.attach(self.adapter.pipeline)
         node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
         self.renderer = ItemRenderer(
-            self.adapter, worker_name=self.name, card=self.card, calibration=settings.vram_calibration, node_id=node_id
+            self.adapter, worker_name=self.name, card=self.card, calibration=settings.vram_calibration, node_id=node_id,
+            drain_probe=node_drain_probe(node_id) if node_id else None,
+            drain_check_s=settings.engine.drain_check_s, drain_margin_s=settings.engine.drain_margin_s,
         )
         self.commits = BackgroundCommits(self.renderer, settings.storage.upload_queue, on_commit=self._report_commits)
         self.memory_baseline_bytes = allocated_bytes(device)
 
     @classmethod
-    def in_process(cls, name: str, adapter, card, *, upload_queue: int = 2, mailbox=None) -> RenderWorkerImpl:
+    def in_process(cls, name: str, adapter, card, *, upload_queue: int = 2, mailbox=None, drain_probe=None,
+                   drain_check_s: float = 2.0, drain_margin_s: float = 5.0) -> RenderWorkerImpl:
         """A worker around an adapter already loaded in this process (no Ray, no model load):
-        for `farm.runtime.handles.LocalWorkerHandle`, which runs a whole job in a test."""
+        for `farm.runtime.handles.LocalWorkerHandle`, which runs a whole job in a test.
+        `drain_probe`: () -> farm.core.drain.NodeDrain | None, a stand-in for its node's drain."""
         from farm.models.memory import allocated_bytes
         from farm.renderer import BackgroundCommits, ItemRenderer
 
@@ -114,7 +122,8 @@ class RenderWorkerImpl:
         worker.settings = worker.local = None
         worker.mailbox = mailbox
         worker.error, worker.adapter, worker.card = None, adapter, card
-        worker.renderer = ItemRenderer(adapter, worker_name=name, card=card)
+        worker.renderer = ItemRenderer(adapter, worker_name=name, card=card, drain_probe=drain_probe,
+                                       drain_check_s=drain_check_s, drain_margin_s=drain_margin_s)
         worker.commits = BackgroundCommits(worker.renderer, upload_queue, on_commit=worker._report_commits)
         worker.memory_baseline_bytes = allocated_bytes(adapter.device)
         return worker
@@ -152,6 +161,8 @@ class RenderWorkerImpl:
             return self._reply([produced])
         if isinstance(produced, Escalation):
             return self._reply([], produced)
+        if isinstance(produced, ReturnedItem):  # its node is being drained: nothing was committed
+            return self._reply([], returned=produced)
         self.commits.submit(produced)  # blocks while the upload queue is full
         return self._reply([])
 
@@ -182,15 +193,29 @@ class RenderWorkerImpl:
         if finished:
             self.mailbox.put(WorkerReply(self.name, sequence, tuple(finished), pending=tuple(pending)))
 
-    def _reply(self, outcomes: list[ItemOutcome], escalation: Escalation | None = None) -> WorkerReply:
+    def _reply(self, outcomes: list[ItemOutcome], escalation: Escalation | None = None,
+               returned: ReturnedItem | None = None) -> WorkerReply:
         sequence, finished, pending = self.commits.reply()
-        return WorkerReply(self.name, sequence, (*outcomes, *finished), escalation, tuple(pending), self.memory())
+        return WorkerReply(self.name, sequence, (*outcomes, *finished), escalation, tuple(pending), self.memory(),
+                           returned)
 
     def memory(self) -> dict:
         """Device memory in use and in total: CUDA's figures, the simulated card's, or the host's."""
         from farm.models.memory import device_memory
 
         return device_memory(self.adapter, self.card)
+
+
+def node_drain_probe(node_id: str):
+    """() -> NodeDrain | None: whether the node `node_id` is being drained (one GCS call)."""
+    from farm.core.drain import NodeDrain
+    from farm.runtime.cluster import draining_nodes
+
+    def probe() -> NodeDrain | None:
+        nodes = draining_nodes()
+        return NodeDrain(nodes[node_id]) if node_id in nodes else None
+
+    return probe
 
 
 # max_restarts: a worker process that dies (segfault, host OOM killer) comes back and reloads.

@@ -133,3 +133,64 @@ def test_a_commit_reaches_the_progress_while_the_worker_renders_the_next_item(tm
     assert first[0] == "i0" and first[1] == 1
     assert first[2] == [False], "i0's commit was reported only after the render of i1 returned"
     assert second[0] == "i1" and second[1] == 2
+
+
+def test_a_worker_whose_node_drains_mid_item_hands_it_back_and_another_renders_it(tmp_path, adapters, caplog):
+    """Graceful drain (issue 16): the 12g worker's node starts draining with a deadline its
+    render cannot make; at its next step check the worker stops the denoise and returns the item
+    unfinished; the item is queued again at once, without an attempt counted, and the 24g
+    worker renders it; the drained worker takes nothing new and is stopped."""
+    import logging
+    import time
+
+    from farm.core.drain import NodeDrain
+    from farm.metrics import FarmMetrics
+
+    probes = []
+
+    def probe():  # the node is fine when the render starts, and starts draining a moment later
+        probes.append(time.monotonic())
+        return None if probes[-1] - probes[0] < 0.4 else NodeDrain(time.time() + 2.0)
+
+    mailbox, workers = LocalMailbox(), []
+    for tier in ("12g", "24g"):
+        spec = TABLE[tier]
+        card = CardInfo(tier, int(spec.card_gib * GIB), spec.budget_bytes, "FARM_GPU_VRAM_GB", True)
+        impl = RenderWorkerImpl.in_process(f"{tier}-0", adapters[tier], card, mailbox=mailbox,
+                                           drain_probe=probe if tier == "12g" else None, drain_check_s=0.05)
+        workers.append(Worker(f"{tier}-0", LocalWorkerHandle(impl), tier, impl.info()))
+    metrics = FarmMetrics()
+    engine = Engine(workers, TABLE, metrics, pool=LocalCallPool(), mailbox=mailbox)
+    job, plan = job_of(tmp_path, "drain", 2, engine)
+    engine.admit(job, plan)
+    sent_to_12g = next(w for w in engine.state.workers.values() if w.name == "12g-0").item_id
+    with caplog.at_level(logging.INFO, logger="farm"):
+        assert engine.run_until_done()
+    assert job.state.final_state == "succeeded", job.state.failures()
+    written = sidecars(tmp_path / "out" / "drain")
+    assert {s["device"]["worker"] for s in written.values()} == {"24g-0"}, "the drained worker committed nothing"
+    assert job.state.items[sent_to_12g].attempts == 1, "the returned run was not counted as an attempt"
+    assert workers[0].handle.killed and [w.name for w in engine.workers] == ["24g-0"]
+    assert metrics.handed_back.labels("node_draining", "12g")._value.get() == 1
+    handed = [r.getMessage() for r in caplog.records if "queued again at once" in r.getMessage()]
+    assert len(handed) == 1 and "stopped after step" in handed[0] and "after step 0 " not in handed[0], handed
+    assert all(b - a >= 0.05 for a, b in zip(probes, probes[1:]))  # asked at most every drain_check_s
+
+
+def test_a_task_sent_to_a_worker_whose_node_is_already_draining_comes_back_unstarted(tmp_path, adapters):
+    from farm.core.drain import NodeDrain
+
+    mailbox, workers = LocalMailbox(), []
+    for tier in ("12g", "24g"):
+        spec = TABLE[tier]
+        card = CardInfo(tier, int(spec.card_gib * GIB), spec.budget_bytes, "FARM_GPU_VRAM_GB", True)
+        probe = (lambda: NodeDrain(None)) if tier == "12g" else None  # no deadline: still not started
+        impl = RenderWorkerImpl.in_process(f"{tier}-0", adapters[tier], card, mailbox=mailbox, drain_probe=probe)
+        workers.append(Worker(f"{tier}-0", LocalWorkerHandle(impl), tier, impl.info()))
+    engine = Engine(workers, TABLE, pool=LocalCallPool(), mailbox=mailbox)
+    job, plan = job_of(tmp_path, "unstarted", 3, engine)
+    engine.admit(job, plan)
+    assert engine.run_until_done() and job.state.final_state == "succeeded", job.state.failures()
+    assert {s["device"]["worker"] for s in sidecars(tmp_path / "out" / "unstarted").values()} == {"24g-0"}
+    assert all(status.attempts == 1 for status in job.state.items.values())
+    assert workers[0].handle.killed

@@ -38,11 +38,15 @@ class LocalFleet:
     def __init__(self, adapters, mailbox):
         self.adapters, self.mailbox = adapters, mailbox
         self.slot_counts: dict[str, int] = {}
+        self.draining_nodes: dict[str, float | None] = {}  # node id -> deadline, as RayFleet.draining()
         self.made: list[Worker] = []
         self.requests: list[dict[str, int]] = []  # what the autoscaler was asked for, in order
 
     def slots(self) -> dict[str, int]:
         return dict(self.slot_counts)
+
+    def draining(self) -> dict[str, float | None]:
+        return dict(self.draining_nodes)
 
     def start(self, tier: str) -> Worker:
         name = f"{tier}-new{len(self.made)}"
@@ -152,3 +156,25 @@ def test_a_tier_the_autoscaler_never_brings_is_reported_and_its_work_rendered_el
     assert 'farm_tier_unprovidable{tier="24g"} 1.0' in text, text
     status = job.state.items["i0"]
     assert status.tier == "12g" and status.degradations, "degraded to fit the card there is, and says so"
+
+def test_a_worker_on_a_draining_node_finishes_its_item_takes_no_new_one_and_stops(tmp_path, adapters):
+    """Graceful drain, the engine's side (issue 16): the fleet reports the 12g worker's node as
+    draining (its slot gone from the count, as RayFleet does): the worker's current item
+    finishes and commits, it takes nothing new, it is stopped, no worker is started in its place,
+    and the 24g worker renders the rest."""
+    engine, fleet = farm(adapters, ["12g", "24g"])
+    for worker in engine.workers:
+        worker.info["node_id"] = f"node-{worker.tier}"
+    job, plan = job_of(tmp_path, "drained", 4, engine)
+    engine.admit(job, plan)
+    engine.step()  # one item out to each worker
+    fleet.draining_nodes = {"node-12g": time.time() + 600}
+    fleet.slot_counts["12g"] = 0
+    time.sleep(0.1)  # the next step looks at the cluster before it waits on the renders
+    engine.step()
+    assert engine.state.workers["12g-0"].phase.value == "draining"
+    assert engine.run_until_done() and job.state.final_state == "succeeded", job.state.failures()
+    workers = ran_on(tmp_path, "drained")
+    assert sorted(workers.values()) == ["12g-0", "24g-0", "24g-0", "24g-0"], workers
+    assert fleet.made == [] and [w.name for w in engine.workers] == ["24g-0"]
+    assert all(status.attempts == 1 for status in job.state.items.values())

@@ -442,3 +442,121 @@ def test_a_tier_that_never_came_has_its_queue_planned_on_the_tiers_there_are():
     assert {s.planned_tier for s in job.items.values()} == {"24g"}, "planned (degraded) for the 24g card"
     assert farm.sent() == {"24g-0": ("j", "a")}
     assert job.items["b"].degradations or farm.state.jobs["j"].items["b"].plan.degradations
+
+# --- a worker's node being drained (issue 16: graceful drain) ------------------------------------
+
+
+def returned(job_id, item_id, message="its node is being drained"):
+    from farm.core.contracts import ReturnedItem
+
+    return ReturnedItem(item_id, job_id, "node_draining", message, steps_done=3)
+
+
+def test_an_idle_worker_on_a_draining_node_is_stopped_and_gets_no_task():
+    farm = Farm(("cpu-0", "cpu"), ("cpu-1", "cpu"))
+    job = farm.admit("j", [item("a")])
+    idle = next(w for w in ("cpu-0", "cpu-1") if w not in farm.sent())
+    out = farm.handle(d.WorkerDraining(idle, deadline_s=1000.0))
+    assert d.StopWorker(idle) in out and not farm.sent(out)
+    assert farm.state.workers[idle].phase is d.WorkerPhase.GONE and farm.state.live_counts() == {"cpu": 1}
+    assert job.items["a"].state == "running"
+
+
+def test_a_busy_worker_on_a_draining_node_takes_nothing_new_and_a_returned_item_goes_to_another_at_once():
+    farm = Farm(("12g-0", "12g"), ("12g-1", "12g"))
+    job = farm.admit("j", [item("a"), item("b"), item("c")])
+    drained = next(w for w, pair in farm.sent().items() if pair == ("j", "a"))
+    other = next(w for w in ("12g-0", "12g-1") if w != drained)
+    out = farm.handle(d.WorkerDraining(drained, deadline_s=1000.0))
+    assert out == [] and farm.state.workers[drained].phase is d.WorkerPhase.DRAINING
+    assert farm.state.expected_counts() == {"12g": 1} and farm.state.shape.workers == {"12g": 1}  # not capacity
+    assert job.items["a"].attempts == 1
+    # The drained worker hands "a" back unfinished: queued again at the front, its attempt taken back.
+    out = farm.handle(d.WorkerReplied(drained, (), (), returned=returned("j", "a")))
+    assert d.StopWorker(drained) in out and not farm.sent(out)
+    assert d.ItemRequeued("j", "a", drained, "12g", "node_draining", "its node is being drained") in out
+    assert job.items["a"].state == "queued" and job.items["a"].attempts == 0
+    farm.reply(other, done("j", "b"))
+    assert farm.sent() == {other: ("j", "a")}  # before c: the front of the queue
+    assert farm.tasks()[other].attempt == 1 and job.items["a"].attempts == 1
+    farm.reply(other, done("j", "a"))
+    farm.reply(other, done("j", "c"))
+    assert job.final_state == "succeeded" and farm.finished_jobs() == ["j"]
+
+
+def test_a_worker_that_finds_its_node_draining_itself_returns_the_task_and_drains():
+    """The runtime had not seen the drain yet: the worker's reply is enough."""
+    farm = Farm(("cpu-0", "cpu"), ("cpu-1", "cpu"))
+    job = farm.admit("j", [item("a"), item("b"), item("c")])
+    farm.reply("cpu-0", done("j", "a"))  # cpu-0 takes c
+    assert farm.sent() == {"cpu-0": ("j", "c")}
+    out = farm.handle(d.WorkerReplied("cpu-0", (), (), returned=returned("j", "c", "not started")))
+    assert d.StopWorker("cpu-0") in out and job.items["c"].state == "queued" and job.items["c"].attempts == 0
+    farm.reply("cpu-1", done("j", "b"))
+    assert farm.sent() == {"cpu-1": ("j", "c")}
+
+
+def test_a_draining_worker_that_finishes_its_item_is_stopped_once_its_upload_is_committed():
+    farm = Farm(("cpu-0", "cpu"), ("cpu-1", "cpu"))
+    job = farm.admit("j", [item("a"), item("b"), item("c")])
+    farm.handle(d.WorkerDraining("cpu-0"))
+    out = farm.handle(d.WorkerReplied("cpu-0", (), (("j", "a"),), d.RENDER, 1))  # finished, uploading
+    assert d.WatchCommits("cpu-0") in out and not any(isinstance(i, (d.SendTask, d.StopWorker)) for i in out)
+    out = commits(farm, "cpu-0", done("j", "a"), sequence=2)
+    assert d.StopWorker("cpu-0") in out and job.items["a"].state == SUCCEEDED and job.items["a"].attempts == 1
+    assert farm.state.workers["cpu-0"].phase is d.WorkerPhase.GONE
+
+
+def test_draining_the_last_worker_of_a_tier_plans_its_queue_on_the_tiers_left_at_once():
+    farm = Farm(("12g-0", "12g"), ("24g-0", "24g"))
+    job = farm.admit("j", [item("a", 768, 24), item("b", 768, 24), item("s1"), item("s2")])
+    running = farm.sent()["12g-0"][1]
+    other = "s2" if running == "s1" else "s1"
+    assert job.items[other].planned_tier == "12g" and job.items[other].state == "queued"
+    farm.handle(d.WorkerDraining("12g-0"))
+    assert farm.state.queue.queued_by_tier()["12g"] == 0 and job.items[other].planned_tier == "24g"  # planned again
+    out = farm.handle(d.WorkerReplied("12g-0", (), (), returned=returned("j", running)))
+    assert d.StopWorker("12g-0") in out
+    assert job.items[running].state == "queued" and job.items[running].planned_tier == "24g"
+
+
+def test_a_draining_worker_that_dies_requeues_what_it_held_and_is_not_probed():
+    farm = Farm(("cpu-0", "cpu"), ("cpu-1", "cpu"))
+    job = farm.admit("j", [item("a"), item("b")])
+    farm.handle(d.WorkerDraining("cpu-0"))
+    out = farm.handle(d.WorkerLost("cpu-0", "the node went at its deadline"))
+    assert d.StopWorker("cpu-0") in out and d.ProbeWorker("cpu-0") not in out
+    assert job.items["a"].state == "queued" and farm.state.workers["cpu-0"].phase is d.WorkerPhase.GONE
+
+
+def test_an_escalation_on_a_draining_worker_is_queued_for_another_worker_not_sent_back():
+    farm = Farm(("12g-0", "12g"), ("12g-1", "12g"), ("24g-0", "24g"))
+    job = farm.admit("j", [item("a"), item("b"), item("c")])
+    drained = next(w for w, pair in farm.sent().items() if pair == ("j", "a"))
+    farm.handle(d.WorkerDraining(drained))
+    out = farm.reply(drained, oom("j", "a", tier="12g"))  # the 24g worker is busy
+    assert d.StopWorker(drained) in out and not farm.sent(out)
+    assert job.items["a"].state == "queued" and job.items["a"].attempts == 0
+    other = next(w for w in ("12g-0", "12g-1") if w != drained)
+    farm.reply(other, done("j", farm.state.workers[other].item_id))
+    task = farm.tasks()[other]
+    assert task.item_id == "a" and task.ooms and task.attempt == 1  # its ladder goes on from the OOM
+
+
+def test_a_drained_worker_can_not_go_back_to_work():
+    slot = d.WorkerSlot("w", "cpu")
+    slot.move(d.WorkerPhase.RENDERING)
+    slot.job_id, slot.item_id = "j", "a"
+    slot.move(d.WorkerPhase.DRAINING)
+    assert slot.in_render and (slot.job_id, slot.item_id) == ("j", "a")  # it still renders its item
+    for phase in (d.WorkerPhase.IDLE, d.WorkerPhase.RENDERING, d.WorkerPhase.PROBING):
+        with pytest.raises(d.IllegalTransition):
+            slot.move(phase)
+
+
+def test_gauges_show_draining_workers():
+    farm = Farm(("cpu-0", "cpu"), ("cpu-1", "cpu"))
+    farm.admit("j", [item("a"), item("b")])
+    farm.handle(d.WorkerDraining("cpu-0"))
+    gauges = farm.state.gauges()
+    assert gauges["workers"] == {("cpu", "draining"): 1, ("cpu", "busy"): 1} and gauges["in_flight"] == {"cpu": 2}
