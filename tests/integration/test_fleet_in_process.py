@@ -141,6 +141,7 @@ def test_work_asks_the_autoscaler_for_a_node_which_renders_it_and_is_released_af
     assert fleet.requests[-1] == {}, "and the request is cleared, so the autoscaler can remove the node"
 
 
+@pytest.mark.slow  # a degraded 512p render on the CPU: about 20 s
 def test_a_tier_the_autoscaler_never_brings_is_reported_and_its_work_rendered_elsewhere(tmp_path, adapters):
     engine, fleet = farm(adapters, ["12g"], autoscale_max_workers="24g=1", autoscale_wait_s=0.3)
     from farm.metrics import FarmMetrics
