@@ -386,6 +386,12 @@ class Coordinator:
                     self._finish_entry(entry, "failed", None, message=str(error))
 
     def _admit(self, entry: dict) -> None:
+        # What committed stays only if the model is the same: learn which model the workers
+        # loaded from the first that joins (a farm with none starting, scaled to zero, compares
+        # with what each sidecar names instead: farm.storage.resume).
+        deadline = time.monotonic() + self.settings.engine.worker_restart_timeout_s
+        while self.engine.model_config_sha256 is None and self.engine.starting and time.monotonic() < deadline:
+            time.sleep(0.1)
         store = open_store(entry["output"])
         data = store.get_bytes(job_spec_key(entry["name"]))
         if data is None:

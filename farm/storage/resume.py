@@ -69,7 +69,7 @@ def scan_committed(
     store: OutputStore,
     spec: JobSpec,
     *,
-    model_config_sha256: str,
+    model_config_sha256: str | None,
     force: bool = False,
     threads: int = 16,
 ) -> ResumeDecision:
@@ -108,7 +108,7 @@ def _apply(decision: ResumeDecision, item_id: str, verdict: Verdict) -> None:
         decision.repaired.append(item_id)
 
 
-def _examine(store, spec, item, info: ObjectInfo, listing, model_config_sha256: str) -> Verdict:
+def _examine(store, spec, item, info: ObjectInfo, listing, model_config_sha256: str | None) -> Verdict:
     sidecar = _load_sidecar(store, info)
     if not sidecar or sidecar.get("status") != "succeeded":
         return Verdict("render", info.etag)
@@ -147,8 +147,12 @@ def _load_sidecar(store, info: ObjectInfo) -> dict | None:
     return sidecar if isinstance(sidecar, dict) else None
 
 
-def _unchanged(spec, item, sidecar: dict, model_config_sha256: str) -> str | None:
-    """Why the committed result may be kept as far as inputs go, or None when they changed."""
+def _unchanged(spec, item, sidecar: dict, model_config_sha256: str | None) -> str | None:
+    """Why the committed result may be kept as far as inputs go, or None when they changed.
+    `model_config_sha256` None: no worker has loaded the model yet (a farm scaled to zero); the
+    model is then taken as the one the sidecar names (its id is still compared)."""
+    if model_config_sha256 is None:
+        model_config_sha256 = str((sidecar.get("model") or {}).get("config_sha256"))
     recorded = sidecar.get("input") or {}
     fingerprint = current_fingerprint(item.image)
     if fingerprint is None:

@@ -45,6 +45,7 @@ def sidecar_for(spec, item) -> dict:
         "status": "succeeded",
         "input": {"sha256": image_sha256, "fingerprint": local_fingerprint(item.image)},
         "inputs_sha256": digest,
+        "model": {"id": spec.model, "config_sha256": CONFIG},
     }
 
 
@@ -101,6 +102,15 @@ def test_an_intact_job_is_skipped_whole(tmp_path, job):
     commit_all(tmp_path, store, job)
     decision = scan_committed(store, job, model_config_sha256=CONFIG)
     assert set(decision.skip) == {"i0", "i1", "i2"} and not decision.replace and not decision.damaged
+
+
+def test_before_any_worker_loaded_the_model_what_committed_is_kept_when_the_sidecar_names_the_same_model(tmp_path, job):
+    """A farm scaled to zero scans before a worker could say which model it loads: the model
+    each sidecar names stands in (a farm restarted with nothing loaded must not render again)."""
+    store = LocalStore(str(tmp_path / "out"))
+    commit_all(tmp_path, store, job)
+    assert set(scan_committed(store, job, model_config_sha256=None).skip) == {"i0", "i1", "i2"}
+    assert not scan_committed(store, job, model_config_sha256="another model").skip  # a known, different one
 
 
 def test_a_video_corrupted_in_place_with_the_same_size_and_mtime_is_rendered_again(tmp_path, job, caplog):
