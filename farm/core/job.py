@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import time
 from bisect import bisect_right
-from heapq import nsmallest
 from dataclasses import dataclass, field
+from heapq import nsmallest
 from operator import attrgetter
 from typing import Any
 

@@ -67,8 +67,8 @@ class JobRecorder:
         self._position = state.item_positions()
         self._parts: list[bytes] = [b""] * len(self._position)
         self._lock_stats = threading.Lock()
-        self._stats = {"snapshots": 0, "writes": 0, "snapshot_s": 0.0, "encoded_items": 0, "encode_s": 0.0, "store_s": 0.0,
-                       "bytes": 0}
+        self._stats = {"snapshots": 0, "writes": 0, "snapshot_s": 0.0, "encoded_items": 0, "encode_s": 0.0,
+                       "store_s": 0.0, "bytes": 0}
         self._recent: dict[str, collections.deque] = {
             name: collections.deque(maxlen=self.RECENT) for name in ("snapshot_s", "encode_s", "store_s")
         }
@@ -132,8 +132,8 @@ class JobRecorder:
 
     def stats(self) -> dict:
         """Totals since the start (`snapshots` taken, `writes` stored, `encoded_items`, seconds
-        per part, the last record's `bytes`) and medians of the last writes (`median_ms`): `snapshot_s` on the dispatch
-        thread, `encode_s` and `store_s` on the writer thread."""
+        per part, the last record's `bytes`) and medians of the last writes (`median_ms`):
+        `snapshot_s` on the dispatch thread, `encode_s` and `store_s` on the writer thread."""
         with self._lock_stats:
             totals = dict(self._stats)
             recent = {name: sorted(values) for name, values in self._recent.items()}
