@@ -8,7 +8,10 @@ to and from the workers (tasks, outcomes, replies) in `farm.core.contracts`.
 from __future__ import annotations
 
 import time
+from bisect import bisect_right
 from dataclasses import dataclass, field
+from heapq import nsmallest
+from operator import attrgetter
 from typing import Any
 
 from farm import __version__
@@ -59,16 +62,31 @@ class ItemStatus:
     degradations: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        data = {"index": self.index, "state": self.state, "attempts": self.attempts}
-        for name in ("reason", "message", "worker", "planned_tier", "tier", "seconds"):
-            value = getattr(self, name)
+        return self.record_of(self.fields())
+
+    def fields(self) -> tuple:
+        """What the record shows of this item, as a tuple: a cheap snapshot (`record_of` builds
+        the record from it later, on another thread if need be). The lists are not copied: an
+        item's `warnings` and `degradations` are replaced, never changed in place."""
+        return _fields_of(self)
+
+    @staticmethod
+    def record_of(fields: tuple) -> dict[str, Any]:
+        """The item's record (`job.json`'s `items.ID`) from its `fields()`."""
+        index, state, attempts, *optional, warnings, degradations = fields
+        data = {"index": index, "state": state, "attempts": attempts}
+        for name, value in zip(_OPTIONAL_FIELDS, optional):
             if value is not None:
                 data[name] = round(value, 3) if isinstance(value, float) else value
-        if self.warnings:
-            data["warnings"] = self.warnings
-        if self.degradations:
-            data["degradations"] = self.degradations
+        if warnings:
+            data["warnings"] = warnings
+        if degradations:
+            data["degradations"] = degradations
         return data
+
+
+_OPTIONAL_FIELDS = ("reason", "message", "worker", "planned_tier", "tier", "seconds")  # the order of `fields()`
+_fields_of = attrgetter("index", "state", "attempts", *_OPTIONAL_FIELDS, "warnings", "degradations")
 
 
 class JobState:
@@ -98,6 +116,19 @@ class JobState:
         for status in self.items.values():
             self._counts[status.state] += 1
         self._degraded = 0  # succeeded items with degradations
+        # The items in index order (the record's order and the item list's), fixed from here on:
+        # a page of the item list starts at its cursor by bisection instead of sorting every item.
+        self._order = [item_id for item_id, _ in sorted(self.items.items(), key=lambda pair: pair[1].index)]
+        self._indices = [self.items[item_id].index for item_id in self._order]
+        self._position = {item_id: position for position, item_id in enumerate(self._order)}
+        # Positions (in that order) of the items in each state: a page of a sparse state (the
+        # failures of a big job) is found among them, without reading every item.
+        self._in_state: dict[str, set[int]] = {state: set() for state in ITEM_STATES}
+        for position, item_id in enumerate(self._order):
+            self._in_state[self.items[item_id].state].add(position)
+        # Items whose record changed since the job recorder last took them (`take_changed`): the
+        # record is rewritten from cached per-item parts, re-encoding only these. All at first.
+        self._changed: set[str] = set(self.items)
 
     # --- transitions ------------------------------------------------------------------------
 
@@ -126,7 +157,11 @@ class JobState:
             raise IllegalItemTransition(f"item {item_id!r} of job {self.spec.name!r}: {status.state} -> {state}")
         self._counts[status.state] -= 1
         self._counts[state] += 1
+        position = self._position[item_id]
+        self._in_state[status.state].discard(position)
+        self._in_state[state].add(position)
         status.state = state
+        self._changed.add(item_id)  # the callers change its other fields right after, on this thread
         return status
 
     def mark_running(self, item_id: str, worker: str, tier: str | None = None, *, new_attempt: bool = True) -> None:
@@ -136,7 +171,10 @@ class JobState:
         status.attempts += new_attempt
 
     def mark_planned(self, item_id: str, tier: str | None) -> None:
-        self.items[item_id].planned_tier = tier
+        status = self.items[item_id]
+        if status.planned_tier != tier:
+            status.planned_tier = tier
+            self._changed.add(item_id)
 
     def fail(self, item_id: str, reason: FailureReason | str, message: str) -> None:
         reason = FailureReason(reason)
@@ -237,14 +275,65 @@ class JobState:
         failed = [(item_id, s) for item_id, s in self.items.items() if s.state == FAILED]
         return sorted(failed, key=lambda pair: pair[1].index)
 
-    def to_record(self) -> dict[str, Any]:
-        """The job record (`job.json`)."""
+    def item_order(self) -> list[str]:
+        """Every item id in index order (the record's order). Do not change the list."""
+        return self._order
+
+    def item_positions(self) -> dict[str, int]:
+        """Each item's position in `item_order()`. Do not change the mapping."""
+        return self._position
+
+    def take_changed(self) -> dict[str, tuple]:
+        """The `ItemStatus.fields()` of every item whose record changed since the last call (all
+        of them at the first), and forget them: for the one job recorder of this state."""
+        changed, self._changed = self._changed, set()
+        items = self.items
+        return {item_id: _fields_of(items[item_id]) for item_id in changed}
+
+    def page(self, state: str | None = None, after: int | None = None, limit: int = 100) -> tuple[list[dict], bool]:
+        """Up to `limit` items (`{"id": ..., **record}`) with an index above `after`, in index
+        order, of `state` only if given; and whether more follow. Never sorts the job: it starts
+        at `after` by bisection and reads on until the page is full (plus one, to know whether
+        more follow); for a state with few items (the failures of a big job) it takes the first
+        of that state's positions instead, O(items in that state)."""
+        order, items = self._order, self.items
+        start = bisect_right(self._indices, after) if after is not None else 0
+        if state is not None and 4 * len(self._in_state.get(state, ())) < len(order) - start:
+            positions = self._in_state.get(state, set())
+            found = nsmallest(limit + 1, (p for p in positions if p >= start))
+            rows = [{"id": order[p], **items[order[p]].to_dict()} for p in found[:limit]]
+            return rows, len(found) > limit
+        rows: list[dict] = []
+        for position in range(start, len(order)):
+            status = items[order[position]]
+            if state is not None and status.state != state:
+                continue
+            if len(rows) == limit:
+                return rows, True
+            rows.append({"id": order[position], **status.to_dict()})
+        return rows, False
+
+    def restore(self, item_id: str, state: ItemState, *, reason: str | None = None, message: str | None = None,
+                degradations: list | None = None) -> None:
+        """Set an item's final state as an earlier run's job record says (a finished job read
+        back for its item list), counts included."""
+        status = self.items[item_id]
+        self._counts[status.state] -= 1
+        self._counts[state] += 1
+        position = self._position[item_id]
+        self._in_state[status.state].discard(position)
+        self._in_state[state].add(position)
+        status.state, status.reason, status.message = state, reason, message
+        status.degradations = list(degradations or [])
+        self._changed.add(item_id)
+
+    def record_header(self) -> dict[str, Any]:
+        """The job record without its `items` (which come last in `to_record()`)."""
         now = self._clock()
         end = self.finished_at or now
         elapsed = end - self.started_at if self.started_at else 0.0
         counts = self.counts()
         rate, eta = self.throughput(counts)
-        ordered = sorted(self.items.items(), key=lambda pair: pair[1].index)
         return {
             "farm_version": __version__,
             "name": self.spec.name,
@@ -262,8 +351,12 @@ class JobState:
             "eta_seconds": eta,
             "workers": self.workers,
             "plan": self.plan,
-            "items": {item_id: status.to_dict() for item_id, status in ordered},
         }
+
+    def to_record(self) -> dict[str, Any]:
+        """The job record (`job.json`), built whole: O(items). The job recorder writes the same
+        record incrementally (`farm.runtime.jobs.JobRecorder`); this is its reference."""
+        return {**self.record_header(), "items": {item_id: self.items[item_id].to_dict() for item_id in self._order}}
 
 
 def _iso(timestamp: float | None) -> str | None:

@@ -254,17 +254,17 @@ class Coordinator:
             job_state = self._load_state(entry)
         if job_state is None:
             return {"items": [], "next_cursor": None}
-        rows = []
-        after = cursor if cursor is not None else -1
-        for item_id, status in sorted(job_state.items.items(), key=lambda pair: pair[1].index):
-            if status.index <= after or (state and status.state != state):
-                continue
-            rows.append({"id": item_id, **status.to_dict()})
-            if len(rows) > limit:
-                break
-        more = len(rows) > limit
-        rows = rows[:limit]
+        # From the cursor on in index order (a bisection, no sort); a state filter reads on only
+        # until the page is full.
+        rows, more = job_state.page(state or None, cursor, limit)
         return {"items": rows, "next_cursor": rows[-1]["index"] if more else None}
+
+    def loop_stats(self) -> dict:
+        """What the dispatch loop spends its time on (for benchmarks/coordinator_scale.py): the
+        engine's steps and their part in job.json writes, and each running job's recorder."""
+        with self.engine.lock:
+            jobs = {job_id: job.recorder.stats() for job_id, job in self.engine.jobs.items() if job.recorder is not None}
+            return {"engine": dict(self.engine.loop_stats), "records": jobs}
 
     def video(self, job_id: str, item_id: str, expiry_s: int | None = None) -> dict | None:
         """Where a committed item's video is; `committed` is false unless the item's own sidecar
@@ -474,9 +474,8 @@ class Coordinator:
         record = json.loads(record_data) if record_data else {}
         for item_id, item in (record.get("items") or {}).items():
             if item_id in state.items and item.get("state") in FINAL_ITEM_STATES:
-                status = state.items[item_id]
-                status.state, status.reason, status.message = item["state"], item.get("reason"), item.get("message")
-                status.degradations = item.get("degradations", [])
+                state.restore(item_id, item["state"], reason=item.get("reason"), message=item.get("message"),
+                              degradations=item.get("degradations"))
         return state
 
 
