@@ -232,7 +232,8 @@ def no_sorting(monkeypatch):
 def coordinator_view(state: JobState, entry_state: str = "running") -> SimpleNamespace:
     entry = {"id": "j-000000000001", "name": state.spec.name, "output": "/tmp/x", "state": entry_state,
              "submitted_at": 1.0, "items": len(state.items)}
-    return SimpleNamespace(lock=threading.RLock(), entries={entry["id"]: entry}, states={entry["id"]: state})
+    return SimpleNamespace(lock=threading.RLock(), entries={entry["id"]: entry}, states={entry["id"]: state},
+                           engine=SimpleNamespace(unprovidable={}))
 
 
 def pages(view, state_filter: str | None, limit: int) -> list[dict]:
