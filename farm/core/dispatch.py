@@ -633,6 +633,10 @@ class DispatchState:
         self.awaited.pop(event.tier, None)
         if not self.expected_counts().get(event.tier):
             orphans = self.queue.drain_tier(event.tier)
+            for job_id in sorted({job_id for job_id, _ in orphans}):  # said in the job's record
+                tiers = self.jobs[job_id].state.unprovidable_tiers
+                if event.tier not in tiers:
+                    tiers.append(event.tier)
             if orphans:
                 self._replan(orphans)
 

@@ -100,6 +100,7 @@ class JobState:
         self.finished_at: float | None = None
         self.cancelled = False
         self.interrupted = False  # stopped by a signal before the end (`farm resume` finishes it)
+        self.unprovidable_tiers: list[str] = []  # planned for a tier the autoscaler never brought (then planned elsewhere)
         self.items: dict[str, ItemStatus] = {}
         self._items_by_id = {item.id: item for item in spec.items}
         for item in spec.items:
@@ -351,6 +352,7 @@ class JobState:
             "eta_seconds": eta,
             "workers": self.workers,
             "plan": self.plan,
+            **({"unprovidable_tiers": list(self.unprovidable_tiers)} if self.unprovidable_tiers else {}),
         }
 
     def to_record(self) -> dict[str, Any]:

@@ -442,6 +442,7 @@ def test_a_tier_that_never_came_has_its_queue_planned_on_the_tiers_there_are():
     assert {s.planned_tier for s in job.items.values()} == {"24g"}, "planned (degraded) for the 24g card"
     assert farm.sent() == {"24g-0": ("j", "a")}
     assert job.items["b"].degradations or farm.state.jobs["j"].items["b"].plan.degradations
+    assert job.to_record()["unprovidable_tiers"] == ["80g"], "the job's record says which tier never came"
 
 # --- a worker's node being drained (issue 16: graceful drain) ------------------------------------
 
