@@ -122,12 +122,8 @@ def start_workers(
     elif settings.engine.autoscale_max_workers:
         return []  # no GPU node yet: the autoscaler brings them, and the engine's fleet their workers
     else:
-        count = cpu_workers or settings.engine.cpu_workers
-        threads = cpu_threads or settings.engine.cpu_threads
-        for index in range(count):
-            # CPU rendering: one scheduling slot, but torch uses every core of the node.
-            handles.append(spawn_worker(model, f"cpu-{index}", None, gpu=False, cpu_threads=threads or os.cpu_count(),
-                                        slot_tier=CPU_TIER, **spawn))
+        for name, threads in cpu_worker_specs(settings, cpu_workers, cpu_threads):
+            handles.append(spawn_worker(model, name, None, gpu=False, cpu_threads=threads, slot_tier=CPU_TIER, **spawn))
     usable, errors = [], []
     replies = [w.actor.info.remote() for w in handles]
     for worker, reply in zip(handles, replies):
@@ -144,6 +140,14 @@ def start_workers(
         raise ModelUnavailableError(errors[0].info["error"] if errors else "no render workers could start")
     stop_workers(errors)
     return usable
+
+
+def cpu_worker_specs(settings: FarmSettings, count: int | None = None, threads: int | None = None) -> list[tuple[str, int]]:
+    """(name, torch threads) of the CPU workers of a cluster without GPUs: one scheduling slot
+    each, but torch uses every core of the node unless told otherwise."""
+    count = count or settings.engine.cpu_workers
+    threads = threads or settings.engine.cpu_threads or os.cpu_count() or 1
+    return [(f"cpu-{index}", threads) for index in range(count)]
 
 
 def spawn_worker(
@@ -342,11 +346,10 @@ class Engine:
         the cluster (at most `max_concurrent_loads` loading at once; dispatch starts as soon as
         the first of a tier is ready); GPUs without tier labels get a worker each; a cluster
         without GPUs whose autoscaler is not asked for any gets CPU workers (a fixed set)."""
-        from farm.runtime.fleet import cpu_worker_specs
-
         with self.lock:
-            if self.fleet is not None and (self.fleet.slots() or self.settings.engine.autoscale_max_workers):
-                self._warming = bool(self.fleet.slots())
+            slots = self.fleet.slots() if self.fleet is not None else {}
+            if slots or (self.fleet is not None and self.settings.engine.autoscale_max_workers):
+                self._warming = bool(slots)
                 self._follow_cluster(force=True)
                 return
             if self.workers or self.starting:
@@ -446,8 +449,8 @@ class Engine:
             return
         engine = self.settings.engine
         self._next_poll = now + engine.cluster_poll_s
-        self._follow_drains()
         slots = self.fleet.slots()
+        self._follow_drains()  # the drains `slots()` found
         if not slots and not engine.autoscale_max_workers:  # a CPU-only cluster: its workers are fixed
             return
         views, starting = [], {}

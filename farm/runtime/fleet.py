@@ -50,6 +50,7 @@ class RayFleet:
         self._next: dict[str, int] = {}
         self._failed: list[tuple[str, float]] = []  # (tier, when) of starts that failed
         self._gpus = True  # whether the cluster's tier nodes have GPUs (simulated ones may not): from `slots`
+        self._draining: dict[str, float | None] = {}  # nodes being drained: from `slots`
 
     def started(self, names: list[str]) -> None:
         """Workers started before the fleet took over: names stay unique (TIER-N after theirs)."""
@@ -82,17 +83,18 @@ class RayFleet:
         return 0 if tiers_in_resources(resources) else int(resources.get("GPU", 0))
 
     def draining(self) -> dict[str, float | None]:
-        """Nodes being drained: {node id: deadline (epoch seconds; None: no deadline)}."""
-        from farm.runtime.cluster import draining_nodes
-
-        return draining_nodes()
+        """Nodes being drained, as the last `slots()` found them (the engine asks both once a
+        poll): {node id: deadline (epoch seconds; None: no deadline)}."""
+        return dict(self._draining)
 
     def _without_draining(self, slots: dict[str, int]) -> None:
         """Take the tier slots of nodes being drained out of `slots` (they still count in the
         cluster's resources until they are gone)."""
         import ray
 
-        draining = self.draining()
+        from farm.runtime.cluster import draining_nodes
+
+        self._draining = draining = draining_nodes()
         if not draining:
             return
         for node in ray.nodes():
@@ -144,13 +146,3 @@ def slot_tier_of(name: str) -> str:
     """The tier a worker was started for, from its name (`24g-3`, `cpu-0`, `gpu-1`)."""
     prefix = name.rsplit("-", 1)[0]
     return CPU_TIER if prefix == "cpu" else prefix
-
-
-def cpu_worker_specs(settings: FarmSettings, count: int | None = None, threads: int | None = None) -> list[tuple[str, int]]:
-    """(name, torch threads) of the CPU workers of a cluster without GPUs: one scheduling slot
-    each, but torch uses every core of the node unless told otherwise."""
-    import os
-
-    count = count or settings.engine.cpu_workers
-    threads = threads or settings.engine.cpu_threads or os.cpu_count() or 1
-    return [(f"cpu-{index}", threads) for index in range(count)]

@@ -273,21 +273,24 @@ def test_cursor_pages_cover_every_item_once_in_index_order_without_sorting(tmp_p
 def test_a_page_deep_in_the_job_reads_only_its_own_items(tmp_path):
     state = big_job(tmp_path, 10_000)
 
-    class CountingItems(dict):
-        reads = 0
-
-        def __getitem__(self, key):
-            CountingItems.reads += 1
-            return super().__getitem__(key)
-
-    state.items = CountingItems(state.items)
+    state.items = counted = CountingItems(state.items)
     rows, more = state.page(None, 9_000, 100)
     assert [row["index"] for row in rows] == list(range(9_001, 9_101)) and more
-    assert CountingItems.reads <= 101
+    assert counted.reads <= 101
     rows, more = state.page(None, 9_949, 100)  # the last page
     assert [row["index"] for row in rows] == list(range(9_950, 10_000)) and not more
     rows, more = state.page(None, -1, 3)  # the API's cursor -1 is "from the start"
     assert [row["index"] for row in rows] == [0, 1, 2] and more
+
+
+class CountingItems(dict):
+    """A job's items that count how many are read."""
+
+    reads = 0
+
+    def __getitem__(self, key):
+        self.reads += 1
+        return super().__getitem__(key)
 
 
 class NoItemReads(dict):
@@ -332,18 +335,11 @@ def test_a_page_of_a_sparse_state_reads_only_the_items_of_that_state(tmp_path):
     state.restore("i00100", SUCCEEDED)  # as an earlier run's record says
     assert state.counts()[FAILED] == 3 and state.counts()[SUCCEEDED] == 1 and state.counts()[QUEUED] == 9_996
 
-    class CountingItems(dict):
-        reads = 0
-
-        def __getitem__(self, key):
-            CountingItems.reads += 1
-            return super().__getitem__(key)
-
-    state.items = CountingItems(state.items)
+    state.items = counted = CountingItems(state.items)
     rows, more = state.page(FAILED, None, 2)
     assert [row["id"] for row in rows] == ["i00017", "i04242"] and more
     rows, more = state.page(FAILED, rows[-1]["index"], 2)
     assert [row["id"] for row in rows] == ["i09998"] and not more
     assert [row["id"] for row in state.page(SUCCEEDED)[0]] == ["i00100"]
     assert state.page(RUNNING) == ([], False)
-    assert CountingItems.reads <= 4
+    assert counted.reads <= 4
