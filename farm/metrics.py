@@ -5,17 +5,31 @@ so a restarted worker can never count an item twice), its queues, its workers' r
 carry each worker's memory), and its jobs. Workers keep no counters of their own. Labels have
 few values (tier, model, outcome, reason, resolution, step, state, worker); never a job or item
 id. Meaning, labels and units of every series: docs/metrics.md.
+
+Counters are created at 0 for every label value the farm knows before anything happens
+(`prepare`: each tier of the table, each failure reason, outcome, resolution, degrade step):
+`*_created` series are off, so a series that first appears at 1 reads as no increase to
+`increase()` and `rate()`, and an alert on it would miss the first error after a start. Gauges
+of a worker the engine dropped are removed (`worker_gone`), and tiers that had workers, queued
+or in-flight items read 0 once they have none, rather than keeping their last value.
 """
 
 from __future__ import annotations
 
+import platform
 import threading
+from importlib import metadata
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.exposition import start_http_server
 
-from farm.core.errors import FailureReason
-from farm.core.job import FAILED, JOB_STATES, SUCCEEDED
+import farm
+from farm.core.drain import NODE_DRAINING
+from farm.core.errors import FAILURE_REASONS, FailureReason
+from farm.core.job import FAILED, FINAL_ITEM_STATES, JOB_STATES, SUCCEEDED
+from farm.core.ladder import STEPS
+from farm.core.params import RESOLUTIONS
+from farm.core.tiers import CPU_TIER
 
 disable_created_metrics()  # no `*_created` series: they only add cardinality here
 
@@ -24,6 +38,21 @@ RENDER_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600)
 MEMORY_BUCKETS = tuple(gib * GIB for gib in (1, 2, 4, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64, 80))
 UPLOAD_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 WORKER_STATES = ("idle", "busy", "lost", "starting", "draining")
+NO_TIER = "none"  # the tier label of items that never reached a worker (skipped, cancelled, refused)
+BUILD_PACKAGES = ("ray", "torch", "diffusers")  # versions in farm_build_info, read without importing them
+
+
+def package_version(name: str) -> str:
+    """An installed distribution's version from its metadata (no import); "none" when absent."""
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "none"
+
+
+def build_labels() -> dict[str, str]:
+    return {"version": farm.__version__, "python": platform.python_version(),
+            **{name: package_version(name) for name in BUILD_PACKAGES}}
 
 
 class FarmMetrics:
@@ -69,13 +98,47 @@ class FarmMetrics:
         self.skipped_records = Gauge(
             "farm_job_records_skipped", "Files in the job registry skipped as unreadable or not job records", registry=r,
         )
+        self.build_info = Gauge(
+            "farm_build_info", "Always 1: the versions of farm, Python, Ray, torch and diffusers in the engine's process",
+            ["version", "python", *BUILD_PACKAGES], registry=r,
+        )
+        self.build_info.labels(**build_labels()).set(1)
         self._lock = threading.Lock()
+        self._worker_tiers: dict[str, set[str]] = {}  # worker -> tiers its memory gauges carry
+        self._gauge_tiers: set[str] = set()  # tiers with queue, in-flight or worker gauges
+
+    # --- label values known in advance -----------------------------------------------------------
+
+    def prepare(self, tiers, models=()) -> None:
+        """Create every counter child the farm can increment for these tiers (plus `cpu`, and `none`
+        for items that reached no worker) and models, at 0, so that the first event after a start
+        is an increase from 0 (idempotent; the engine calls it at its start with the tier table and
+        at each job's admission with the job's model). 17 series per tier (12 failure reasons, the
+        hand-back reason, 4 resolutions of OOMs) and 5 per tier and model (4 outcomes, frames).
+        Histograms are left to their first observation (14 buckets a child)."""
+        gpu_tiers = [t for t in tiers if t not in (CPU_TIER, NO_TIER)]
+        worker_tiers = [*gpu_tiers, CPU_TIER]
+        for tier in [*worker_tiers, NO_TIER]:
+            for reason in FAILURE_REASONS:
+                self.failures.labels(reason, tier)
+            for model in models:
+                for outcome in FINAL_ITEM_STATES:
+                    self.items.labels(outcome, tier, model)
+        for tier in worker_tiers:
+            self.handed_back.labels(NODE_DRAINING, tier)
+            for model in models:
+                self.frames.labels(tier, model)
+        for tier in gpu_tiers:
+            for resolution in RESOLUTIONS:
+                self.ooms.labels(tier, str(resolution))
+        for step in STEPS:
+            self.degradations.labels(step)
 
     # --- from the engine ------------------------------------------------------------------------
 
     def outcome(self, outcome, model: str) -> None:
         """One final item outcome (succeeded, failed, skipped); called exactly once per item."""
-        tier = outcome.tier or "none"
+        tier = outcome.tier or NO_TIER
         self.items.labels(outcome.status, tier, model).inc()
         if outcome.status == FAILED:
             self.failures.labels(FailureReason(outcome.reason).value, tier).inc()  # outcomes carry one
@@ -97,12 +160,14 @@ class FarmMetrics:
             self.upload_seconds.observe(upload)
 
     def engine_state(self, *, queued: dict[str, int], in_flight: dict[str, int], workers: dict[tuple[str, str], int]) -> None:
-        for tier, count in queued.items():
-            self.queue.labels(tier).set(count)
-        for tier in set(queued) | set(in_flight):
-            self.in_flight.labels(tier).set(in_flight.get(tier, 0))
-        tiers = {tier for tier, _ in workers}
+        """Queue, in-flight and worker counts per tier; a tier seen before and absent now reads 0
+        (its last workers went, say), not the value it had."""
+        with self._lock:
+            self._gauge_tiers |= set(queued) | set(in_flight) | {tier for tier, _ in workers}
+            tiers = sorted(self._gauge_tiers)
         for tier in tiers:
+            self.queue.labels(tier).set(queued.get(tier, 0))
+            self.in_flight.labels(tier).set(in_flight.get(tier, 0))
             for state in WORKER_STATES:
                 self.workers.labels(tier, state).set(workers.get((tier, state), 0))
 
@@ -112,10 +177,21 @@ class FarmMetrics:
             self.unprovidable.labels(tier).set(1 if tier in unprovidable else 0)
 
     def worker_memory(self, worker: str, tier: str, used: int | None, total: int | None) -> None:
+        with self._lock:
+            self._worker_tiers.setdefault(worker, set()).add(tier)
         if used is not None:
             self.memory_used.labels(worker, tier).set(used)
         if total is not None:
             self.memory_total.labels(worker, tier).set(total)
+
+    def worker_gone(self, worker: str) -> None:
+        """The engine dropped a worker (stopped, lost for good, retired, drained): its series go,
+        rather than showing its last reply's memory for ever."""
+        with self._lock:
+            tiers = self._worker_tiers.pop(worker, set())
+        for tier in tiers:
+            self.memory_used.remove(worker, tier)
+            self.memory_total.remove(worker, tier)
 
     def tier_budgets(self, budgets: dict[str, int]) -> None:
         for tier, budget in budgets.items():

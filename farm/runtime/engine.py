@@ -242,6 +242,8 @@ class Engine:
         self.watched: set[str] = set()  # workers whose uploads the open mailbox take is for
         self.table = table
         self.metrics = metrics  # a farm.metrics.FarmMetrics, or None
+        if metrics is not None:
+            metrics.prepare(table.names())  # counters at 0 before the first event (see farm.metrics)
         self.settings = settings or FarmSettings()
         self.pool = pool or RayCallPool()
         # How long a dead worker may take to come back (Ray restarts it and it reloads the model).
@@ -312,6 +314,8 @@ class Engine:
         """Queue a job's planned items; items rejected at plan time fail at once."""
         with self.lock:
             self.jobs[job.id] = job
+            if self.metrics is not None:  # its model's outcome counters at 0, before any outcome
+                self.metrics.prepare(self.table.names(), [job.state.spec.model])
             self._carry_out(self.state.handle(
                 dispatch.JobAdmitted(job.id, job.state, plan, job.priority, dict(replace_etags or {}))
             ))
@@ -667,6 +671,8 @@ class Engine:
                 worker.handle.kill()
                 self.workers.remove(worker)
                 self._idle_since.pop(worker.name, None)
+                if self.metrics is not None:
+                    self.metrics.worker_gone(worker.name)  # its memory gauges go with it
             elif isinstance(instruction, dispatch.ItemFinished):
                 self._item_finished(instruction.job_id, instruction.outcome)
             elif isinstance(instruction, dispatch.ItemRequeued):

@@ -1,5 +1,7 @@
 """Dashboards, Prometheus configuration and alert rules: generated files are current, every query
-names a series the farm exports, and promtool accepts the rules and passes their unit tests."""
+names a series the farm exports, promtool accepts the rules and passes their unit tests, and the
+monitoring component carries the rules as a PrometheusRule (the same groups as the rules file) and
+the dashboards annotated for Grafana's "farm" folder."""
 
 import json
 import re
@@ -10,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from farm import alerts
 from farm.dashboards import DASHBOARDS, queries, render
 from farm.metrics import FarmMetrics
 
@@ -70,6 +73,10 @@ def test_provisioning_and_scrape_config_parse():
     assert config["rule_files"] == ["rules/farm-alerts.yml"]
 
 
+def test_build_info_is_exported():
+    assert "farm_build_info" in exported_names()
+
+
 def test_alert_rules_use_exported_series():
     known = exported_names()
     rules = yaml.safe_load((RULES / "farm-alerts.yml").read_text())["groups"][0]["rules"]
@@ -99,3 +106,91 @@ def test_promtool_checks_the_rules_and_the_config():
 def test_promtool_unit_tests_of_the_alerts_pass():
     result = subprocess.run([promtool(), "test", "rules", "farm-alerts.test.yml"], cwd=RULES, capture_output=True, text=True)
     assert result.returncode == 0 and "SUCCESS" in result.stdout, result.stdout + result.stderr
+
+
+# --- the monitoring component (Prometheus operator, Grafana sidecar) ---------------------------------
+
+MONITORING = ROOT / "k8s" / "components" / "monitoring"
+# What the Prometheus operator's PrometheusRule CRD (monitoring.coreos.com/v1) accepts in a group and a rule.
+GROUP_FIELDS = {"name", "interval", "limit", "labels", "partial_response_strategy", "query_offset", "rules"}
+RULE_FIELDS = {"alert", "record", "expr", "for", "keep_firing_for", "labels", "annotations"}
+DURATION = re.compile(r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$")
+
+
+def test_the_committed_prometheusrule_is_generated_from_the_rules_file():
+    assert alerts.OUTPUT.read_text() == alerts.render(), "run: python -m farm.alerts"
+    rule = yaml.safe_load(alerts.OUTPUT.read_text())
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1" and rule["kind"] == "PrometheusRule"
+    assert rule["spec"]["groups"] == yaml.safe_load((RULES / "farm-alerts.yml").read_text())["groups"]
+    assert rule["metadata"]["labels"]["app.kubernetes.io/part-of"] == "farm"
+
+
+def test_the_generator_follows_the_rules_file(tmp_path):
+    changed = (RULES / "farm-alerts.yml").read_text().replace("for: 10m", "for: 11m")
+    rule = yaml.safe_load(alerts.render(changed))
+    assert rule["spec"]["groups"] == yaml.safe_load(changed)["groups"]
+    assert rule != yaml.safe_load(alerts.render())
+    assert alerts.main([str(tmp_path / "rule.yaml")]) == 0
+    assert (tmp_path / "rule.yaml").read_text() == alerts.render()
+
+
+def test_the_prometheusrule_uses_only_fields_the_operator_knows():
+    rule = yaml.safe_load(alerts.OUTPUT.read_text())
+    assert set(rule["spec"]) == {"groups"}
+    for group in rule["spec"]["groups"]:
+        assert set(group) <= GROUP_FIELDS and group["name"]
+        for entry in group["rules"]:
+            assert set(entry) <= RULE_FIELDS and entry["expr"] and ("alert" in entry) != ("record" in entry), entry
+            assert DURATION.match(entry.get("for", "0")), entry
+            assert all(isinstance(v, str) for v in {**entry.get("labels", {}), **entry.get("annotations", {})}.values())
+
+
+def kustomizations_with_monitoring() -> list[str]:
+    found = []
+    for path in sorted((ROOT / "k8s").rglob("kustomization.yaml")):
+        if "components" in path.relative_to(ROOT / "k8s").parts:
+            continue
+        listed = yaml.safe_load(path.read_text()).get("components") or []
+        if any(Path(c).name == "monitoring" for c in listed):
+            found.append(str(path.parent.relative_to(ROOT)))
+    return found
+
+
+def rendered(path: str) -> list[dict]:
+    kubectl = shutil.which("kubectl")
+    if not kubectl:
+        pytest.skip("kubectl (with its built-in kustomize) is not installed")
+    result = subprocess.run([kubectl, "kustomize", str(ROOT / path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def test_some_overlay_includes_the_monitoring_component():
+    assert "k8s/overlays/gpu" in kustomizations_with_monitoring()
+
+
+@pytest.mark.parametrize("path", kustomizations_with_monitoring())
+def test_overlays_with_monitoring_render_the_prometheusrule_and_the_dashboards_folder(path):
+    docs = rendered(path)
+    namespaces = {d["metadata"].get("namespace") for d in docs if d["kind"] == "RayService"}
+    rules = [d for d in docs if d["kind"] == "PrometheusRule"]
+    assert len(rules) == 1
+    rule = rules[0]
+    assert rule["spec"]["groups"] == yaml.safe_load((RULES / "farm-alerts.yml").read_text())["groups"]
+    assert {rule["metadata"].get("namespace")} == namespaces  # next to the farm it watches
+    monitors = [d for d in docs if d["kind"] == "PodMonitor"]
+    assert monitors
+    for resource in [rule, *monitors]:  # one label convention for what the operator selects
+        assert resource["metadata"]["labels"]["app.kubernetes.io/part-of"] == "farm", resource["metadata"]
+    dashboards = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "farm-dashboards")
+    assert dashboards["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert dashboards["metadata"]["annotations"]["grafana_folder"] == "farm"
+    assert set(dashboards["data"]) == set(DASHBOARDS)
+
+
+def test_overlays_without_monitoring_render_no_operator_resources():
+    with_monitoring = set(kustomizations_with_monitoring())
+    for path in ("k8s/overlays/cpu-dev", "k8s/rayjob"):
+        if path in with_monitoring or not (ROOT / path / "kustomization.yaml").is_file():
+            continue
+        assert not [d for d in rendered(path) if d["apiVersion"].startswith("monitoring.coreos.com/")]
