@@ -25,7 +25,7 @@ class Server:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802 (http.server's name)
+            def do_GET(self):  # http.server's name
                 outer.hits += 1
                 status = outer.status if self.path == outer.path else 404
                 data = outer.body.encode()
