@@ -2,9 +2,14 @@
 """Set up farm's environment and run it: `python3 dev.py demo` or `python3 dev.py test`.
 
 Needs only python3. Creates a virtual environment in .venv (or $FARM_VENV), installs PyTorch
-(the CPU build where there is no NVIDIA GPU, so no multi-GB CUDA download), then farm and its
-test tools, and runs `farm demo` or `pytest`. Extra arguments go to that command. Re-runs skip
-what is already installed.
+(the CPU build where there is no NVIDIA GPU, so no multi-GB CUDA download), then farm with its
+rendering stack and test tools (`-e .[render,test]`), every package at the version in
+constraints.txt (what CI tested; the images install with the same file), and runs `farm demo` or
+`pytest`. Extra arguments go to that command. Re-runs skip what is already installed.
+
+`python3 dev.py constraints` rewrites constraints.txt from the virtual environment: an exact pin
+of every package that `farm[render,test]` needs, directly or not, as installed there (after an
+upgrade there: `.venv/bin/pip install -U ...`, then run it and commit the file).
 """
 
 from __future__ import annotations
@@ -19,9 +24,25 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 VENV = Path(os.environ.get("FARM_VENV", ROOT / ".venv"))
-TORCH_VERSION = "2.13.0"
+CONSTRAINTS = ROOT / "constraints.txt"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 PYTHON = BIN / "python"
+
+
+def pinned(name: str, constraints: Path = CONSTRAINTS) -> str:
+    """The version constraints.txt pins `name` to (`name==VERSION`)."""
+    for line in constraints.read_text().splitlines():
+        requirement = line.split("#", 1)[0].strip()
+        if requirement.partition("==")[0].strip().lower() == name.lower() and "==" in requirement:
+            return requirement.partition("==")[2].strip()
+    raise SystemExit(f"{constraints} pins no {name}")
+
+
+# The tested torch: the one place it is written is constraints.txt (the images check theirs
+# against it at build time: deploy/docker/check_torch.py).
+TORCH_VERSION = pinned("torch")
+# The extras the development environment (and CI) installs.
+EXTRAS = "render,test"
 
 
 def log(message: str) -> None:
@@ -61,8 +82,9 @@ def ensure_torch() -> None:
     version = installed_torch()
     if version and version.split("+")[0] == TORCH_VERSION:
         return
-    pip = [str(PYTHON), "-m", "pip", "install", "--disable-pip-version-check"]
+    pip = [str(PYTHON), "-m", "pip", "install", "--disable-pip-version-check", "-c", str(CONSTRAINTS)]
     if has_nvidia_gpu():
+        # PyPI's Linux wheel of torch 2.13 is the CUDA 13.0 build (it needs an NVIDIA driver >= 580).
         log(f"NVIDIA GPU found: installing torch {TORCH_VERSION} (CUDA build)")
         run(*pip, f"torch=={TORCH_VERSION}")
         return
@@ -82,12 +104,98 @@ def ensure_torch() -> None:
 
 def ensure_project() -> None:
     stamp = VENV / ".farm-installed"
-    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    digest = hashlib.sha256(
+        (ROOT / "pyproject.toml").read_bytes() + CONSTRAINTS.read_bytes() + EXTRAS.encode()
+    ).hexdigest()
     if stamp.exists() and stamp.read_text() == digest:
         return
-    log("installing farm and its dependencies")
-    run(str(PYTHON), "-m", "pip", "install", "--disable-pip-version-check", "-e", f"{ROOT}[test]")
+    log(f"installing farm[{EXTRAS}] and its dependencies, pinned by {CONSTRAINTS.name}")
+    run(
+        str(PYTHON), "-m", "pip", "install", "--disable-pip-version-check",
+        "-c", str(CONSTRAINTS), "-e", f"{ROOT}[{EXTRAS}]",
+    )
     stamp.write_text(digest)
+
+
+# Run by the virtual environment's python (it has `packaging`): every distribution that the
+# project's base dependencies and the named extras need, followed through each installed
+# distribution's own requirements (markers evaluated here, extras included), as `name==version`.
+CLOSURE_SCRIPT = r"""
+import sys, tomllib
+from importlib import metadata
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name as canon
+
+root, extras = sys.argv[1], sys.argv[2].split(",")
+project = tomllib.loads(open(root + "/pyproject.toml", encoding="utf-8").read())["project"]
+me, todo, taken = canon(project["name"]), [Requirement(r) for r in project["dependencies"]], set()
+
+def take(extra):
+    if extra in taken:
+        return
+    taken.add(extra)
+    for raw in project["optional-dependencies"][extra]:
+        requirement = Requirement(raw)
+        if canon(requirement.name) == me:
+            for inner in requirement.extras:
+                take(inner)
+        else:
+            todo.append(requirement)
+
+for extra in extras:
+    take(extra)
+versions, seen = {}, set()
+while todo:
+    requirement = todo.pop()
+    if requirement.marker is not None and not requirement.marker.evaluate({"extra": ""}):
+        continue
+    name = canon(requirement.name)
+    for extra in {""} | set(requirement.extras):
+        if (name, extra) in seen:
+            continue
+        seen.add((name, extra))
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            sys.exit(f"{name} is required but not installed in {sys.prefix}")
+        versions[name] = dist.version
+        for raw in dist.requires or []:
+            dependency = Requirement(raw)
+            if dependency.marker is None or dependency.marker.evaluate({"extra": extra}):
+                dependency.marker = None
+                todo.append(dependency)
+for name in sorted(versions):
+    print(name + "==" + versions[name])
+"""
+
+# Left out of constraints.txt: the CUDA-only wheels that torch's CUDA build brings (torch pins
+# them itself; the CPU path must never see them).
+CUDA_ONLY = ("nvidia-", "cuda-", "triton")
+
+
+def write_constraints() -> int:
+    result = subprocess.run(
+        [str(PYTHON), "-c", CLOSURE_SCRIPT, str(ROOT), EXTRAS], capture_output=True, text=True
+    )
+    if result.returncode != 0:
+        print(result.stderr, file=sys.stderr)
+        return 1
+    pins = []
+    for line in result.stdout.split():
+        name, _, version = line.partition("==")
+        if name.startswith(CUDA_ONLY):
+            continue
+        pins.append(f"{name}=={version.split('+')[0]}")  # torch 2.13.0+cpu: any build of 2.13.0
+    header = [
+        "# Exact versions of every package farm[render,test] needs, directly or not: what CI tests",
+        "# (Python 3.11, CPU). Used by dev.py (`pip install -c constraints.txt -e .[render,test]`),",
+        "# both images (deploy/docker) and the client install (`pip install -c constraints.txt",
+        "# 'farm[client]'`). torch's CUDA-only wheels (nvidia-*, cuda-*, triton) are not listed: torch",
+        "# pins them. Regenerate from the development venv with `python3 dev.py constraints`.",
+    ]
+    CONSTRAINTS.write_text("\n".join(header + pins) + "\n")
+    log(f"wrote {len(pins)} pins to {CONSTRAINTS}")
+    return 0
 
 
 def ensure_prometheus() -> None:
@@ -106,11 +214,16 @@ def ensure_prometheus() -> None:
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in ("demo", "test", "setup"):
+    if not argv or argv[0] not in ("demo", "test", "setup", "constraints"):
         print(__doc__)
-        print("usage: python3 dev.py demo|test|setup [arguments for farm demo / pytest]")
+        print("usage: python3 dev.py demo|test|setup|constraints [arguments for farm demo / pytest]")
         return 2
     command, rest = argv[0], argv[1:]
+    if command == "constraints":
+        if not PYTHON.exists():
+            log(f"no virtual environment in {VENV}: run `python3 dev.py setup` first")
+            return 1
+        return write_constraints()
     ensure_venv()
     ensure_torch()
     ensure_project()

@@ -82,7 +82,7 @@ def resolve_model(ref: str, *, variant: str | None = None, device: str = "cpu", 
         if not (local / "model_index.json").is_file():
             raise ModelUnavailableError(
                 f"model folder {local} has no model_index.json, so it is not a diffusers pipeline; "
-                "point --model at the folder that `save_pretrained` or `huggingface-cli download` produced"
+                "point --model at the folder that `save_pretrained` or `hf download` produced"
             )
         return ResolvedModel(ref, "local", local.resolve())
     if ref.startswith((".", "/", "~")) or ref.count("/") != 1:
@@ -93,10 +93,27 @@ def resolve_model(ref: str, *, variant: str | None = None, device: str = "cpu", 
     return ResolvedModel(ref, "hub", _download(ref, variant))
 
 
+def hub_offline() -> bool:
+    """Whether the Hugging Face Hub is in offline mode, as huggingface_hub itself decides:
+    HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) parsed by the Hub's own rule (1/ON/YES/TRUE in any
+    case), both as the Hub read it at import (it refuses every request then) and as the
+    environment says now (a worker may have been handed the setting after the Hub was imported)."""
+    from huggingface_hub import constants
+
+    def is_true(value: str | None) -> bool:
+        parse = getattr(constants, "_is_true", None)
+        if parse is not None:
+            return bool(parse(value))
+        return value is not None and value.upper() in constants.ENV_VARS_TRUE_VALUES
+
+    now = is_true(os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE"))
+    return bool(constants.HF_HUB_OFFLINE) or now
+
+
 def _download(repo_id: str, variant: str | None) -> Path:
     from diffusers import DiffusionPipeline
 
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+    offline = hub_offline()
     attempts = [variant, None] if variant else [None]
     last_error: Exception | None = None
     for attempt in attempts:
@@ -115,7 +132,8 @@ def _unavailable_message(repo_id: str, error: Exception | None, offline: bool) -
     return (
         f"model {repo_id!r} is not in the local cache ({hf_home}) and {mode} ({cause}). "
         "Provide the weights in one of these ways: "
-        f"(1) on a machine with internet run `huggingface-cli download {repo_id} --local-dir DIR`, copy DIR here "
+        f"(1) on a machine with internet run `hf download {repo_id} --local-dir DIR` (the `hf` command comes "
+        "with huggingface_hub), copy DIR here "
         "and pass `--model DIR` (or set FARM_MODEL=DIR); "
         "(2) copy a Hugging Face cache that holds the model and set HF_HOME to it, with HF_HUB_OFFLINE=1; "
         "(3) to try the farm without weights, use `--model tiny` (random weights, noise-like videos)."

@@ -115,7 +115,7 @@ def test_a_real_model_that_is_not_available_offline_explains_how_to_provide_it(t
     with pytest.raises(ModelUnavailableError) as caught:
         resolve_model("ali-vilab/i2vgen-xl")
     message = str(caught.value)
-    for needle in ("ali-vilab/i2vgen-xl", "HF_HOME", "HF_HUB_OFFLINE", "--model DIR", "huggingface-cli download", "tiny"):
+    for needle in ("ali-vilab/i2vgen-xl", "HF_HOME", "HF_HUB_OFFLINE", "--model DIR", "hf download", "tiny"):
         assert needle in message
 
 

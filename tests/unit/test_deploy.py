@@ -400,5 +400,12 @@ def test_dockerfiles_copy_what_exists_and_run_entry_points_that_exist(dockerfile
         assert json.loads(line)[0] in available
     for command in re.findall(r"&&\s*(\w+)\s+--version", text):
         assert command in available
-    assert re.search(r"^USER\s+farm$", text, flags=re.M), "runs as a non-root user"
+    # A numeric non-root user (Kubernetes' runAsNonRoot can verify only a uid), set before CMD;
+    # HEALTHCHECK, constraints and the torch check: tests/unit/test_packaging.py.
+    users = re.findall(r"^USER\s+(\S+)$", text, flags=re.M)
+    assert users and users[-1] in ("1000", "1000:1000"), "runs as uid 1000"
+    assert text.rindex("\nUSER ") < text.index("\nCMD "), "USER before CMD"
+    assert re.search(r"^HEALTHCHECK\s", text, flags=re.M), "a HEALTHCHECK"
+    for command in re.findall(r"^\s*CMD\s+(\[.*\])$", text, flags=re.M):  # HEALTHCHECK's CMD too
+        assert json.loads(command)[0] in available
     assert "/models" not in re.findall(r"^COPY.*$", text, flags=re.M), "no weights in the image"
