@@ -633,3 +633,19 @@ def test_the_secret_check_catches_committed_secrets():
     assert committed_secrets({"k8s/x.yaml": secret})
     reference = "env:\n  - name: REDIS_PASSWORD\n    valueFrom: {secretKeyRef: {name: farm-redis, key: password}}\n"
     assert committed_secrets({"k8s/x.yaml": reference}) == []
+
+
+def readonly_mounts(path: str) -> list[str]:
+    return [m["mountPath"] for _, template, _ in all_pod_templates(path)
+            for c in template["spec"].get("containers", []) for m in c.get("volumeMounts", []) if m.get("readOnly")]
+
+
+@pytest.mark.parametrize("path", KUSTOMIZATIONS)
+def test_the_hub_cache_is_never_on_a_read_only_mount(path):
+    """uid 1000 must be able to write HF_HOME (the Hub keeps tokens and metadata there): never a
+    folder under a volume the pods mount read-only (/models holds the weights, read-only)."""
+    readonly = readonly_mounts(path)
+    for doc in rendered(path):
+        if doc["kind"] == "ConfigMap" and "HF_HOME" in doc.get("data", {}):
+            home = doc["data"]["HF_HOME"]
+            assert not any(home == m or home.startswith(m.rstrip("/") + "/") for m in readonly), (path, home, readonly)
