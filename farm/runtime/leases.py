@@ -43,10 +43,15 @@ def this_process() -> ProcessId | None:
         return None
 
 
-def _start_ticks(pid: int) -> int:
+def _stat_fields(pid: int) -> list[str]:
+    """/proc/PID/stat from field 3 (the state) on: the command in parentheses may hold spaces."""
     with open(f"/proc/{pid}/stat") as handle:
         text = handle.read()
-    return int(text[text.rindex(")") + 2:].split()[19])  # field 22, after the command in parentheses
+    return text[text.rindex(")") + 2:].split()
+
+
+def _start_ticks(pid: int) -> int:
+    return int(_stat_fields(pid)[19])  # field 22
 
 
 def process_gone(process: ProcessId | None, me: ProcessId | None) -> bool:
@@ -62,7 +67,9 @@ def process_gone(process: ProcessId | None, me: ProcessId | None) -> bool:
     except PermissionError:
         pass
     try:
-        return _start_ticks(process.pid) != process.start_ticks  # the pid was reused
+        fields = _stat_fields(process.pid)
+        # a zombie (dead, not yet reaped), or the pid reused by another process
+        return fields[0] in ("Z", "X") or int(fields[19]) != process.start_ticks
     except (OSError, ValueError, IndexError):
         return True  # gone between the two looks
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
@@ -107,8 +108,6 @@ def test_two_processes_racing_to_create_one_lease_one_wins(tmp_path):
         "        pass\n"
         "print(wins)\n"
     )
-    import time
-
     start = str(time.time() + 1.5)
     procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path), name, start], stdout=subprocess.PIPE, text=True)
              for name in ("p1", "p2")]
@@ -246,6 +245,9 @@ def test_a_holder_that_was_a_process_of_this_machine_now_gone_is_taken_over_at_o
     try:
         dead = ProcessId(me.boot_id, me.pid_namespace, child.pid, _start_ticks(child.pid))
         assert not process_gone(dead, me)
+        child.kill()
+        time.sleep(0.5)  # dead, not reaped yet: a zombie counts as gone
+        assert process_gone(dead, me)
     finally:
         child.kill()
         child.wait()
@@ -265,8 +267,6 @@ def test_a_holder_that_was_a_process_of_this_machine_now_gone_is_taken_over_at_o
 
 
 def test_the_keeper_thread_renews_on_its_own(tmp_path):
-    import time
-
     store, calls = LocalStore(str(tmp_path)), Calls()
     a = LeaseKeeper(LeaseStore(store), Holder("A"), LeasePolicy(1.0), wanted=calls.wanted,
                     gained=calls.gained.append, lost=lambda j, r: calls.lost.append(j)).start()
