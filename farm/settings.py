@@ -129,6 +129,15 @@ class CoordinatorSettings(FarmBaseSettings):
     )
     max_queued_jobs: int = Field(100, ge=1, description="Submitted jobs waiting to start, at most (then 429).")
 
+    # --- job leases (farm.core.lease): one coordinator runs a job at a time -----------------
+    job_lease_ttl_s: float = Field(
+        60.0, ge=1.0, description="A coordinator runs a job only while it holds the job's lease in FARM_STATE_URI "
+        "(leases/JOB_ID.json), renewed every TTL/3; one that cannot renew stops dispatching the job's items after "
+        "5/6 of the TTL. Another coordinator (a RayService upgrade's new cluster) takes a job over once its lease "
+        "has not changed for a whole TTL: between 2/3 and 4/3 of the TTL after its holder stopped renewing, at once "
+        "when the holder released it (a clean stop) or was a process on the same machine that is gone."
+    )
+
 
 class WorkerSettings(FarmBaseSettings):
     """Render workers: the device, precision and the card they believe they have. Each worker

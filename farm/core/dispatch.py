@@ -22,6 +22,8 @@ The decisions it owns:
   (up to `MAX_ATTEMPTS` tries), and the worker probed; gone for good: its tier's queued items
   are planned again on the tiers left, or fail when no worker is left;
 - cancellation: queued items dropped (running ones finish and are kept);
+- release (the job's lease went to another coordinator): queued items leave the queue as they
+  are, running ones finish; nothing of the job is sent again (no requeue, no escalation);
 - nobody left who can take the queued work: those items fail, unless the autoscaler was asked
   for their tier (`CapacityAwaited`): they wait, until the runtime says it did not come
   (`TierUnprovided`: planned on the tiers there are);
@@ -69,6 +71,15 @@ class JobAdmitted:
 
 @dataclass(frozen=True)
 class JobCancelled:
+    job_id: str
+
+
+@dataclass(frozen=True)
+class JobReleased:
+    """The job is no longer this farm's to run (its lease went to another coordinator): its
+    queued items leave the queue untouched (still queued in its record, for the new holder);
+    what is rendering or uploading finishes and is recorded, nothing of it is sent again."""
+
     job_id: str
 
 
@@ -187,7 +198,7 @@ class Tick:
     """Nothing happened; look for work to send (and for work nobody can take)."""
 
 
-Event = (JobAdmitted | JobCancelled | WorkerReplied | WorkerCallFailed | WorkerLost | WorkerProbed
+Event = (JobAdmitted | JobCancelled | JobReleased | WorkerReplied | WorkerCallFailed | WorkerLost | WorkerProbed
          | WorkerStarting | WorkerJoined | WorkerStartFailed | WorkerRetired | WorkerDraining | CapacityAwaited
          | TierUnprovided | DrainRequested | HandBackHeld | Tick)
 
@@ -334,6 +345,7 @@ class DispatchJob:
     state: JobState
     priority: int
     items: dict[str, DispatchItem] = field(default_factory=dict)
+    released: bool = False  # its lease went to another coordinator (`JobReleased`)
 
 
 class DispatchState:
@@ -468,6 +480,20 @@ class DispatchState:
         if dropped:
             out.append(ItemsCancelled(job.id, len(dropped)))
 
+    def _on_JobReleased(self, event: JobReleased, out: list) -> None:
+        job = self.jobs.get(event.job_id)
+        if job is None:
+            return
+        job.released = True
+        for item_id in self.queue.remove_job(job.id):
+            job.items.pop(item_id, None)
+
+    def _drop_released(self, job: DispatchJob, item_id: str) -> None:
+        """An item of a released job that came back unfinished: queued in its record, not here."""
+        if job.state.items[item_id].state == RUNNING:
+            job.state.hand_back(item_id)
+        job.items.pop(item_id, None)
+
     def _on_WorkerReplied(self, event: WorkerReplied, out: list) -> None:
         slot = self.workers[event.worker]
         if event.call == COMMITS:
@@ -492,6 +518,9 @@ class DispatchState:
             return
         if self.draining:  # stopping: not moved on
             job.state.hand_back(escalated.item_id)
+            return
+        if job.released:  # another coordinator runs the job now
+            self._drop_released(job, escalated.item_id)
             return
         self._escalate(slot, job, escalated, out)
 
@@ -520,6 +549,8 @@ class DispatchState:
             job.state.mark_cancelled(item_id)
             job.items.pop(item_id, None)
             out.append(ItemsCancelled(job.id, 1))
+        elif job.released:
+            job.items.pop(item_id, None)
         elif not self.draining:  # the farm stopping: kept queued for a resumed job
             self._requeue(job.id, item_id)
 
@@ -573,8 +604,10 @@ class DispatchState:
             job = self.jobs.get(job_id)
             if job is None:
                 continue
-            if job.state.worker_lost(item_id, message) and not job.state.cancelled:
+            if job.state.worker_lost(item_id, message) and not job.state.cancelled and not job.released:
                 self._requeue(job_id, item_id)
+            elif job.released:
+                job.items.pop(item_id, None)
             elif job.state.items[item_id].state != QUEUED:  # failed: no attempts left
                 job.items.pop(item_id, None)
         out.append(StopWorker(slot.name) if drained else ProbeWorker(slot.name))

@@ -9,8 +9,22 @@ waits until each has finished what the old one gave it and uploaded it, then rel
 unfinished job from the registry and runs it again: committed items are skipped (their
 sidecars), so nothing is rendered or committed twice.
 
+Leases (farm.core.lease): a coordinator runs a job only while it holds the job's lease
+(`leases/JOB_ID.json` in FARM_STATE_URI, renewed every FARM_JOB_LEASE_TTL_S/3). Two coordinators
+on one state store (the old and the new cluster of a RayService upgrade) so never run the same
+job: at start every unfinished job is watched and run once its lease is had (at once when it is
+free, or its holder was a process on this machine that is gone; after a TTL without renewal
+otherwise); a new job's lease is taken when it is accepted; a lease lost (taken over, or not
+renewed in time) stops the job's dispatch here at once (what is rendering finishes and commits:
+commits are exactly-once); a finished or cancelled job's lease is deleted. A job held elsewhere
+is reported as such (`held_by`), and a cancel of it is passed on (`cancels/JOB_ID.json`, which
+its holder reads). Jobs accepted by another coordinator after this one started are found by a
+rescan of the registry every TTL.
+
 Threads: Ray calls (submit, status, ...) run on the actor's thread pool; one admission thread
-checks, scans and plans submitted jobs in order; one dispatch thread drives the engine.
+checks, scans and plans submitted jobs in order; one dispatch thread drives the engine; one
+thread keeps the leases (farm.runtime.leases) and one looks at the registry for the jobs of other
+coordinators (new jobs, their state, cancel requests).
 """
 
 from __future__ import annotations
@@ -30,13 +44,16 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
 from farm import __version__
 from farm.core.errors import FarmError, JobConflictError, QueueFullError, StorageError
 from farm.core.job import FINAL_ITEM_STATES, FINAL_JOB_STATES, JobState, JobStatus
+from farm.core.lease import Holder, LeasePolicy
 from farm.core.manifest import JobSpec
 from farm.core.tiers import load_tier_table
 from farm.runtime.engine import ActiveJob, Engine
 from farm.runtime.jobs import JobRecorder, clear_staging, prepare_job, write_job_files
+from farm.runtime.leases import LeaseKeeper, coordinator_holder
 from farm.settings import FarmSettings, load_settings
 from farm.storage import canonical_output, open_store
 from farm.storage.base import item_keys, job_record_key, job_spec_key
+from farm.storage.lease import LeaseStore, lease_storage_config
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +90,22 @@ class JobRegistry:
     def put(self, entry: dict) -> None:
         self.store.put_bytes(f"jobs/{entry['id']}.json", json.dumps(entry, indent=1).encode(), "application/json")
 
+    def get(self, job_id: str) -> dict | None:
+        """One job's record as it is now (None: none, or not a readable record). StorageError."""
+        data = self.store.get_bytes(f"jobs/{job_id}.json")
+        if data is None:
+            return None
+        try:
+            entry = JobRecordEntry.model_validate_json(data).model_dump()
+        except ValidationError:
+            return None
+        return entry if entry["id"] == job_id else None
+
+    def ids(self) -> set[str]:
+        """The ids the registry has records for (one listing, no record read)."""
+        return {info.key[len("jobs/"):-len(".json")] for info in self.store.list("jobs/")
+                if info.key.endswith(".json") and "/" not in info.key[len("jobs/"):]}
+
     def list(self) -> list[dict]:
         entries, self.skipped = [], []
         for info in self.store.list("jobs/"):
@@ -105,7 +138,11 @@ def coordinator_settings(settings: FarmSettings | dict | None) -> FarmSettings:
 class Coordinator:
     """The service's job state and render pool (a detached Ray actor; see the module text)."""
 
-    def __init__(self, settings: FarmSettings | dict | None = None):
+    def __init__(self, settings: FarmSettings | dict | None = None, *, engine: Engine | None = None,
+                 holder: Holder | None = None):
+        """`engine`: one built by the caller (tests: in-process workers, no Ray); default the
+        service's, whose workers follow the cluster's GPUs. `holder`: this instance's name in
+        lease records (default: host, pid and a random part)."""
         self.settings = coordinator_settings(settings)
         self.model = self.settings.model_ref
         self.table = load_tier_table(self.settings.tiers_file)
@@ -117,12 +154,34 @@ class Coordinator:
         self.entries: dict[str, dict] = {}  # job id -> registry entry (every job this farm knows)
         self.states: dict[str, JobState] = {}  # job id -> live state (admitted or finished here)
         self.finished = collections.OrderedDict()  # job id -> final record summary (bounded)
-        self.pending: queue.Queue[str] = queue.Queue()
+        self.pending: queue.Queue[str | None] = queue.Queue()
         self.started_at = time.time()
+        self.policy = LeasePolicy(self.settings.coordinator.job_lease_ttl_s)
+        self.holder = holder or coordinator_holder()
+        lease_store = LeaseStore(open_store(state_uri, lease_storage_config(self.settings.storage, self.policy.ttl_s)))
+        if not lease_store.exclusive:
+            log.warning("FARM_S3_CONDITIONAL_WRITES=false: job leases are not exclusive, so two coordinators on "
+                        "one FARM_STATE_URI (a RayService upgrade) may run the same job")
+        self.lease_registry = JobRegistry(lease_store.store)  # reads with the leases' short timeouts
+        self.leases = LeaseKeeper(lease_store, self.holder, self.policy, wanted=self._lease_wanted,
+                                  gained=self._lease_gained, lost=self._lease_lost)
+        self.released: set[str] = set()  # jobs the engine still finishes whose lease went elsewhere
+        self._closing = threading.Event()
         from farm.metrics import FarmMetrics
 
         self.metrics = FarmMetrics()
         self.metrics.tier_budgets({t.name: t.budget_bytes for t in self.table.tiers})
+        self.engine = engine if engine is not None else self._service_engine()
+        self._reload()
+        self.metrics.skipped_records.set(len(self.registry.skipped))
+        self.leases.start()
+        self._threads = [threading.Thread(target=target, name=name, daemon=True) for target, name in (
+            (self._admit_loop, "farm-admission"), (self._dispatch_loop, "farm-dispatch"),
+            (self._registry_loop, "farm-registry"))]
+        for thread in self._threads:
+            thread.start()
+
+    def _service_engine(self) -> Engine:
         from farm.runtime.mailbox import RayMailbox
 
         mailbox = RayMailbox()  # the workers' commit reports; killed with this actor (it owns it)
@@ -131,13 +190,21 @@ class Coordinator:
         # Workers follow the cluster's GPUs; they are named detached actors, so that they outlive
         # this actor: after a restart the new incarnation adopts them, and no model is loaded again.
         fleet = RayFleet(self.model, self.settings, mailbox=mailbox, namespace=NAMESPACE)
-        self.engine = Engine([], self.table, self.metrics, self.settings, mailbox=mailbox, fleet=fleet)
-        self.engine.adopt(fleet.adoptable_workers())
-        self.engine.warm_start()  # the rest load in the background; dispatch starts with the first
-        self._reload()
-        self.metrics.skipped_records.set(len(self.registry.skipped))
-        threading.Thread(target=self._admit_loop, name="farm-admission", daemon=True).start()
-        threading.Thread(target=self._dispatch_loop, name="farm-dispatch", daemon=True).start()
+        engine = Engine([], self.table, self.metrics, self.settings, mailbox=mailbox, fleet=fleet)
+        engine.adopt(fleet.adoptable_workers())
+        engine.warm_start()  # the rest load in the background; dispatch starts with the first
+        return engine
+
+    def close(self, *, release: bool = True) -> None:
+        """Stop this coordinator's threads (tests, and a service that stops): `release` deletes
+        the leases it holds so that another coordinator takes those jobs over at once; without,
+        they lapse after the TTL, as a crashed coordinator's do."""
+        self._closing.set()
+        self.pending.put(None)
+        self.leases.stop(release=release)
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join(timeout=30)
 
     # --- submission ---------------------------------------------------------------------------
 
@@ -148,7 +215,7 @@ class Coordinator:
             raise FarmError(f"this farm renders with model {self.model!r}, not {spec.model!r}; omit `model` or use it")
         self._check_apart_from_state(spec)
         with self.lock:
-            waiting = sum(1 for e in self.entries.values() if e["state"] == "queued")
+            waiting = sum(1 for e in self.entries.values() if e["state"] == "queued" and not self.leases.held_elsewhere(e["id"]))
             limit = self.settings.coordinator.max_queued_jobs
             if waiting >= limit:
                 raise QueueFullError(f"{waiting} jobs are already queued (the limit is {limit}); try later")
@@ -174,7 +241,12 @@ class Coordinator:
             "submitted_at": time.time(),
             "farm_version": __version__,
         }
-        self.registry.put(entry)
+        self.leases.create(entry["id"])  # before the record: no other coordinator can take it first
+        try:
+            self.registry.put(entry)
+        except StorageError:
+            self.leases.release(entry["id"])
+            raise
         with self.lock:
             self.entries[entry["id"]] = entry
         self.pending.put(entry["id"])
@@ -198,6 +270,13 @@ class Coordinator:
                 return None
             if entry["state"] in FINAL_JOB_STATES:
                 return self.status(job_id)
+            elsewhere = not self.leases.holds(job_id) and job_id not in self.states
+        if elsewhere:  # another coordinator runs it (or will): it reads the request and cancels
+            self.leases.leases.request_cancel(job_id, self.holder.id, time.time())
+            with self.lock:
+                entry["cancel_forwarded"] = True
+            return self.status(job_id)
+        with self.lock:
             entry["cancel_requested"] = True
             if job_id not in self.states:  # not admitted yet: nothing ran, everything is dropped
                 entry["counts"] = {"total": entry.get("items", 0), "cancelled": entry.get("items", 0)}
@@ -216,6 +295,12 @@ class Coordinator:
             state = self.states.get(job_id)
             summary = dict(entry)
             summary.pop("cancel_requested", None)
+            elsewhere = None
+            if state is None and entry["state"] not in FINAL_JOB_STATES:
+                elsewhere = self.leases.held_elsewhere(job_id)
+            if elsewhere is not None:  # run by another coordinator: its record, not a claim to run it
+                summary["held_by"] = elsewhere.holder
+                summary["lease_expires_at"] = elsewhere.expires_at
             if state is not None:  # counts and rates only: the per-item record is never rebuilt here
                 counts = state.counts()
                 rate, eta = state.throughput(counts)
@@ -310,6 +395,9 @@ class Coordinator:
             "storage": storage_ok,
             "skipped_job_records": self.registry.skipped[:20],
             "active_jobs": active,
+            # Job leases: held here, watched (held elsewhere, or not yet had), the last ones lost.
+            "leases": {**self.leases.counts(), "holder": self.holder.id, "exclusive": self.leases.leases.exclusive,
+                       "lost": self.leases.losses[-5:]},
             "model": self.model,
             "uptime_seconds": round(time.time() - self.started_at, 1),
         }
@@ -332,6 +420,10 @@ class Coordinator:
             job.state.interrupted = True
             if job.recorder is not None:
                 job.recorder.close(final=True)
+        # The records are written: the next coordinator (this service started again, or a new
+        # cluster's) may take the jobs over at once instead of after the leases' TTL.
+        self._closing.set()
+        self.leases.stop(release=True)
         return {"handed_back": len(handed_back), "jobs": len(jobs)}
 
     def metrics_text(self) -> bytes:
@@ -344,6 +436,8 @@ class Coordinator:
         with self.lock:
             counts: dict[str, int] = {}
             for entry in self.entries.values():
+                if entry["state"] not in FINAL_JOB_STATES and self.leases.held_elsewhere(entry["id"]):
+                    continue  # counted by the coordinator that runs it (two clusters: not twice)
                 counts[entry["state"]] = counts.get(entry["state"], 0) + 1
         self.metrics.job_states(counts)
 
@@ -364,20 +458,24 @@ class Coordinator:
         for entry in entries:
             self.entries[entry["id"]] = entry
             if entry["state"] not in FINAL_JOB_STATES:
-                entry["state"] = "queued"
-                self.pending.put(entry["id"])
+                self.leases.watch(entry["id"])  # run once its lease is ours (`_lease_gained`)
 
     def _admit_loop(self) -> None:
         # Adopted workers first finish and upload what the last coordinator gave them: only then
         # does a job's scan of its output see every commit (no item rendered twice).
         while self.engine.adopting():
             time.sleep(0.1)
-        while True:
+        while not self._closing.is_set():
             job_id = self.pending.get()
+            if job_id is None or self._closing.is_set():
+                return
             with self.lock:
                 entry = self.entries[job_id]
-                if entry["state"] in FINAL_JOB_STATES:
-                    continue
+                if entry["state"] in FINAL_JOB_STATES or job_id in self.states or not self.leases.holds(job_id):
+                    continue  # finished, admitted already, or not ours (`_lease_gained` queues it again)
+            if job_id in self.engine.jobs:  # its last run here (lease lost) is still finishing
+                threading.Timer(0.5, self.pending.put, (job_id,)).start()
+                continue
             try:
                 self._admit(entry)
             except Exception as error:  # the job cannot run; the farm goes on
@@ -403,19 +501,23 @@ class Coordinator:
         job.on_finish = lambda finished: self._job_done(finished, store)
         plan, decision = prepare_job(self.engine, job, store)
         with self.lock:
-            if entry["state"] in FINAL_JOB_STATES:  # cancelled while it was being prepared
-                recorder.close(final=False)
+            if entry["state"] in FINAL_JOB_STATES or not self.leases.holds(entry["id"]):
+                recorder.close(final=False)  # cancelled, or its lease lost, while it was prepared
                 return
             self.states[entry["id"]] = state
             entry["state"] = "running"
             entry["started_at"] = time.time()
+            entry.pop("lease_lost", None)
             self.registry.put(entry)
         recorder.write(force=True)
         self.engine.admit(job, plan, decision.replace)
+        if not self.leases.holds(entry["id"]):  # lost between the check and the admission
+            self._lease_lost(entry["id"], "lost while the job was being admitted")
 
     def _dispatch_loop(self) -> None:
-        while True:
+        while not self._closing.is_set():
             try:
+                self.leases.expire_overdue()  # a renewal stuck in storage must not keep us dispatching
                 if self.engine.busy():
                     self.engine.step(0.5)
                 else:
@@ -426,6 +528,14 @@ class Coordinator:
                 time.sleep(1.0)
 
     def _job_done(self, job: ActiveJob, store) -> None:
+        with self.lock:
+            released = job.id in self.released
+            self.released.discard(job.id)
+        if released:  # its lease went elsewhere: the new holder finishes it (and clears staging)
+            if job.recorder is not None:
+                job.recorder.close(final=False, discard=True)
+            log.info("job %s: handed over; what was rendering here when its lease was lost has ended", job.id)
+            return
         clear_staging(store, job.state.spec.name)
         job.state.finish()
         job.recorder.close(final=True)
@@ -444,12 +554,123 @@ class Coordinator:
         if message:
             entry["message"] = message
         entry.pop("cancel_requested", None)
+        entry.pop("cancel_forwarded", None)
+        entry.pop("lease_lost", None)
         try:
             self.registry.put(entry)
         except StorageError as error:
             log.warning("job record %s not updated: %s", entry["id"], error)
+        # After the final record: whoever sees the lease gone and reads the record finds it done.
+        threading.Thread(target=self.leases.release, args=(entry["id"],), daemon=True).start()
         if entry.get("notify_url") and job_state is None:
             threading.Thread(target=self._notify, args=(entry,), daemon=True).start()
+
+    # --- leases --------------------------------------------------------------------------------
+
+    def _lease_wanted(self, job_id: str) -> bool:
+        """(The lease thread, before acquiring) Is the job still to be run? Its record now."""
+        current = self.lease_registry.get(job_id)  # StorageError: the keeper tries again later
+        with self.lock:
+            entry = self.entries.get(job_id)
+            if entry is None or current is None:
+                return False
+            if entry["state"] in FINAL_JOB_STATES:
+                return False
+            if current["state"] in FINAL_JOB_STATES:  # finished by another coordinator
+                entry.clear()
+                entry.update(current)
+                return False
+            return True
+
+    def _lease_gained(self, job_id: str) -> None:
+        """The job's lease is ours: run it (committed items are skipped as after a restart)."""
+        with self.lock:
+            entry = self.entries.get(job_id)
+            if entry is None or entry["state"] in FINAL_JOB_STATES:
+                return
+            if job_id not in self.states:
+                entry["state"] = "queued"
+        self.pending.put(job_id)
+
+    def _lease_lost(self, job_id: str, reason: str) -> None:
+        """The job's lease is gone: dispatch none of its items any more (those rendering finish
+        and commit), write none of its records, and watch it (to take it back once free)."""
+        recorder = None
+        with self.engine.lock, self.lock:  # the engine's first, as its callbacks take ours
+            entry = self.entries.get(job_id)
+            if entry is None or entry["state"] in FINAL_JOB_STATES:
+                return
+            entry["lease_lost"] = {"reason": reason, "at": time.time()}
+            self.states.pop(job_id, None)
+            job = self.engine.jobs.get(job_id)
+            if job is not None and job_id not in self.released:
+                self.released.add(job_id)
+                recorder, job.recorder = job.recorder, None
+                self.engine.release(job_id)  # may end the job here at once (`_job_done`)
+        if recorder is not None:
+            recorder.close(final=False, discard=True)
+        self.leases.watch(job_id)
+
+    def _registry_loop(self) -> None:
+        """Every TTL/3: cancel requests for jobs held here; the records of jobs held elsewhere
+        (their state); every TTL: jobs other coordinators accepted since this one started."""
+        next_scan = time.monotonic() + self.policy.ttl_s
+        while not self._closing.wait(self.policy.poll_s):
+            try:
+                self._take_cancel_requests()
+                self._refresh_watched()
+                if time.monotonic() >= next_scan:
+                    next_scan = time.monotonic() + self.policy.ttl_s
+                    self._scan_registry()
+            except StorageError as error:
+                log.warning("job registry not read: %s", error)
+            except Exception:  # keep looking
+                log.exception("job registry pass failed")
+
+    def _take_cancel_requests(self) -> None:
+        for job_id in self.leases.leases.cancel_requests():
+            with self.lock:
+                entry = self.entries.get(job_id)
+                mine = entry is not None and self.leases.holds(job_id)
+                done = entry is not None and entry["state"] in FINAL_JOB_STATES
+            if mine:
+                log.info("job %s: cancelled by a request to another coordinator", job_id)
+                self.cancel(job_id)
+            if mine or done:
+                self.leases.leases.clear_cancel(job_id)
+
+    def _refresh_watched(self) -> None:
+        with self.lock:
+            watched = [job_id for job_id, e in self.entries.items()
+                       if e["state"] not in FINAL_JOB_STATES and job_id not in self.states
+                       and self.leases.held_elsewhere(job_id) is not None]
+        for job_id in watched:
+            current = self.registry.get(job_id)
+            if current is None:
+                continue
+            with self.lock:
+                entry = self.entries.get(job_id)
+                if entry is None or job_id in self.states or entry["state"] in FINAL_JOB_STATES:
+                    continue
+                entry.clear()
+                entry.update(current)
+            if current["state"] in FINAL_JOB_STATES:
+                self.leases.forget(job_id)
+
+    def _scan_registry(self) -> None:
+        with self.lock:
+            known = set(self.entries)
+        for job_id in sorted(self.registry.ids() - known):
+            entry = self.registry.get(job_id)
+            if entry is None:
+                continue
+            with self.lock:
+                if job_id in self.entries:
+                    continue
+                self.entries[job_id] = entry
+            if entry["state"] not in FINAL_JOB_STATES:
+                log.info("job %s: accepted by another coordinator; watched", job_id)
+                self.leases.watch(job_id)
 
     def _notify(self, entry: dict) -> None:
         from farm.storage.inputs import post_json

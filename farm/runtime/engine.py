@@ -329,6 +329,16 @@ class Engine:
             self._carry_out(self.state.handle(dispatch.JobCancelled(job_id)))
             return True
 
+    def release(self, job_id: str) -> bool:
+        """Send no more of the job's items (another coordinator holds its lease now): queued ones
+        stay queued in its record, running ones finish and commit; the job then ends here
+        (`on_finish`) without any of its queued items being marked."""
+        with self.lock:
+            if job_id not in self.jobs:
+                return False
+            self._carry_out(self.state.handle(dispatch.JobReleased(job_id)))
+            return True
+
     # --- workers --------------------------------------------------------------------------------
 
     def adopt(self, workers: list[Worker]) -> None:

@@ -140,10 +140,15 @@ class JobRecorder:
         totals["median_ms"] = {name: round(1e3 * v[len(v) // 2], 3) if v else None for name, v in recent.items()}
         return totals
 
-    def close(self, *, final: bool = True) -> None:
+    def close(self, *, final: bool = True, discard: bool = False) -> None:
+        """Stop the writer: `final` writes the record once more and waits for it; `discard`
+        drops a snapshot not yet written (the job went to another coordinator, whose record
+        this one must not overwrite)."""
         if final:
             self.write(force=True)
         with self._wake:
+            if discard:
+                self._header, self._changed = None, {}
             self._closed = True
             self._wake.notify()
         self._thread.join()

@@ -74,6 +74,8 @@ class JobStatus(BaseModel):
     message: str | None = None
     notify_url: str | None = None
     output_prefix: str | None = None
+    held_by: str | None = None  # another coordinator runs the job (its lease holder), not the one asked
+    lease_expires_at: float | None = None
 
 
 class JobPage(BaseModel):

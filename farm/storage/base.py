@@ -44,6 +44,10 @@ class OutputStore(Protocol):
 
     def get_bytes(self, key: str) -> bytes | None: ...
 
+    def get_object(self, key: str) -> tuple[bytes, ObjectInfo] | None:
+        """The bytes and the etag of one and the same version (for compare-and-swap), or None."""
+        ...
+
     def head(self, key: str) -> ObjectInfo | None: ...
 
     def sha256(self, key: str) -> str | None:

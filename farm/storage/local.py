@@ -3,7 +3,8 @@
 Every write lands atomically (temp file, fsync, rename), so a crash never leaves a half-written
 video or sidecar under its final name. Conditional writes are real: `if_none_match` links the
 temp file into place (which fails if the name exists), `if_match` compares and replaces under a
-lock. An object's etag is its size and modification time in nanoseconds.
+lock. An object's etag is its size, modification time in nanoseconds and inode (every write
+renames a new file into place, so a rewrite within one clock tick still changes the etag).
 """
 
 from __future__ import annotations
@@ -42,8 +43,11 @@ class LocalStore:
 
     @staticmethod
     def _info(key: str, path: Path) -> ObjectInfo:
-        stat = path.stat()
-        return ObjectInfo(key, f"{stat.st_size:x}-{stat.st_mtime_ns:x}", stat.st_size)
+        return LocalStore._info_of(key, path.stat())
+
+    @staticmethod
+    def _info_of(key: str, stat: os.stat_result) -> ObjectInfo:
+        return ObjectInfo(key, f"{stat.st_size:x}-{stat.st_mtime_ns:x}-{stat.st_ino:x}", stat.st_size)
 
     def _error(self, target: Path, exc: OSError) -> StorageError:
         if exc.errno == errno.ENOSPC:
@@ -111,6 +115,14 @@ class LocalStore:
         try:
             return self._path(key).read_bytes()
         except FileNotFoundError:
+            return None
+
+    def get_object(self, key: str) -> tuple[bytes, ObjectInfo] | None:
+        """The bytes and the etag of the same version (read from one open file), or None."""
+        try:
+            with open(self._path(key), "rb") as handle:
+                return handle.read(), self._info_of(key, os.fstat(handle.fileno()))
+        except (FileNotFoundError, IsADirectoryError):
             return None
 
     def sha256(self, key: str) -> str | None:

@@ -190,7 +190,20 @@ class S3Store:
         arguments = {"Bucket": self.bucket, "Key": full, "Body": data, **conditions}
         if content_type:
             arguments["ContentType"] = content_type
-        response = self._run(lambda: self.client.put_object(**arguments), f"write s3://{self.bucket}/{full}")
+        what = f"write s3://{self.bucket}/{full}"
+
+        def put():
+            from botocore.exceptions import ClientError
+
+            try:
+                return self.client.put_object(**arguments)
+            except ClientError as exc:
+                # If-Match on an object that is gone: S3 answers 404 NoSuchKey, not 412.
+                if "IfMatch" in conditions and exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                    raise CommitConflict(f"{what}: the object is gone (replaced or removed by another writer)") from None
+                raise
+
+        response = self._run(put, what)
         return ObjectInfo(key, response.get("ETag", "").strip('"'), len(data))
 
     def get_bytes(self, key: str) -> bytes | None:
@@ -205,6 +218,24 @@ class S3Store:
                 if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                     return None
                 raise
+
+        return self._run(read, f"read s3://{self.bucket}/{full}")
+
+    def get_object(self, key: str) -> tuple[bytes, ObjectInfo] | None:
+        """The bytes and the etag of the same version (one GetObject), or None."""
+        full = self._key(key)
+
+        def read():
+            from botocore.exceptions import ClientError
+
+            try:
+                response = self.client.get_object(Bucket=self.bucket, Key=full)
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                    return None
+                raise
+            data = response["Body"].read()
+            return data, ObjectInfo(key, response.get("ETag", "").strip('"'), len(data))
 
         return self._run(read, f"read s3://{self.bucket}/{full}")
 
