@@ -343,6 +343,18 @@ def test_the_serve_config_points_at_the_farm_app():
     assert serve["http_options"]["port"] == 8000
 
 
+@pytest.mark.parametrize("path", ["k8s/overlays/gpu", "k8s/overlays/cpu-dev"])
+def test_upgrades_start_a_new_cluster_and_leave_the_old_one_time_to_commit(path):
+    """A rayClusterConfig change brings up a second cluster; the job lease (FARM_JOB_LEASE_TTL_S)
+    keeps its coordinator off the jobs the old one still renews. The old cluster must live long
+    enough after the switch for its in-flight items to commit."""
+    from farm.settings import CoordinatorSettings
+
+    spec = next(d for d in rendered(path) if d["kind"] == "RayService")["spec"]
+    assert spec["upgradeStrategy"]["type"] == "NewCluster"
+    assert spec["rayClusterDeletionDelaySeconds"] >= CoordinatorSettings().job_lease_ttl_s
+
+
 def test_the_ray_job_runs_farm_on_the_mounted_manifest():
     job = next(d for d in rendered("k8s/rayjob") if d["kind"] == "RayJob")
     assert job["spec"]["entrypoint"].split()[:2] == ["farm", "run"]
