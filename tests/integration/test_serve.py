@@ -173,7 +173,10 @@ def test_killing_the_coordinator_mid_job_renders_nothing_twice(service):
     for key, etag in before.items():
         assert after[key] == etag, f"{key} was rendered again"
     record = json.loads(service.s3().get_object(Bucket=BUCKET, Key="api/durable/job.json")["Body"].read())
-    assert record["counts"]["skipped"] == len(before) and record["counts"]["succeeded"] == 6 - len(before)
+    # The adopted worker may commit the item it was rendering after `before` was read: skipped
+    # then counts it too. Every item is counted once either way.
+    counts = record["counts"]
+    assert counts["skipped"] >= len(before) and counts["skipped"] + counts["succeeded"] == 6, counts
 
 
 def test_an_upload_is_a_one_item_job(service):
