@@ -27,6 +27,7 @@ import farm
 from farm.core.drain import NODE_DRAINING
 from farm.core.errors import FAILURE_REASONS, FailureReason
 from farm.core.job import FAILED, FINAL_ITEM_STATES, JOB_STATES, SUCCEEDED
+from farm.core.lease import LOSS_KINDS, loss_kind
 from farm.core.ladder import STEPS
 from farm.core.params import RESOLUTIONS
 from farm.core.tiers import CPU_TIER
@@ -98,6 +99,15 @@ class FarmMetrics:
         self.skipped_records = Gauge(
             "farm_job_records_skipped", "Files in the job registry skipped as unreadable or not job records", registry=r,
         )
+        self.job_leases = Gauge(
+            "farm_job_leases", "Job leases of this coordinator: held (it runs the job) or watched (another does)",
+            ["state"], registry=r,
+        )
+        self.lease_losses = Counter(
+            "farm_job_lease_losses", "Job leases this coordinator lost while running the job", ["kind"], registry=r,
+        )
+        for kind in LOSS_KINDS:
+            self.lease_losses.labels(kind)  # at 0 from the start: increase() sees the first loss
         self.build_info = Gauge(
             "farm_build_info", "Always 1: the versions of farm, Python, Ray, torch and diffusers in the engine's process",
             ["version", "python", *BUILD_PACKAGES], registry=r,
@@ -196,6 +206,13 @@ class FarmMetrics:
     def tier_budgets(self, budgets: dict[str, int]) -> None:
         for tier, budget in budgets.items():
             self.memory_budget.labels(tier).set(budget)
+
+    def leases(self, counts: dict[str, int]) -> None:
+        for state in ("held", "watched"):
+            self.job_leases.labels(state).set(counts.get(state, 0))
+
+    def lease_lost(self, reason: str) -> None:
+        self.lease_losses.labels(loss_kind(reason)).inc()
 
     def job_states(self, counts: dict[str, int]) -> None:
         for state in JOB_STATES:

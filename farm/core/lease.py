@@ -294,3 +294,13 @@ class LeaseTracker:
             self.renew_at = now + self.policy.retry_s
         else:
             self.read_at = now + self.policy.retry_s
+
+
+LOSS_KINDS = ("not_renewed", "removed", "taken_over")
+
+
+def loss_kind(reason: str) -> str:
+    """The metric label of a loss reason (the reason itself names holders and seconds)."""
+    if reason.startswith("not renewed"):
+        return "not_renewed"
+    return "removed" if "removed" in reason else "taken_over"

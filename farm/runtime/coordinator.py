@@ -440,6 +440,7 @@ class Coordinator:
                     continue  # counted by the coordinator that runs it (two clusters: not twice)
                 counts[entry["state"]] = counts.get(entry["state"], 0) + 1
         self.metrics.job_states(counts)
+        self.metrics.leases(self.leases.counts())
 
     def memory_bytes(self) -> int:
         """This process's resident memory now (for capacity measurements)."""
@@ -601,6 +602,7 @@ class Coordinator:
             if entry is None or entry["state"] in FINAL_JOB_STATES:
                 return
             entry["lease_lost"] = {"reason": reason, "at": time.time()}
+            self.metrics.lease_lost(reason)
             self.states.pop(job_id, None)
             job = self.engine.jobs.get(job_id)
             if job is not None and job_id not in self.released:

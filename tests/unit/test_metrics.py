@@ -156,3 +156,17 @@ def test_the_metrics_module_imports_neither_torch_nor_ray_nor_diffusers():
     result = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_lease_series_exist_at_zero_and_count_losses_by_kind():
+    from farm.core.lease import LOSS_KINDS
+
+    metrics = FarmMetrics()
+    assert all(value(metrics, "farm_job_lease_losses_total", kind=kind) == 0 for kind in LOSS_KINDS)
+    metrics.lease_lost("not renewed within 50 s (storage unreachable or slow)")
+    metrics.lease_lost("host-b/42/abcd took its lease over")
+    metrics.lease_lost("its lease record was removed")
+    assert [value(metrics, "farm_job_lease_losses_total", kind=kind) for kind in LOSS_KINDS] == [1, 1, 1]
+    metrics.leases({"held": 2, "watched": 3})
+    assert value(metrics, "farm_job_leases", state="held") == 2
+    assert value(metrics, "farm_job_leases", state="watched") == 3

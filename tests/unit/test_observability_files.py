@@ -81,7 +81,7 @@ def test_alert_rules_use_exported_series():
     known = exported_names()
     rules = yaml.safe_load((RULES / "farm-alerts.yml").read_text())["groups"][0]["rules"]
     assert {r["alert"] for r in rules} == {
-        "FarmOOMRateHigh", "FarmFailureRatioHigh", "FarmQueueNotDraining", "FarmTierWithoutWorkers", "FarmStorageErrors",
+        "FarmOOMRateHigh", "FarmFailureRatioHigh", "FarmQueueNotDraining", "FarmTierWithoutWorkers", "FarmStorageErrors", "FarmJobLeaseLost",
     }
     for rule in rules:
         for metric in set(re.findall(r"\bfarm_[a-z_]+", rule["expr"])):
@@ -98,7 +98,7 @@ def promtool():
 def test_promtool_checks_the_rules_and_the_config():
     tool = promtool()
     result = subprocess.run([tool, "check", "rules", "farm-alerts.yml"], cwd=RULES, capture_output=True, text=True)
-    assert result.returncode == 0 and "SUCCESS: 5 rules found" in result.stdout, result.stdout + result.stderr
+    assert result.returncode == 0 and "SUCCESS: 6 rules found" in result.stdout, result.stdout + result.stderr
     result = subprocess.run([tool, "check", "config", "prometheus.yml"], cwd=RULES.parent, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
