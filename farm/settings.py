@@ -239,6 +239,11 @@ class FarmSettings(FarmBaseSettings):
     vram_calibration: str | None = Field(None, description="A calibration file written by `farm calibrate`: the "
                                          "VRAM estimator's constants per GPU kind.")
     max_manifest_bytes: int = Field(DEFAULT_MAX_MANIFEST_BYTES, ge=1, description="Largest manifest file read.")
+    ray_connect_timeout_s: float = Field(
+        60.0, gt=0, le=3600, description="Joining a Ray cluster (`--address`, RAY_ADDRESS): how long to wait for "
+        "its head to answer and let this process join, before the command stops with exit 3 and a message that "
+        "names the address and what to check."
+    )
 
     engine: EngineSettings = Field(default_factory=EngineSettings)
     coordinator: CoordinatorSettings = Field(default_factory=CoordinatorSettings)
@@ -363,6 +368,10 @@ def _describe(cls: type[BaseModel], error: ValidationError, env: dict[str, str])
 
 OTHER_VARIABLES = [
     ("RAY_ADDRESS", "Join this Ray cluster instead of starting an embedded one (also `--address`)."),
+    ("RAY_AUTH_MODE, RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH", "Ray's token authentication, for joining a cluster "
+     "started with it (`RAY_AUTH_MODE=token` and the cluster's token). An embedded cluster uses a random token of "
+     "its own in RAY_AUTH_TOKEN unless one is set (`RAY_AUTH_MODE=disabled` turns it off); it never writes "
+     "`~/.ray/auth_token`."),
     ("HF_HOME, HF_HUB_OFFLINE, HF_TOKEN", "Hugging Face's cache, offline mode and token, as huggingface_hub reads them."),
     ("XDG_CACHE_HOME", "Base of farm's cache when FARM_CACHE_DIR is unset."),
     ("AWS_ENDPOINT_URL_S3, AWS_* credentials", "boto3's own settings (the endpoint when FARM_S3_ENDPOINT_URL is unset; "

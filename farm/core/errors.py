@@ -213,6 +213,11 @@ class ModelUnavailableError(FarmError):
     """The model's weights cannot be found or loaded; nothing can render until this is fixed."""
 
 
+class ClusterUnavailableError(FarmError):
+    """The Ray cluster cannot be reached or joined (nothing listens, a wrong token, another Ray
+    version), or the embedded one could not start; the message names the address."""
+
+
 class JobConflictError(FarmError):
     """A job with the same name and output is still running."""
 

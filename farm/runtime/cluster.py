@@ -7,6 +7,12 @@ local run. Ray reads it when it is imported, so `prepare_local_environment()` mu
 `RayCluster` also corrects Ray's copy of it when `ray` was imported earlier. Usage statistics
 reporting is switched off so nothing leaves the machine.
 
+Joining (`address` given) is bounded by FARM_RAY_CONNECT_TIMEOUT_S, and every failure to reach,
+join or start Ray is a `ClusterUnavailableError` naming the address and what to check
+(`farm.runtime.connect`). The embedded cluster runs with Ray's token authentication on, with a
+random token held in this process's environment only: Ray would otherwise write
+`~/.ray/auth_token`, which every later `ray start` on the machine then silently requires.
+
 The embedded cluster's processes are guarded by `farm.runtime.reaper`, so none of them outlives
 the farm process, even when it is killed. Ray adds the driver's current folder to every
 worker's import path; farm starts Ray from a private empty folder instead, so a user's folder
@@ -103,8 +109,10 @@ class RayCluster:
         num_gpus: int | None = None,
         resources: dict[str, float] | None = None,
         log_to_driver: bool = False,
+        connect_timeout_s: float = 60.0,
     ):
         self.address = address or os.environ.get("RAY_ADDRESS") or None
+        self.connect_timeout_s = connect_timeout_s
         self.num_cpus = num_cpus
         self.num_gpus = num_gpus
         self.resources = resources
@@ -116,6 +124,7 @@ class RayCluster:
         if self.address is None:
             prepare_local_environment()
             absolutize_path_settings()
+            _private_auth_token()
         else:
             os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         import ray
@@ -125,7 +134,8 @@ class RayCluster:
                 if self.address is None:
                     _loopback_only()
                     before = _child_pids()
-                    ray.init(
+                    _start_embedded(
+                        ray.init,
                         address="local",
                         _node_ip_address=LOOPBACK,
                         include_dashboard=False,
@@ -141,13 +151,15 @@ class RayCluster:
 
                     self._reaper = start_reaper(sorted(_child_pids() - before))
                 else:
-                    ray.init(
-                        address=self.address,
+                    from farm.runtime.connect import join
+
+                    join(self.address, self.connect_timeout_s, lambda address: ray.init(
+                        address=address,
                         namespace=NAMESPACE,
                         log_to_driver=self.log_to_driver,
                         configure_logging=False,
                         runtime_env=worker_runtime_env(),
-                    )
+                    ))
             self._owned = True
         total = ray.cluster_resources()
         return ClusterInfo(
@@ -169,6 +181,40 @@ class RayCluster:
             finally:
                 stop_reaper(self._reaper)  # ends what ray.shutdown left running (its agents)
                 self._reaper = None
+
+
+def _start_embedded(init, **options) -> None:
+    """`ray.init` of the embedded cluster; what keeps it from starting is a ClusterUnavailableError."""
+    from farm.core.errors import ClusterUnavailableError
+    from farm.runtime.connect import error_text, last_line
+
+    try:
+        init(**options)
+    except Exception as error:  # noqa: BLE001 - Ray's start errors are RuntimeError, ConnectionError, ...
+        import ray
+
+        ray.shutdown()
+        raise ClusterUnavailableError(
+            f"could not start the embedded Ray cluster on {LOOPBACK}: {last_line(error_text(error))}; check the "
+            "free space and permissions of Ray's temp folder (RAY_TMPDIR, default /tmp/ray) and of /dev/shm"
+        ) from None
+
+
+def _private_auth_token() -> None:
+    """A token for the embedded cluster in this process's environment (its cluster processes
+    inherit it), unless the operator chose one or turned token authentication off."""
+    from farm.runtime.connect import private_token_environment
+
+    added = private_token_environment(os.environ)
+    if not added:
+        return
+    os.environ.update(added)
+    try:  # Ray caches what its token loader found; make it look again
+        from ray._raylet import AuthenticationTokenLoader
+
+        AuthenticationTokenLoader.instance().reset_cache()
+    except Exception:  # noqa: BLE001 - another Ray layout: it reads RAY_AUTH_TOKEN when it first loads
+        pass
 
 
 def worker_runtime_env() -> dict | None:

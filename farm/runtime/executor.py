@@ -64,7 +64,7 @@ def run_job(spec: JobSpec, options: RunOptions | None = None) -> JobState:
     recorder = JobRecorder(state, store, record_interval_s)
     local = local_gpu_resources(table, settings.workers) if not (options.address or os.environ.get("RAY_ADDRESS")) else {}
     try:
-        with RayCluster(options.address, **local) as cluster:
+        with RayCluster(options.address, connect_timeout_s=settings.ray_connect_timeout_s, **local) as cluster:
             if options.stop is not None:
                 options.stop.install()  # again: ray.init replaced the SIGTERM handler
             mailbox = RayMailbox()

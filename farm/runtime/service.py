@@ -49,7 +49,7 @@ def serve_until_stopped(settings: FarmSettings, options: ServeOptions) -> None:
     stop = StopRequest("running renders", grace_s)
     stop.install()
     local = local_gpu_resources(load_tier_table(settings.tiers_file), settings.workers) if embedded else {}
-    with RayCluster(options.address, **local):
+    with RayCluster(options.address, connect_timeout_s=settings.ray_connect_timeout_s, **local):
         stop.install()  # again: ray.init replaced the SIGTERM handler
         print(f"starting the job coordinator and render workers (model {settings.model_ref!r})...", flush=True)
         coordinator = coordinator_handle(settings)
@@ -58,8 +58,19 @@ def serve_until_stopped(settings: FarmSettings, options: ServeOptions) -> None:
         except Exception as error:  # the workers could not load the model, or storage is unusable
             ray.kill(coordinator)
             raise ServiceStartError(f"the coordinator did not start: {remote_cause(error)}") from None
-        serve.start(http_options={"host": options.host, "port": options.port})
-        serve.run(build_app({"settings": settings}), name="farm", route_prefix="/", blocking=False)
+        # One HTTP proxy, on the head (where Serve's controller runs, and where `farm serve --address
+        # auto` is run): the published port is the head's, and no GPU node binds one. Serve's
+        # default starts a proxy on every node with a replica, on the same port.
+        try:
+            serve.start(proxy_location="HeadOnly", http_options={"host": options.host, "port": options.port})
+            serve.run(build_app({"settings": settings}), name="farm", route_prefix="/", blocking=False)
+            wait_for_proxy(options, PROXY_START_TIMEOUT_S)
+        except Exception as error:  # the proxy could not bind (Serve raises the proxy actor's error)
+            _stop_serve(embedded)
+            if isinstance(error, ServiceStartError):
+                raise
+            raise ServiceStartError(f"the HTTP API did not start on {options.host}:{options.port}: "
+                                    f"{remote_cause(error).rstrip('.')}; {proxy_checklist(options)}") from None
         print(f"farm serves on http://{options.host}:{options.port} (docs: /docs, health: /healthz); "
               "Ctrl-C stops it", flush=True)
         at_once = False
@@ -80,6 +91,49 @@ def serve_until_stopped(settings: FarmSettings, options: ServeOptions) -> None:
                       "at the next start", file=sys.stderr, flush=True)
             except Exception as error:
                 print(f"warning: the coordinator did not stop cleanly: {remote_cause(error)}", file=sys.stderr)
+
+
+PROXY_START_TIMEOUT_S = 60.0
+
+
+def wait_for_proxy(options: ServeOptions, timeout_s: float) -> None:
+    """Return once Serve's HTTP proxy is healthy; ServiceStartError when it is not within
+    `timeout_s` (the port is taken, or the host is not an address of the head)."""
+    from ray import serve
+
+    deadline = time.monotonic() + timeout_s
+    states: dict = {}
+    while time.monotonic() < deadline:
+        try:
+            states = {node[:8]: str(getattr(state, "value", state)) for node, state in serve.status().proxies.items()}
+        except Exception:  # noqa: BLE001 - the controller is still starting
+            states = {}
+        if "HEALTHY" in states.values():
+            return
+        time.sleep(0.5)
+    raise ServiceStartError(
+        f"the HTTP API did not come up on {options.host}:{options.port} within {timeout_s:.0f} s (Serve's proxy: "
+        f"{states or 'not started'}); {proxy_checklist(options)}"
+    )
+
+
+def proxy_checklist(options: ServeOptions) -> str:
+    return (f"check that no other process listens on port {options.port} (--port picks another) and that "
+            f"{options.host} is an address of the Ray head, where the API's HTTP proxy runs")
+
+
+def _stop_serve(embedded: bool) -> None:
+    """Take down what a failed start left: the whole of Serve in an embedded cluster; only the
+    farm app in a joined one (its coordinator stays, for the next `farm serve` to adopt)."""
+    from ray import serve
+
+    try:
+        if embedded:
+            serve.shutdown()
+        else:
+            serve.delete("farm")
+    except Exception:  # noqa: BLE001 - Serve did not get far enough to have anything to stop
+        pass
 
 
 def wait_until_ready(coordinator, timeout_s: float) -> dict:

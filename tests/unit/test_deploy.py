@@ -371,7 +371,7 @@ def test_the_compose_stack_parses_and_references_existing_files():
     compose_dir = ROOT / "deploy/compose"
     compose = yaml.safe_load((compose_dir / "docker-compose.yml").read_text())
     services = compose["services"]
-    assert {"ray-head", "worker", "serve", "minio", "prometheus", "grafana"} <= set(services)
+    assert {"ray-head", "worker", "minio", "prometheus", "grafana"} <= set(services)
     for name, service in services.items():
         build = service.get("build")
         if build:
@@ -380,9 +380,36 @@ def test_the_compose_stack_parses_and_references_existing_files():
         for volume in service.get("volumes", []):
             source = volume.split(":")[0]
             assert (compose_dir / source).exists(), f"{name}: {source}"
-    assert "farm" in services["serve"]["command"] and "serve" in services["serve"]["command"]
     prometheus = yaml.safe_load((compose_dir / "prometheus.yml").read_text())
     assert prometheus["rule_files"] == ["rules/farm-alerts.yml"]
+
+
+def test_the_compose_api_runs_on_the_head_with_token_auth_and_a_private_dashboard():
+    """Serve's HTTP proxy runs on Ray nodes: the API is a driver on the head, which publishes its
+    port, and Prometheus scrapes it there. tests/integration/test_compose_topology.py runs these
+    commands; here, the shape."""
+    compose_dir = ROOT / "deploy/compose"
+    compose = yaml.safe_load((compose_dir / "docker-compose.yml").read_text())
+    services = compose["services"]
+    head = services["ray-head"]
+    script = head["command"][-1]
+    assert head["command"][:2] == ["sh", "-c"] and "farm serve --address auto" in script
+    assert "serve" not in services  # no driver without a raylet of its own
+    ports = head["ports"]
+    assert "8000:8000" in ports
+    dashboard = [p for p in ports if p.endswith(":8265")]
+    assert dashboard == ["127.0.0.1:8265:8265"]
+    for name in ("minio", "prometheus", "grafana"):
+        assert all(p.startswith("127.0.0.1:") for p in services[name]["ports"]), name
+    env = compose["x-farm"]["environment"]
+    assert env["RAY_AUTH_MODE"] == "token"
+    for secret in ("RAY_AUTH_TOKEN", "FARM_API_TOKEN"):  # required from .env, nothing committed
+        assert env[secret].startswith(f"${{{secret}:?"), secret
+    assert (compose_dir / ".gitignore").read_text().split() == [".env"]
+    prometheus = yaml.safe_load((compose_dir / "prometheus.yml").read_text())
+    targets = {job["job_name"]: job["static_configs"][0]["targets"] for job in prometheus["scrape_configs"]}
+    assert targets["farm"] == ["ray-head:8000"]
+    assert targets["ray"] == ["ray-head:8080", "worker:8080"]
 
 
 def test_the_cluster_launcher_maps_node_types_to_tiers():
