@@ -169,8 +169,11 @@ def serve_deployment(settings: FarmSettings | None = None):
     # (farm.serve.events) with their own bound; leave room for ordinary requests beside them.
     ongoing = api.max_streams + 256
 
+    # On the head, next to the coordinator and Serve's only proxy (proxy_location HeadOnly): a
+    # 0-CPU replica could otherwise land on a GPU node, and keep that node from scaling in.
     @serve.deployment(
-        name="farm-api", num_replicas=1, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=ongoing,
+        name="farm-api", num_replicas=1, max_ongoing_requests=ongoing,
+        ray_actor_options={"num_cpus": 0, "resources": {"node:__internal_head__": 0.001}},
     )
     @serve.ingress(create_app(CoordinatorClient(settings=settings), settings=api))
     class FarmAPI:

@@ -448,3 +448,14 @@ def test_dockerfiles_copy_what_exists_and_run_entry_points_that_exist(dockerfile
     for command in re.findall(r"^\s*CMD\s+(\[.*\])$", text, flags=re.M):  # HEALTHCHECK's CMD too
         assert json.loads(command)[0] in available
     assert "/models" not in re.findall(r"^COPY.*$", text, flags=re.M), "no weights in the image"
+
+
+def test_the_api_replica_is_placed_on_the_head_like_its_proxy():
+    """Serve's proxy runs on the head only (proxy_location HeadOnly, in the RayService and in
+    `farm serve`); a 0-CPU API replica could otherwise be placed on a GPU node, where it would
+    keep that node from scaling in."""
+    from farm.runtime.service import serve_deployment
+    from farm.settings import load_settings
+
+    options = serve_deployment(load_settings()).ray_actor_options
+    assert options["resources"].get("node:__internal_head__", 0) > 0
