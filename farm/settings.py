@@ -183,7 +183,10 @@ class ApiSettings(FarmBaseSettings):
 
     model_config = _config("FARM_API_")
 
-    token: str | None = Field(None, description="Bearer token every request must carry (unset: no authentication).")
+    token: str | None = Field(None, description="Bearer token every request must carry (unset: no authentication, "
+                              "which `farm serve` allows only on a loopback host unless FARM_API_ALLOW_ANONYMOUS).")
+    allow_anonymous: bool = Field(False, description="Let `farm serve` publish the API beyond loopback (--host) "
+                                  "without FARM_API_TOKEN: anyone who reaches the port can submit jobs.")
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1, description="Largest request body.")
     max_items: int = Field(10_000, ge=1, description="Items per submitted manifest, at most.")
     max_upload_bytes: int = Field(50 * 1024 * 1024, ge=1, description="Largest uploaded image (POST /v1/render).")

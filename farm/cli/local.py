@@ -268,11 +268,28 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to anything
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from farm.runtime.service import ServeOptions, ServiceStartError, serve_until_stopped
 
     # --output is made absolute: the coordinator and the API replica do not run in this folder.
     settings = args.settings.with_model(args.model).with_output(args.output)
+    if not settings.api.token and not settings.api.allow_anonymous and not _is_loopback(args.host):
+        print(f"error: --host {args.host} publishes the API beyond this machine, and FARM_API_TOKEN is not set: "
+              "anyone who reaches the port could submit jobs. Set FARM_API_TOKEN (e.g. `export FARM_API_TOKEN="
+              "$(openssl rand -hex 24)`), or serve on 127.0.0.1, or set FARM_API_ALLOW_ANONYMOUS=true to accept that.",
+              file=sys.stderr)
+        return EXIT_INVALID
     options = ServeOptions(address=args.address, host=args.host, port=args.port, start_timeout_s=args.start_timeout)
     try:
         serve_until_stopped(settings, options)

@@ -422,6 +422,8 @@ def test_the_cluster_launcher_maps_node_types_to_tiers():
         (tier, count), = tiers.items()
         assert tier in TABLE and count == node_type["resources"]["GPU"]
     for target, source in config["file_mounts"].items():
+        if source.startswith("~/.farm/"):
+            continue  # the tokens, made on the user's machine (never in the repository)
         assert (ROOT / source).exists(), source
     assert config["head_node_type"] in config["available_node_types"]
     assert any("farm serve" in command for command in config["head_start_ray_commands"])
@@ -459,3 +461,18 @@ def test_the_api_replica_is_placed_on_the_head_like_its_proxy():
 
     options = serve_deployment(load_settings()).ray_actor_options
     assert options["resources"].get("node:__internal_head__", 0) > 0
+
+
+def test_the_cluster_launcher_turns_ray_token_auth_on_and_keeps_the_dashboard_private():
+    text = (ROOT / "deploy/ray/cluster.yaml").read_text()
+    config = yaml.safe_load(text)
+    options = " ".join(config["docker"]["run_options"])
+    assert "--env RAY_AUTH_MODE=token" in options
+    token_path = options.split("RAY_AUTH_TOKEN_PATH=")[1].split()[0]
+    assert config["file_mounts"][token_path].startswith("~/.farm/")  # copied from the user's machine
+    assert "RAY_AUTH_TOKEN=" not in text and "FARM_API_TOKEN=" not in text.replace('FARM_API_TOKEN="$(cat', "")
+    starts = config["head_start_ray_commands"]
+    assert not any("dashboard-host=0.0.0.0" in c for c in starts)
+    serve_command = next(c for c in starts if "farm serve" in c)
+    assert "FARM_API_TOKEN=" in serve_command and "/etc/farm/api-token" in serve_command
+    assert config["file_mounts"]["/etc/farm/api-token"].startswith("~/.farm/")
