@@ -7,6 +7,7 @@ import io
 import json
 import socket
 import struct
+import threading
 import time
 import zlib
 from pathlib import Path
@@ -14,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 from PIL import Image
+
+from farm.core.errors import CommitConflict
 
 FAST = {"resolution": 256, "frames": 8, "fps": 8, "steps": 10}
 
@@ -110,3 +113,26 @@ class MotoServer:
         self.stop()
         time.sleep(pause_s)
         self.start()
+
+
+def race(n: int, attempt) -> list:
+    """Run `attempt(i)` on n threads released together; the indices whose attempt returned."""
+    barrier, wins, errors = threading.Barrier(n), [], []
+
+    def run(i):
+        barrier.wait()
+        try:
+            attempt(i)
+            wins.append(i)
+        except CommitConflict:
+            pass
+        except Exception as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    return wins

@@ -5,7 +5,7 @@ wins, and two keepers hand a lease over as on a local folder."""
 from __future__ import annotations
 
 import pytest
-from helpers import MotoServer
+from helpers import MotoServer, race
 
 from farm.core.errors import CommitConflict
 from farm.core.lease import Holder, LeasePolicy, LeaseRecord
@@ -69,29 +69,6 @@ def test_create_is_exclusive_and_replace_needs_the_current_etag(leases):
 
 
 def test_of_racing_creators_and_takers_exactly_one_wins(leases):
-    import threading
-
-    def race(n, attempt):
-        barrier, wins, errors = threading.Barrier(n), [], []
-
-        def run(i):
-            barrier.wait()
-            try:
-                attempt(i)
-                wins.append(i)
-            except CommitConflict:
-                pass
-            except Exception as error:  # noqa: BLE001 - reported below
-                errors.append(error)
-
-        threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        assert not errors, errors
-        return wins
-
     contenders = [leases("race") for _ in range(5)]  # a client each, as separate coordinators have
     for n in range(8):
         job = f"j-{n:012x}"

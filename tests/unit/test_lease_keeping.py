@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
 
 from farm.core.errors import CommitConflict, StorageError
+from helpers import race
 from farm.core.lease import Holder, LeasePolicy, LeaseRecord, ProcessId
 from farm.runtime.leases import LeaseKeeper, _start_ticks, process_gone, this_process
 from farm.storage.lease import LeaseStore, lease_key
@@ -23,29 +23,6 @@ WALL = 1_700_000_000.0
 
 def record(holder: str, token: str = "t", wall: float = WALL) -> LeaseRecord:
     return LeaseRecord(JOB, holder, token, wall, wall, wall + 60, 60.0)
-
-
-def race(n: int, attempt) -> list:
-    """Run `attempt(i)` on n threads released together; the indices whose attempt returned."""
-    barrier, wins, errors = threading.Barrier(n), [], []
-
-    def run(i):
-        barrier.wait()
-        try:
-            attempt(i)
-            wins.append(i)
-        except CommitConflict:
-            pass
-        except Exception as error:  # noqa: BLE001 - reported below
-            errors.append(error)
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors, errors
-    return wins
 
 
 # --- the records ------------------------------------------------------------------------------

@@ -16,6 +16,8 @@ from farm import alerts
 from farm.dashboards import DASHBOARDS, queries, render
 from farm.metrics import FarmMetrics
 
+from .test_deploy import rendered
+
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "deploy" / "prometheus" / "rules"
 
@@ -154,15 +156,6 @@ def kustomizations_with_monitoring() -> list[str]:
         if any(Path(c).name == "monitoring" for c in listed):
             found.append(str(path.parent.relative_to(ROOT)))
     return found
-
-
-def rendered(path: str) -> list[dict]:
-    kubectl = shutil.which("kubectl")
-    if not kubectl:
-        pytest.skip("kubectl (with its built-in kustomize) is not installed")
-    result = subprocess.run([kubectl, "kustomize", str(ROOT / path)], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 
 def test_some_overlay_includes_the_monitoring_component():
