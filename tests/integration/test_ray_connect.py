@@ -52,7 +52,7 @@ def assert_cannot_run(done: subprocess.CompletedProcess, elapsed_s: float, *need
     assert elapsed_s < TIMEOUT_S + 15, elapsed_s  # the bound, plus the interpreter's start on a busy machine
 
 
-@pytest.mark.parametrize("command", ["run", "serve"])
+@pytest.mark.parametrize("command", ["run", pytest.param("serve", marks=pytest.mark.slow)])
 def test_nothing_listening_is_exit_3_naming_the_address_within_the_bound(tmp_path, command):
     address = f"127.0.0.2:{free_port()}"
     args = ["run", str(manifest(tmp_path))] if command == "run" else ["serve", "--port", str(free_port())]
@@ -119,6 +119,7 @@ def test_a_token_mismatch_is_exit_3_that_says_which_token_to_set(tmp_path, token
     assert done.stderr.count("gcs_client.cc") <= 3, done.stderr  # Ray's retry warnings: bounded, not a minute of them
 
 
+@pytest.mark.slow  # default suite time; run with -m slow
 def test_a_machine_without_a_node_of_the_cluster_is_told_so_within_the_bound(tmp_path, token_head):
     """Ray drivers join through a raylet on their own machine (the old compose `serve` container had
     none): Ray's 60 s search for one is cut to the bound, and the message says what to do."""
@@ -139,6 +140,7 @@ def test_a_machine_without_a_node_of_the_cluster_is_told_so_within_the_bound(tmp
     assert elapsed < TIMEOUT_S + 15, elapsed
 
 
+@pytest.mark.slow  # default suite time; run with -m slow
 def test_an_embedded_run_leaves_no_auth_token_in_home(tmp_path, farm_cache, tiny_model_dir):
     """Ray 2.60 switches token authentication on for a new local cluster and, given no token,
     writes ~/.ray/auth_token, which every later `ray start` on the machine then requires. farm's
@@ -152,6 +154,7 @@ def test_an_embedded_run_leaves_no_auth_token_in_home(tmp_path, farm_cache, tiny
     assert not (home / ".ray").exists(), list((home / ".ray").iterdir())
 
 
+@pytest.mark.slow  # default suite time; run with -m slow
 def test_farm_serve_on_a_taken_port_is_exit_3_naming_it(tmp_path, farm_cache, tiny_model_dir):
     """Serve's HTTP proxy cannot bind: the start fails with the port named, not a traceback."""
     with socket.socket() as taken:

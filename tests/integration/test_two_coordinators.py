@@ -184,6 +184,7 @@ def test_only_the_holder_renders_and_the_other_takes_over_when_it_stops(tmp_path
     wait_for(lambda: not lease_file(tmp_path, job_id).exists(), 10, "the finished job's lease to be released")
 
 
+@pytest.mark.slow  # default suite time; run with -m slow
 def test_a_holder_that_cannot_renew_stops_dispatching_and_the_other_finishes(tmp_path, farm, monkeypatch):
     a = farm("A")
     gate = hold(a, after=1)  # A's second render waits until A lost the lease
@@ -221,6 +222,7 @@ def test_a_holder_that_cannot_renew_stops_dispatching_and_the_other_finishes(tmp
     assert not (tmp_path / "out" / "lost" / ".staging").exists() or not list((tmp_path / "out" / "lost" / ".staging").iterdir())
 
 
+@pytest.mark.slow  # default suite time; run with -m slow
 def test_a_cancel_sent_to_the_other_coordinator_reaches_the_holder(tmp_path, farm):
     a = farm("A")
     job_id = a.submit(spec_of(tmp_path, "cancelled", 8))["id"]
