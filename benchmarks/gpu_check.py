@@ -276,6 +276,8 @@ class Check:
                     item_id = f"{precision_name}-{resolution}-{aspect.replace(':', 'x')}-{frames}f-L{level}"
                     if not self.within_budget(f"steps/memory {item_id}"):
                         return
+                    # Cached blocks of the previous (larger) render would show as this one's reserved peak.
+                    release(self.plan.device)
                     unet_clock.take(), decode_clock.take()
                     sidecar = self.render(renderer, self.task(item_id, resolution, aspect, frames, level=level))
                     unet_calls, decode_calls = unet_clock.take(), decode_clock.take()

@@ -113,13 +113,9 @@ def gpu_description(device: str) -> dict:
     """Name, compute capability, driver and CUDA versions of a CUDA device (for sidecars)."""
     import torch
 
-    index = torch.device(device).index or 0
+    index = cuda_index(device)
     properties = torch.cuda.get_device_properties(index)
-    try:
-        raw = torch._C._cuda_getDriverVersion()  # e.g. 12040; no public API for it
-        driver = f"{raw // 1000}.{raw % 1000 // 10}"
-    except Exception:
-        driver = None
+    driver = nvidia_driver_version()
     return {
         "name": properties.name,
         "capability": f"{properties.major}.{properties.minor}",
@@ -167,7 +163,27 @@ def apply_memory_cap(card: CardInfo, device: str) -> None:
     if fraction is not None and device.startswith("cuda"):
         import torch
 
-        torch.cuda.set_per_process_memory_fraction(fraction, torch.device(device))
+        torch.cuda.set_per_process_memory_fraction(fraction, cuda_index(device))
+
+
+def cuda_index(device: str, current=None) -> int:
+    """The ordinal of a CUDA device string: "cuda:1" -> 1; a bare "cuda" means the current device.
+
+    CUDA's memory APIs refuse an index-less torch.device("cuda") (a ValueError, seen on an H200).
+    """
+    index = torch_device_index(device)
+    if index is not None:
+        return index
+    if current is None:
+        import torch
+
+        current = torch.cuda.current_device
+    return int(current())
+
+
+def torch_device_index(device: str) -> int | None:
+    _, _, ordinal = device.partition(":")
+    return int(ordinal) if ordinal.strip() else None
 
 
 class PhaseMemory:
@@ -287,6 +303,21 @@ def allocated_bytes(device: str) -> int:
         for referent in gc.get_referents(obj):
             count(referent)
     return total
+
+
+def nvidia_driver_version() -> str | None:
+    """The kernel driver's version (e.g. "580.159.04") through NVML, or None where it cannot say."""
+    try:
+        import pynvml  # nvidia-ml-py, beside CUDA builds of torch
+
+        pynvml.nvmlInit()
+        try:
+            version = pynvml.nvmlSystemGetDriverVersion()
+        finally:
+            pynvml.nvmlShutdown()
+        return version.decode() if isinstance(version, bytes) else str(version)
+    except Exception:  # no NVML here (a CPU build, a container without the driver's library)
+        return None
 
 
 def release_memory(device: str) -> None:

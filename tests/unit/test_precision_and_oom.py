@@ -112,3 +112,17 @@ def test_workers_get_expandable_segments_unless_the_operator_chose(monkeypatch):
     assert prepare_allocator() == "expandable_segments:True"
     monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "max_split_size_mb:256")
     assert prepare_allocator() == "max_split_size_mb:256"
+
+
+def test_the_memory_cap_names_a_cuda_ordinal_that_torch_accepts():
+    """The worker's device string is a bare "cuda": CUDA's memory APIs refuse an index-less
+    torch.device (a ValueError on the H200 run of 2026-12-04), so the cap resolves the ordinal."""
+    from torch.cuda._utils import _get_device_index
+
+    from farm.models.memory import cuda_index
+
+    with pytest.raises(ValueError, match="specified index"):
+        _get_device_index(torch.device("cuda"))  # what apply_memory_cap used to pass
+    assert _get_device_index(cuda_index("cuda", current=lambda: 0)) == 0
+    assert cuda_index("cuda:3", current=lambda: 0) == 3
+    assert cuda_index("cuda", current=lambda: 2) == 2
