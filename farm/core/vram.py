@@ -35,7 +35,9 @@ VAE_SLICING = "vae_slicing"  # decode one frame at a time
 VAE_TILING = "vae_tiling"  # decode each frame in overlapping tiles
 FF_CHUNKING = "ff_chunking"  # feed-forward over chunks of the sequence
 CPU_OFFLOAD = "cpu_offload"  # keep only the active component on the GPU
-SAVERS = (VAE_SLICING, VAE_TILING, FF_CHUNKING, CPU_OFFLOAD)
+GROUP_OFFLOAD = "group_offload"  # the denoiser's layers streamed to the GPU as they run (CUDA streams)
+FP8_LAYERWISE = "fp8_layerwise"  # the denoiser's weights stored in fp8, cast up layer by layer
+SAVERS = (VAE_SLICING, VAE_TILING, FF_CHUNKING, CPU_OFFLOAD, GROUP_OFFLOAD, FP8_LAYERWISE)
 # Each level adds savers; level 0 is none. Decode savers come first: they cost least.
 SAVER_LEVELS: tuple[tuple[str, ...], ...] = (
     (),
@@ -68,6 +70,15 @@ class ModelProfile:
     denoiser: str = "unet"
     decode_workspace_factor: float | None = None  # None: the same as workspace_factor
     calibration: str | None = None  # where calibrated constants came from (None: built in)
+    # Diffusion transformers (Wan, LTX-Video, CogVideoX, HunyuanVideo): one token per latent
+    # patch, every frame's tokens attend to each other (full 3D attention).
+    architecture: str = "unet"  # "unet" or "dit"
+    hidden_width: int = 0  # a DiT block's width
+    dit_layers: int = 0
+    patch: tuple[int, int, int] = (1, 1, 1)  # latent (frames, height, width) per token
+    temporal_downsample: int = 1  # pixel frames per latent frame (4k+1 -> k+1 latent frames)
+    cfg_batched: bool = True  # guidance halves in one batch (False: two passes, one at a time)
+    family: str = ""  # farm.core.families name; "" = the profile's name
 
     @property
     def total_params(self) -> int:
@@ -103,20 +114,98 @@ I2VGENXL_PROFILE = ModelProfile(
     fixed_seconds=3.0,
 )
 
-PROFILES = {I2VGENXL_PROFILE.name: I2VGENXL_PROFILE}
+
+def _dit_profile(name: str, *, params: dict[str, int], hidden: int, layers: int, ff_mult: float,
+                 patch: tuple[int, int, int], downsample: int, temporal: int, cfg_batched: bool,
+                 vae_top: int, tile: int, fixed_seconds: float, decode_chunk: int = 0) -> ModelProfile:
+    """A diffusion-transformer family's profile. FLOP per step: 2 x denoiser params per token
+    (the linear layers) + 4 x layers x hidden per token pair (QK^T and AV over all tokens)."""
+    return ModelProfile(
+        name=name, component_params=params, unet_channels=(hidden,), unet_layers_per_block=0,
+        attention_levels=(True,), ff_inner_mult=int(round(ff_mult)), temporal_in_width=hidden,
+        vae_decoder_top_channels=vae_top, latent_downsample=downsample, workspace_factor=1.31,
+        overhead_bytes=int(0.75 * GIB), default_decode_chunk=decode_chunk, vae_tile_pixels=tile,
+        flop_per_token=2.0 * params["transformer"], flop_per_token_squared=4.0 * layers * hidden,
+        fixed_seconds=fixed_seconds, denoiser="transformer", architecture="dit", hidden_width=hidden,
+        dit_layers=layers, patch=patch, temporal_downsample=temporal, cfg_batched=cfg_batched,
+    )
+
+
+# Parameter counts of the published models (counted on the meta device by each family's test).
+WAN_PROFILE = _dit_profile(  # Wan-AI/Wan2.1-I2V-14B-480P-Diffusers
+    "wan", params={"transformer": 16_400_000_000, "text_encoder": 5_680_000_000, "image_encoder": 632_000_000,
+                   "vae": 127_000_000},
+    hidden=5120, layers=40, ff_mult=2.7, patch=(1, 2, 2), downsample=8, temporal=4, cfg_batched=False,
+    vae_top=96, tile=256 * 256, fixed_seconds=6.0,
+)
+LTX_VIDEO_PROFILE = _dit_profile(  # Lightricks/LTX-Video (0.9.x, 2B)
+    "ltx-video", params={"transformer": 1_920_000_000, "text_encoder": 4_760_000_000, "vae": 420_000_000},
+    hidden=2048, layers=28, ff_mult=4, patch=(1, 1, 1), downsample=32, temporal=8, cfg_batched=True,
+    vae_top=128, tile=512 * 512, fixed_seconds=3.0,
+)
+COGVIDEOX_PROFILE = _dit_profile(  # THUDM/CogVideoX-5b-I2V
+    "cogvideox", params={"transformer": 5_600_000_000, "text_encoder": 4_760_000_000, "vae": 216_000_000},
+    hidden=3072, layers=42, ff_mult=4, patch=(1, 2, 2), downsample=8, temporal=4, cfg_batched=True,
+    vae_top=128, tile=256 * 256, fixed_seconds=6.0,
+)
+HUNYUAN_VIDEO_PROFILE = _dit_profile(  # hunyuanvideo-community/HunyuanVideo-I2V
+    "hunyuan-video", params={"transformer": 13_000_000_000, "text_encoder": 8_400_000_000,
+                             "text_encoder_2": 123_000_000, "vae": 246_000_000},
+    hidden=3072, layers=60, ff_mult=4, patch=(1, 2, 2), downsample=8, temporal=4, cfg_batched=True,
+    vae_top=128, tile=256 * 256, fixed_seconds=8.0,
+)
+SVD_PROFILE = ModelProfile(  # stabilityai/stable-video-diffusion-img2vid-xt
+    name="svd",
+    component_params={"unet": 1_524_623_082, "image_encoder": 632_076_800, "vae": 97_739_049},
+    unet_channels=(320, 640, 1280, 1280), unet_layers_per_block=2, attention_levels=(True, True, True, False),
+    ff_inner_mult=4, temporal_in_width=320, vae_decoder_top_channels=128, latent_downsample=8,
+    workspace_factor=1.31, overhead_bytes=int(0.75 * GIB), default_decode_chunk=8, vae_tile_pixels=512 * 512,
+    flop_per_token=5.8036e8, flop_per_token_squared=1.4416e4, fixed_seconds=3.0,
+)
+
+PROFILES = {p.name: p for p in (I2VGENXL_PROFILE, WAN_PROFILE, LTX_VIDEO_PROFILE, COGVIDEOX_PROFILE,
+                                 HUNYUAN_VIDEO_PROFILE, SVD_PROFILE)}
+
+
+def latent_frames(profile: ModelProfile, frames: int) -> int:
+    """Latent frames of a clip: a temporal VAE keeps the first frame and packs the rest
+    (4k+1 frames -> k+1 latent frames); a per-frame VAE keeps every frame."""
+    t = profile.temporal_downsample
+    return frames if t == 1 else (frames - 1) // t + 1
+
+
+def dit_tokens(profile: ModelProfile, width: int, height: int, frames: int) -> int:
+    """Transformer tokens of one pass: latent frames x latent patches per frame."""
+    pt, ph, pw = profile.patch
+    down = profile.latent_downsample
+    return -(-latent_frames(profile, frames) // pt) * (height // down // ph) * (width // down // pw)
 
 
 def profile_for_model(model: str, gpu_name: str | None = None, calibration: str | None = None) -> ModelProfile:
-    """Every model farm renders today is an I2VGen-XL (hub id, local folder or `tiny`).
+    """The profile of a model reference's family (`farm.core.families.known_family`: `tiny`,
+    `tiny:wan`, known Hub ids); I2VGen-XL for references whose family only the weights tell
+    (a local folder: callers that read it use `profile_for_family`).
 
-    The tiny model deliberately plans with the real model's profile: it stands in for the real
+    A tiny model deliberately plans with the real model's profile: it stands in for the real
     weights, so plans, tiers and simulated OOMs behave as they would on real GPUs.
 
     With a `calibration` file (FARM_VRAM_CALIBRATION), the constants come from it: the entry
     of `gpu_name` (a CUDA device name, e.g. "NVIDIA H200") when it has one, else the largest
     of every measured GPU's constants (what the planner uses: it does not know the GPU kind).
     """
-    profile = I2VGENXL_PROFILE
+    from farm.core.families import known_family
+
+    family = known_family(model) if model else None
+    profile = PROFILES[family.name] if family is not None else I2VGENXL_PROFILE
+    return calibrated(profile, gpu_name, calibration)
+
+
+def profile_for_family(name: str, gpu_name: str | None = None, calibration: str | None = None) -> ModelProfile:
+    """The profile of a family by its name (farm.core.families), calibrated where a file says so."""
+    return calibrated(PROFILES[name], gpu_name, calibration)
+
+
+def calibrated(profile: ModelProfile, gpu_name: str | None, calibration: str | None) -> ModelProfile:
     if not calibration:
         return profile
     from farm.models.calibration_file import load_calibration
@@ -214,16 +303,33 @@ def phase_terms(
     guidance: bool = True,
 ) -> PhaseTerms:
     savers = frozenset(savers)
+    width_px, height_px = width, height
     down = profile.latent_downsample
     tokens_per_frame = (height // down) * (width // down)
     batch = 2 if guidance else 1
     params = profile.component_params
-    if CPU_OFFLOAD in savers:  # only the component at work is on the GPU
-        weights_denoise = params[profile.denoiser] * dtype_bytes
+    if CPU_OFFLOAD in savers or GROUP_OFFLOAD in savers:  # only the component at work is on the GPU
+        denoiser_bytes = params[profile.denoiser] * dtype_bytes
+        if GROUP_OFFLOAD in savers:  # a few layers of it at a time
+            denoiser_bytes = denoiser_bytes // max(profile.dit_layers or len(profile.unet_channels) * 4, 1) * 2
+        weights_denoise = denoiser_bytes
         weights_decode = params["vae"] * dtype_bytes
     else:
         weights_denoise = weights_decode = profile.total_params * dtype_bytes
-    activations = activation_elements_per_token(profile, savers) * batch * frames * tokens_per_frame
+        if FP8_LAYERWISE in savers:  # the denoiser's weights at one byte each
+            weights_denoise = weights_decode = weights_denoise - params[profile.denoiser] * (dtype_bytes - 1)
+    if profile.architecture == "dit":
+        # The residual stream plus the widest working set of one block: attention (norm, q, k,
+        # v, output) or the feed-forward (its inner width twice: projection and activation).
+        # Guidance passes run one at a time unless the family batches them.
+        width = profile.hidden_width
+        per_token = 2 * width + max(6 * width, (2 + 2 * profile.ff_inner_mult) * width)
+        passes = batch if profile.cfg_batched else 1
+        if FF_CHUNKING in savers:
+            per_token = 2 * width + 6 * width
+        activations = per_token * passes * dit_tokens(profile, width=width_px, height=height_px, frames=frames)
+    else:
+        activations = activation_elements_per_token(profile, savers) * batch * frames * tokens_per_frame
     chunk = 1 if VAE_SLICING in savers else min(profile.default_decode_chunk, frames)
     pixels = width * height
     if VAE_TILING in savers:
@@ -261,6 +367,10 @@ def estimate_vram(
 
 def unet_flop_per_step(profile: ModelProfile, width: int, height: int, frames: int, *, guidance: bool = True) -> float:
     """UNet FLOP per denoising step (both guidance halves when guidance is on)."""
+    if profile.architecture == "dit":
+        tokens = dit_tokens(profile, width, height, frames)
+        flop = 2 * (profile.flop_per_token * tokens + profile.flop_per_token_squared * tokens * tokens)
+        return flop if guidance else flop / 2
     down = profile.latent_downsample
     tokens = (height // down) * (width // down)
     flop = frames * (profile.flop_per_token * tokens + profile.flop_per_token_squared * tokens * tokens)

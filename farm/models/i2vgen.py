@@ -23,48 +23,18 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
 
-import numpy as np
 
-from farm.core.errors import ItemError
+from farm.core.families import I2VGEN_XL
 from farm.core.vram import CPU_OFFLOAD, FF_CHUNKING, I2VGENXL_PROFILE, SAVER_LEVELS, VAE_SLICING, VAE_TILING
 from farm.media.video import to_uint8
-from farm.models.faults import OomInjector
+from farm.models.adapter import Generation, NonFiniteFrames, VideoAdapter, check_finite, vae_force_upcast
 from farm.models.libraries import quiet_libraries
-from farm.models.loading import ResolvedModel, resolve_model, select_device, weight_variant
-from farm.models.memory import PhaseMemory
+from farm.models.loading import resolve_model, select_device, weight_variant
+from farm.models.memory import cuda_index
 from farm.models.precision import Precision, precision_for_device
 
-
-class NonFiniteFrames(ItemError):
-    """A render produced NaN or Inf values (numeric overflow, usually fp16)."""
-
-    reason = "nan_output"
-
-
-@dataclass
-class Generation:
-    """The frames of one render and what it cost."""
-
-    frames: np.ndarray  # (F, H, W, 3) uint8
-    timings: dict[str, float]
-    peak_memory_bytes: int
-    memory_kind: str
-    warnings: list[str] = field(default_factory=list)
-    phases: dict[str, dict[str, int]] = field(default_factory=dict)  # measured peaks per phase
-
-
-def vae_force_upcast(folder) -> bool:
-    """Whether the VAE's config asks to decode in fp32 (AutoencoderKL's default is yes)."""
-    import json
-    from pathlib import Path
-
-    config = Path(folder) / "vae" / "config.json"
-    try:
-        return bool(json.loads(config.read_text()).get("force_upcast", True))
-    except (OSError, ValueError):
-        return True
+__all__ = ["Generation", "I2VGenXLAdapter", "NonFiniteFrames", "check_finite", "vae_force_upcast"]
 
 
 # Feed-forward chunking for a video UNet. diffusers' `enable_forward_chunking` uses one setting
@@ -103,26 +73,14 @@ def set_feed_forward_chunking(unet, enabled: bool, *, batch: int = 2, latent_hei
             module.set_chunk_feed_forward(1, 0)
 
 
-class I2VGenXLAdapter:
-    """One loaded I2VGen-XL pipeline on one device."""
+class I2VGenXLAdapter(VideoAdapter):
+    """One loaded I2VGen-XL pipeline on one device (the default family)."""
 
+    family = I2VGEN_XL
     profile = I2VGENXL_PROFILE
-
-    def __init__(self, pipeline, model: ResolvedModel, device: str, load_seconds: float):
-        self.pipeline = pipeline
-        self.model = model
-        self.device = device
-        self.load_seconds = load_seconds
-        self.config_sha256 = model.config_sha256
-        self.phase = "idle"  # where a render is: encode, denoise, decode (tells where an OOM struck)
-        self.savers: tuple[str, ...] = ()
-        self.decode_chunk = self.profile.default_decode_chunk
-        self.injector: OomInjector | None = None
-        self.precision = Precision("fp32", "fp32", False)
-        self.weight_variant: str | None = None
-        self.memory = PhaseMemory(device)
-        self._timings: dict[str, float] = {}  # of the render in progress (begin_render resets both)
-        self._notes: list[str] = []
+    pipeline_class = "I2VGenXLPipeline"
+    denoiser_name = "unet"
+    default_decode_chunk = I2VGENXL_PROFILE.default_decode_chunk
 
     # --- memory savers ---------------------------------------------------------------------
 
@@ -182,22 +140,9 @@ class I2VGenXLAdapter:
         adapter.precision, adapter.weight_variant = chosen, variant
         return adapter
 
-    @property
-    def dtype_name(self) -> str:
-        return str(self.pipeline.unet.dtype).removeprefix("torch.")
-
     def describe(self) -> dict:
-        return {
-            "id": self.model.ref,
-            "source": self.model.source,
-            "config_sha256": self.config_sha256,
-            "family": self.profile.name,
-            "dtype": self.dtype_name,
-            "precision": self.precision.name,
-            "precision_setting": self.precision.requested,
-            "vae_decode_dtype": "float32" if self.precision.vae_upcast else self.dtype_name,
-            "weight_variant": self.weight_variant,
-        }
+        # Only the decoder is upcast (see load): the VAE's first parameters stay in the model's dtype.
+        return {**super().describe(), "vae_decode_dtype": "float32" if self.precision.vae_upcast else self.dtype_name}
 
     # --- conditioning ----------------------------------------------------------------------
 
@@ -229,19 +174,6 @@ class I2VGenXLAdapter:
         return embeds.to(dtype=encoder.dtype, device=self.device), truncated
 
     # --- rendering -------------------------------------------------------------------------
-
-    def generate(self, image, *, decode_chunk_size: int | None = None, **params) -> Generation:
-        """Denoise then decode in one go (tests, benchmarks); the renderer calls the two phases itself."""
-        latents = self.denoise(image, **params)
-        return self.decode(latents, decode_chunk_size=decode_chunk_size)
-
-    def begin_render(self) -> None:
-        """Start a render's bookkeeping: timings, notes, fault injection, peak-memory counters."""
-        self._timings = {}
-        self._notes = []
-        self.memory.reset()
-        if self.injector is not None:
-            self.injector.begin_render()
 
     def denoise(
         self,
@@ -282,7 +214,7 @@ class I2VGenXLAdapter:
         # The pipeline also samples the image latents from the global RNG (no generator there):
         # seed that too, inside fork_rng so the process's own RNG state is left as it was.
         generator = torch.Generator(device="cpu").manual_seed(seed)
-        rng_devices = [torch.device(self.device).index or 0] if on_cuda else []
+        rng_devices = [cuda_index(self.device)] if on_cuda else []
         hook = None
         if on_step is not None:
             done = [0]
@@ -337,18 +269,3 @@ class I2VGenXLAdapter:
 
         peak, kind = self.memory.peak()
         return Generation(to_uint8(array), dict(self._timings), peak, kind, list(self._notes), self.memory.phases())
-
-
-def check_finite(video, latents, precision: Precision) -> None:
-    """Raise NonFiniteFrames if the decoded video (or the latents it came from) holds NaN/Inf."""
-    import torch
-
-    finite = torch.isfinite(video)
-    if bool(finite.all()):
-        return
-    bad = int(finite.numel() - finite.sum())
-    where = "the denoise" if not bool(torch.isfinite(latents).all()) else "the VAE decode"
-    raise NonFiniteFrames(
-        f"the rendered frames hold {bad} NaN/Inf values of {finite.numel()} (first produced by {where}, "
-        f"precision {precision.name}); nothing was committed. To fix: {precision.advice()}"
-    )

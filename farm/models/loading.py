@@ -54,7 +54,13 @@ def absolute_model_ref(ref: str) -> str:
     """`ref` with a local folder made absolute (workers and the coordinator do not run in the
     user's folder); `tiny` and Hugging Face ids unchanged."""
     local = Path(ref.strip()).expanduser()
-    return str(local.resolve()) if ref.strip() != TINY and local.is_dir() else ref
+    return str(local.resolve()) if not is_tiny(ref) and local.is_dir() else ref
+
+
+def is_tiny(ref: str) -> bool:
+    """`tiny` or `tiny:FAMILY`: a random-weight model farm builds in code."""
+    ref = ref.strip()
+    return ref == TINY or ref.startswith(TINY + ":")
 
 
 def resolve_model(ref: str, *, variant: str | None = None, device: str = "cpu", dtype=None) -> ResolvedModel:
@@ -64,10 +70,10 @@ def resolve_model(ref: str, *, variant: str | None = None, device: str = "cpu", 
     where a `random:` model is built (directly there, in that dtype).
     """
     ref = ref.strip()
-    if ref == TINY:
-        from farm.models.tiny import ensure_tiny_model
+    if ref == TINY or ref.startswith(TINY + ":"):
+        from farm.models.registry import ensure_tiny
 
-        return ResolvedModel(ref, "tiny", ensure_tiny_model(cache_dir()))
+        return ResolvedModel(ref, "tiny", ensure_tiny(ref, cache_dir()))
     if ref.startswith(RANDOM_PREFIX):
         import torch
 
