@@ -59,7 +59,7 @@ MANIFESTS = [
     ("huge number", "json", doc(item(frames=10**30)), "frames", "from 8 to 32"),
     ("not a number (NaN)", "yaml", "version: 1\nitems:\n  - {image: a.png, prompt: p, guidance_scale: .nan}\n", "guidance_scale", "NaN is not a number; use a number from 1 to 20"),
     ("negative seed", "json", doc(item(seed=-1)), "seed", "from 0 to"),
-    ("resolution not offered", "json", doc(item(resolution="4k")), "resolution", "256, 512, 768 or 1024"),
+    ("resolution not offered", "json", doc(item(resolution="4k")), "resolution", "256, 480, 512, 576, 720, 768 or 1024"),
     ("NUL in an image path", "json", doc(item(image="a\u0000.png")), "image", "control characters"),
     ("unsupported image scheme", "json", doc(item(image="ftp://host/a.png")), "image", "ftp:// images are not supported"),
     ("csv with more cells than the header", "csv", "image,prompt\na.png,p,extra\n", None, "cells"),

@@ -46,6 +46,9 @@ class FamilyRules:
     fixed_sizes: tuple[tuple[int, int], ...] = ()  # (width, height) it only works at; () = any multiple
     max_pixels: int = 1024 * 1792
     notes: str = ""
+    # Values used where an item sets none itself (the presets' steps and guidance are I2VGen-XL's).
+    default_guidance: float | None = None
+    default_steps: int | None = None
 
     def allowed_frames(self) -> list[int]:
         return [f for f in range(self.min_frames, self.max_frames + 1) if (f - self.frame_offset) % self.frame_step == 0]
@@ -106,7 +109,7 @@ def check_params(rules: FamilyRules, *, width: int, height: int, frames: int, pr
         nearest = rules.nearest_frames(frames)
         issues.append(ParamIssue(
             "frames", frames,
-            f"{frames} frames is not allowed for {rules.title}: it renders {rules.frames_rule()}; "
+            f"{frames} is not allowed for {rules.title}: it renders {rules.frames_rule()}; "
             f"the nearest allowed is {nearest}", nearest,
         ))
     if rules.fixed_sizes and (width, height) not in rules.fixed_sizes:
@@ -132,6 +135,26 @@ def check_params(rules: FamilyRules, *, width: int, height: int, frames: int, pr
     if not rules.takes_prompt and prompt and prompt.strip():
         warnings.append(f"{rules.title} is conditioned on the image only: the prompt is not used")
     return ParamCheck(issues, warnings)
+
+
+def adapt_params(rules: FamilyRules, values: dict, explicit: set[str]) -> tuple[dict, list[str]]:
+    """Values the item did not set itself, moved to what the family renders: a preset's frame
+    count to the nearest the family accepts, its fps, guidance and steps to the family's own.
+    Returns the values and a note per change (explicit values are never changed: `check_params`
+    refuses them with the nearest allowed instead)."""
+    values = dict(values)
+    notes: list[str] = []
+    if "frames" not in explicit and values.get("frames") not in rules.allowed_frames():
+        nearest = rules.nearest_frames(values["frames"])
+        notes.append(f"frames {values['frames']} -> {nearest} ({rules.title} renders {rules.frames_rule()})")
+        values["frames"] = nearest
+    if "fps" not in explicit and rules.name != DEFAULT_FAMILY:
+        values["fps"] = rules.native_fps
+    if "guidance_scale" not in explicit and rules.default_guidance is not None:
+        values["guidance_scale"] = rules.default_guidance
+    if "steps" not in explicit and rules.default_steps is not None:
+        values["steps"] = rules.default_steps
+    return values, notes
 
 
 def _round_to(value: int, multiple: int) -> int:
@@ -163,14 +186,14 @@ WAN = FamilyRules(
     takes_prompt=True, guidance=CFG, default_frames=81,
     hub_ids=("Wan-AI/Wan2.1-I2V-14B-480P-Diffusers", "Wan-AI/Wan2.1-I2V-14B-720P-Diffusers",
              "Wan-AI/Wan2.2-I2V-A14B-Diffusers"),
-    tiny="tiny:wan", savers=_DIT_SAVERS,
+    tiny="tiny:wan", savers=_DIT_SAVERS, default_guidance=5.0, default_steps=40,
     notes="480P weights for 480p, 720P weights for 720p; Wan 2.2 A14B has two experts (high and low noise)",
 )
 LTX_VIDEO = FamilyRules(
     name="ltx-video", title="LTX-Video", pipeline_classes=("LTXImageToVideoPipeline",),
     frame_step=8, frame_offset=1, min_frames=9, max_frames=257, size_multiple=32, native_fps=24,
     takes_prompt=True, guidance=CFG, default_frames=121,
-    hub_ids=("Lightricks/LTX-Video",), tiny="tiny:ltx", savers=_DIT_SAVERS,
+    hub_ids=("Lightricks/LTX-Video",), tiny="tiny:ltx", savers=_DIT_SAVERS, default_guidance=3.0, default_steps=40,
     notes="fast: a 32x spatial, 8x temporal VAE",
 )
 COGVIDEOX = FamilyRules(
@@ -178,6 +201,7 @@ COGVIDEOX = FamilyRules(
     frame_step=8, frame_offset=1, min_frames=9, max_frames=49, size_multiple=16, native_fps=8,
     takes_prompt=True, guidance=CFG, default_frames=49,
     hub_ids=("THUDM/CogVideoX-5b-I2V", "THUDM/CogVideoX1.5-5B-I2V"), tiny="tiny:cogvideox", savers=_DIT_SAVERS,
+    default_guidance=6.0, default_steps=50,
     notes="CogVideoX-5b-I2V is trained at 720x480 (resolution 480, aspect 3:2) and 49 frames",
 )
 SVD = FamilyRules(
@@ -185,7 +209,7 @@ SVD = FamilyRules(
     frame_step=1, frame_offset=0, min_frames=2, max_frames=25, size_multiple=64, native_fps=7,
     takes_prompt=False, guidance=FRAME_RAMP, default_frames=14,
     hub_ids=("stabilityai/stable-video-diffusion-img2vid", "stabilityai/stable-video-diffusion-img2vid-xt"),
-    tiny="tiny:svd", savers=("vae_slicing", "ff_chunking", "cpu_offload"),
+    tiny="tiny:svd", savers=("vae_slicing", "ff_chunking", "cpu_offload"), default_guidance=3.0, default_steps=25,
     notes="image only (a prompt is recorded as unused); 14 frames (img2vid) or 25 (img2vid-xt) at 1024x576",
 )
 HUNYUAN_VIDEO = FamilyRules(
@@ -193,6 +217,7 @@ HUNYUAN_VIDEO = FamilyRules(
     frame_step=4, frame_offset=1, min_frames=5, max_frames=129, size_multiple=16, native_fps=24,
     takes_prompt=True, guidance=EMBEDDED, default_frames=129,
     hub_ids=("hunyuanvideo-community/HunyuanVideo-I2V",), tiny="tiny:hunyuan", savers=_DIT_SAVERS,
+    default_guidance=6.0, default_steps=50,
     notes="a LLaVA text-image encoder; guidance is distilled into the model (one pass per step)",
 )
 

@@ -24,10 +24,12 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterable
 
-from farm.core.params import RESOLUTIONS, frame_size
+from farm.core.params import frame_size
 from farm.core.vram import SAVER_LEVELS, VAE_SLICING, VAE_TILING
 
 MEMORY_SAVERS, BIGGER_TIER, RESOLUTION, FRAMES = "memory_savers", "bigger_tier", "resolution", "frames"
+# The rungs the ladder lowers resolution through (a 720p item steps down to 512p, then 256p).
+LADDER_RESOLUTIONS = (256, 512, 768, 1024)
 STEPS = (MEMORY_SAVERS, BIGGER_TIER, RESOLUTION, FRAMES)
 DEFAULT_ORDER = STEPS
 FRAME_STEPS = (32, 24, 16, 8)
@@ -191,7 +193,7 @@ def next_step(
         if step == BIGGER_TIER and bigger_tier_available:
             return step, settings
         if step == RESOLUTION:
-            lower = [r for r in RESOLUTIONS if r < settings.resolution]
+            lower = [r for r in LADDER_RESOLUTIONS if r < settings.resolution]
             if lower:
                 return step, replace(settings, resolution=lower[-1])
         if step == FRAMES:

@@ -13,15 +13,18 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
 
-RESOLUTIONS = (256, 512, 768, 1024)
-ASPECTS = ("1:1", "16:9", "9:16")
-FRAMES_RANGE = (8, 32)
+RESOLUTIONS = (256, 480, 512, 576, 720, 768, 1024)  # 480, 576, 720: the native sizes of Wan, SVD, CogVideoX
+ASPECTS = ("1:1", "16:9", "9:16", "3:2", "2:3")
+# Every family's frame counts lie in this range; each family's own rule (farm.core.families,
+# I2VGen-XL: 8 to 32) is checked once the item's model is known.
+FRAMES_RANGE = (2, 257)
 FPS_RANGE = (4, 24)
 STEPS_RANGE = (10, 100)
 GUIDANCE_RANGE = (1.0, 20.0)
 SEED_MAX = 2**32 - 1
 NEGATIVE_PROMPT_MAX_CHARS = 2000
 SIZE_MULTIPLE = 64
+FINE_SIZE_MULTIPLE = 16  # 3:2 and 2:3 (CogVideoX's 720x480): the transformer families' multiple
 
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": {"resolution": 512, "frames": 8, "fps": 8, "steps": 30, "guidance_scale": 9.0},
@@ -36,9 +39,10 @@ DEGRADE_MODES = ("allowed", "memory_savers", "never")
 # What each field accepts, in words: appended to validation errors so they say what to do.
 FIELD_HELP = {
     "preset": "one of " + ", ".join(PRESETS),
-    "resolution": "the short side in pixels, one of 256, 512, 768, 1024 (512 or \"512p\")",
+    "resolution": "the short side in pixels, one of " + ", ".join(map(str, RESOLUTIONS)) + " (512 or \"512p\")",
     "aspect": "one of " + ", ".join(ASPECTS),
-    "frames": f"an integer from {FRAMES_RANGE[0]} to {FRAMES_RANGE[1]}",
+    "frames": "an integer the model's family accepts (I2VGen-XL, the default: from 8 to 32; Wan 4k+1, "
+    "LTX-Video 8k+1: `farm models` lists every family's rule)",
     "fps": f"an integer from {FPS_RANGE[0]} to {FPS_RANGE[1]} (frames per second of the MP4)",
     "steps": f"an integer from {STEPS_RANGE[0]} to {STEPS_RANGE[1]} (denoising steps)",
     "guidance_scale": f"a number from {GUIDANCE_RANGE[0]:g} to {GUIDANCE_RANGE[1]:g}",
@@ -58,8 +62,8 @@ def _parse_resolution(value: Any) -> Any:
     return value
 
 
-Resolution = Annotated[Literal[256, 512, 768, 1024], BeforeValidator(_parse_resolution)]
-Aspect = Literal["1:1", "16:9", "9:16"]
+Resolution = Annotated[Literal[256, 480, 512, 576, 720, 768, 1024], BeforeValidator(_parse_resolution)]
+Aspect = Literal["1:1", "16:9", "9:16", "3:2", "2:3"]
 PresetName = Literal["quick", "standard", "high"]
 DegradeMode = Literal["allowed", "memory_savers", "never"]
 Frames = Annotated[StrictInt, Field(ge=FRAMES_RANGE[0], le=FRAMES_RANGE[1])]
@@ -131,6 +135,9 @@ def frame_size(resolution: int, aspect: str) -> tuple[int, int]:
     """(width, height) for a short side and an aspect; the long side is a multiple of 64."""
     if aspect == "1:1":
         return resolution, resolution
+    if aspect in ("3:2", "2:3"):
+        long_side = max(FINE_SIZE_MULTIPLE, round(resolution * 3 / 2 / FINE_SIZE_MULTIPLE) * FINE_SIZE_MULTIPLE)
+        return (long_side, resolution) if aspect == "3:2" else (resolution, long_side)
     long_side = max(SIZE_MULTIPLE, round(resolution * 16 / 9 / SIZE_MULTIPLE) * SIZE_MULTIPLE)
     if aspect == "16:9":
         return long_side, resolution

@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import replace
-from typing import Any
+from typing import Any, Callable
 
 from pydantic import ValidationError
 
-from farm.core.errors import ManifestIssue, excerpt
+from farm.core.errors import FarmError, ManifestIssue, excerpt
+from farm.core.families import FamilyRules, UnknownFamilyError, adapt_params, check_params, known_family
 from farm.core.ids import RESERVED_ITEM_IDS, derive_item_id, sanitize_id
 from farm.core.manifest.images import _ImageContext, _locate_image
 from farm.core.manifest.spec import ITEM_FIELDS, ITEM_HELP, ItemSpec, JobItem, RejectedItem
-from farm.core.params import PARAM_FIELDS, ParamOverrides, RenderParams, resolve_params
+from farm.core.params import PARAM_FIELDS, ParamOverrides, RenderParams, frame_size, resolve_params
 
 ItemIssues = dict[int, list[ManifestIssue]]  # an item's index -> the problems found in it
+FamilyResolver = Callable[[str], "FamilyRules | None"]  # a model reference -> its family (None: unknown yet)
 
 
 def _merge(first: list[ManifestIssue], more: list[ManifestIssue]) -> list[ManifestIssue]:
@@ -35,8 +37,21 @@ def _validate_items(
     cli_params: ParamOverrides,
     images: _ImageContext,
     item_issues: ItemIssues | None = None,
+    *,
+    job_model: str | None = None,
+    family_of: FamilyResolver = known_family,
 ) -> tuple[list[JobItem], list[RejectedItem]]:
     items: list[JobItem] = []
+    families: dict[str, FamilyRules | None | str] = {}  # model ref -> family, or why it is unusable
+
+    def family(ref: str) -> FamilyRules | None | str:
+        if ref not in families:
+            try:
+                families[ref] = family_of(ref)
+            except (UnknownFamilyError, FarmError) as exc:
+                families[ref] = str(exc)
+        return families[ref]
+
     rejected: list[RejectedItem] = []
     first_index_of: dict[str, int] = {}
     params_cache: dict[tuple, RenderParams] = {}  # many items share the same overrides
@@ -67,6 +82,8 @@ def _validate_items(
                     exc, known=ITEM_FIELDS, item_index=index, item_id=raw_id, line=line, skip_kinds=_WALKED_KINDS
                 ),
             )
+            issues.extend(replace(i, item_index=index, item_id=raw_id, line=line)
+                          for i in _family_issues_of_raw(raw, issues, job_model, family))
             image = raw.get("image")
             if isinstance(image, str) and not any(i.field == "image" for i in issues):
                 _, extra = _locate_image(image, images)
@@ -83,12 +100,25 @@ def _validate_items(
         requested = spec.explicit()
         if spec.preset is not None:
             requested = {"preset": spec.preset, **requested}
-        cache_key = tuple(requested.items())
+        model = spec.model.strip() if spec.model else None
+        rules = family(model or job_model) if (model or job_model) else None
+        if isinstance(rules, str):  # the model names no family farm has an adapter for
+            issues.append(ManifestIssue(rules, field="model", value=model or job_model))
+            rules = None
+        cache_key = (tuple(requested.items()), rules.name if rules else None)
         params = params_cache.get(cache_key)
         if params is None:
-            params = params_cache[cache_key] = resolve_params(defaults, cli_params, spec)
+            params = resolve_params(defaults, cli_params, spec)
+            if rules is not None:
+                params = _for_family(params, rules, defaults, cli_params, spec)
+            params_cache[cache_key] = params
+        if rules is not None:
+            width, height = frame_size(params.resolution, params.aspect)
+            checked = check_params(rules, width=width, height=height, frames=params.frames, prompt=None)
+            issues.extend(ManifestIssue(i.message, field=i.field, value=i.value) for i in checked.issues)
         # The id derives from the path as written, so it does not change with where links point.
-        item_id = sanitize_id(spec.id) if spec.id is not None else derive_item_id(spec.image, spec.prompt, requested)
+        id_content = {**requested, "model": model} if model else requested
+        item_id = sanitize_id(spec.id) if spec.id is not None else derive_item_id(spec.image, spec.prompt, id_content)
         if item_id in RESERVED_ITEM_IDS:
             issues.append(
                 ManifestIssue(
@@ -124,9 +154,33 @@ def _validate_items(
                 requested=requested,
                 line=line,
                 given_id=spec.id,
+                model=model,
+                family=rules.name if rules else None,
             )
         )
     return items, rejected
+
+
+def _family_issues_of_raw(raw: dict, found: list[ManifestIssue], job_model: str | None, family) -> list[ManifestIssue]:
+    """The family's frame rule for an item that failed validation elsewhere: every error at once."""
+    frames, ref = raw.get("frames"), raw.get("model") if isinstance(raw.get("model"), str) else job_model
+    if not ref or type(frames) is not int or any((i.field or "").split(".")[0] == "frames" for i in found):
+        return []
+    rules = family(ref.strip())
+    if not isinstance(rules, FamilyRules) or frames in rules.allowed_frames():
+        return []
+    checked = check_params(rules, width=rules.size_multiple, height=rules.size_multiple, frames=frames, prompt=None)
+    return [ManifestIssue(i.message, field=i.field, item_index=None, value=i.value)
+            for i in checked.issues if i.field == "frames"]
+
+
+def _for_family(params: RenderParams, rules: FamilyRules, *layers: ParamOverrides) -> RenderParams:
+    """`params` with what no layer set explicitly moved to what `rules`' family renders."""
+    explicit: set[str] = set()
+    for layer in layers:
+        explicit |= set(layer.explicit())
+    values, _ = adapt_params(rules, params.model_dump(), explicit)
+    return RenderParams.model_construct(**values) if values != params.model_dump() else params
 
 
 def _kind_of(value: Any) -> str:

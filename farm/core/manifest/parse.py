@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from farm.core.errors import ManifestError, ManifestIssue
+from farm.core.families import known_family
 from farm.core.ids import sanitize_id
 from farm.core.ladder import DEFAULT_ORDER
 from farm.core.localfiles import canonical_path
@@ -48,6 +49,7 @@ def parse_manifest(
     check_files: bool = False,
     default_output: str | None = None,
     output_base: str | None = None,
+    family_of=None,
 ) -> JobSpec:
     """Validate manifest content. Model precedence: overrides, manifest, `env_model`, default.
 
@@ -58,7 +60,9 @@ def parse_manifest(
     unless `base_dir` is an operator-approved folder: then local paths must stay inside it, and
     it becomes the job's `image_root`, checked again when the worker opens the file. An explicit
     `image_root` confines local images the same way. With `check_files`, local images that cannot
-    be opened are errors of their items.
+    be opened are errors of their items. `family_of` maps a model reference to its family
+    (`farm.models.registry.family_of_ref` also reads local folders); by default only the
+    references `farm.core.families` knows are checked against a family's rules.
     """
     overrides = overrides or JobOverrides()
     text = _decode(data, source)
@@ -95,7 +99,8 @@ def parse_manifest(
     root = canonical_path(os.fspath(image_root)) if image_root is not None else None
     images = _ImageContext(base_dir, local_images, root, check_files)
     try:
-        items, rejected = _validate_items(raw_items, lines, defaults, overrides.params, images, item_issues)
+        items, rejected = _validate_items(raw_items, lines, defaults, overrides.params, images, item_issues,
+                                          job_model=model, family_of=family_of or known_family)
     finally:
         images.folder_fds.close()
     if issues or (rejected and not skip_invalid):

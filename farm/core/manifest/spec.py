@@ -34,7 +34,8 @@ ITEM_HELP = {
     "prompt": f"a text of 1 to {PROMPT_MAX_CHARS} characters describing the motion",
     "version": f"the number {MANIFEST_VERSION}",
     "name": "the job's name, used as the output folder",
-    "model": "a Hugging Face id, a local diffusers folder, or `tiny`",
+    "model": "a Hugging Face id, a local diffusers folder, `tiny` or `tiny:FAMILY` (`farm models` lists them); "
+    "on an item, that item's model",
     "output": "where results go: a local folder (relative to the manifest) or s3://BUCKET/PREFIX",
     "defaults": "a mapping of parameters applied to every item",
     "items": "a list of items, each with at least `image` and `prompt`",
@@ -52,6 +53,7 @@ class ItemSpec(ParamOverrides):
     id: StrictStr | None = Field(default=None, min_length=1, max_length=256)
     image: StrictStr = Field(min_length=1, max_length=4096)
     prompt: StrictStr = Field(min_length=1, max_length=PROMPT_MAX_CHARS)
+    model: StrictStr | None = Field(default=None, min_length=1, max_length=4096)
 
 
 class ManifestHeader(BaseModel):
@@ -73,7 +75,7 @@ class ManifestHeader(BaseModel):
     items: list[Any] = Field(min_length=1)
 
 
-ITEM_FIELDS = ("id", "image", "prompt", "preset", *PARAM_FIELDS)
+ITEM_FIELDS = ("id", "image", "prompt", "model", "preset", *PARAM_FIELDS)
 HEADER_FIELDS = tuple(ManifestHeader.model_fields)
 
 
@@ -89,6 +91,8 @@ class JobItem:
     requested: dict[str, Any]
     line: int | None = None
     given_id: str | None = None
+    model: str | None = None  # this item's model when it names one; None: the job's
+    family: str | None = None  # the model's family where validation could tell (farm.core.families)
 
     @property
     def seed(self) -> int:
@@ -153,6 +157,8 @@ class JobSpec:
                     "requested": item.requested,
                     "line": item.line,
                     "given_id": item.given_id,
+                    **({"model": item.model} if item.model else {}),
+                    **({"family": item.family} if item.family else {}),
                 }
                 for item in self.items
             ],
@@ -188,6 +194,8 @@ class JobSpec:
                 requested=entry["requested"],
                 line=entry.get("line"),
                 given_id=entry.get("given_id"),
+                model=entry.get("model"),
+                family=entry.get("family"),
             )
             for entry in data["items"]
         ]
