@@ -76,7 +76,7 @@ class RenderTask:
         return cls(
             job_name=spec.name,
             output=spec.output,
-            model=spec.model,
+            model=spec.model_of(item),
             item_id=item.id,
             item_index=item.index,
             image=item.image,

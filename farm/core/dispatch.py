@@ -789,7 +789,7 @@ class DispatchState:
     def _fit(self, job: DispatchJob, item_id: str, tier: str, ooms: tuple[OomRecord, ...]):
         spec = job.state.spec
         spec_item = job.state.spec_item(item_id)
-        planner = Planner(self.table, self.shape, self.profile_for(spec.model))
+        planner = Planner(self.table, self.shape, self.profile_for(spec.profile_key(spec_item)))
         return planner.fit_to_tier(spec_item, tier, order=spec.degrade_order, blocked=blocked_on(tier, ooms))
 
     def _ensure_tier(self, tier: str) -> None:
@@ -818,10 +818,11 @@ class DispatchState:
                 job.items.pop(item_id, None)
                 continue
             spec = job.state.spec
-            if spec.model not in planners:
-                planners[spec.model] = Planner(self.table, ClusterShape(counts), self.profile_for(spec.model))
-            item_plan = planners[spec.model].plan_item(job.state.spec_item(item_id), order=spec.degrade_order,
-                                                       unfit=spec.unfit)
+            spec_item = job.state.spec_item(item_id)
+            key = spec.profile_key(spec_item)
+            if key not in planners:
+                planners[key] = Planner(self.table, ClusterShape(counts), self.profile_for(key))
+            item_plan = planners[key].plan_item(spec_item, order=spec.degrade_order, unfit=spec.unfit)
             if item_plan.rejected:
                 job.state.fail(item_id, FailureReason.NO_FITTING_TIER, item_plan.rejected)
                 job.items.pop(item_id, None)

@@ -49,6 +49,8 @@ class FamilyRules:
     # Values used where an item sets none itself (the presets' steps and guidance are I2VGen-XL's).
     default_guidance: float | None = None
     default_steps: int | None = None
+    # Frame counts the degrade ladder steps down through (each one the family accepts).
+    frame_ladder: tuple[int, ...] = (32, 24, 16, 8)
 
     def allowed_frames(self) -> list[int]:
         return [f for f in range(self.min_frames, self.max_frames + 1) if (f - self.frame_offset) % self.frame_step == 0]
@@ -187,6 +189,7 @@ WAN = FamilyRules(
     hub_ids=("Wan-AI/Wan2.1-I2V-14B-480P-Diffusers", "Wan-AI/Wan2.1-I2V-14B-720P-Diffusers",
              "Wan-AI/Wan2.2-I2V-A14B-Diffusers"),
     tiny="tiny:wan", savers=_DIT_SAVERS, default_guidance=5.0, default_steps=40,
+    frame_ladder=(121, 81, 61, 49, 33, 17, 9, 5),
     notes="480P weights for 480p, 720P weights for 720p; Wan 2.2 A14B has two experts (high and low noise)",
 )
 LTX_VIDEO = FamilyRules(
@@ -194,6 +197,7 @@ LTX_VIDEO = FamilyRules(
     frame_step=8, frame_offset=1, min_frames=9, max_frames=257, size_multiple=32, native_fps=24,
     takes_prompt=True, guidance=CFG, default_frames=121,
     hub_ids=("Lightricks/LTX-Video",), tiny="tiny:ltx", savers=_DIT_SAVERS, default_guidance=3.0, default_steps=40,
+    frame_ladder=(257, 161, 121, 97, 65, 49, 33, 17, 9),
     notes="fast: a 32x spatial, 8x temporal VAE",
 )
 COGVIDEOX = FamilyRules(
@@ -201,7 +205,7 @@ COGVIDEOX = FamilyRules(
     frame_step=8, frame_offset=1, min_frames=9, max_frames=49, size_multiple=16, native_fps=8,
     takes_prompt=True, guidance=CFG, default_frames=49,
     hub_ids=("THUDM/CogVideoX-5b-I2V", "THUDM/CogVideoX1.5-5B-I2V"), tiny="tiny:cogvideox", savers=_DIT_SAVERS,
-    default_guidance=6.0, default_steps=50,
+    default_guidance=6.0, default_steps=50, frame_ladder=(49, 33, 25, 17, 9),
     notes="CogVideoX-5b-I2V is trained at 720x480 (resolution 480, aspect 3:2) and 49 frames",
 )
 SVD = FamilyRules(
@@ -210,6 +214,7 @@ SVD = FamilyRules(
     takes_prompt=False, guidance=FRAME_RAMP, default_frames=14,
     hub_ids=("stabilityai/stable-video-diffusion-img2vid", "stabilityai/stable-video-diffusion-img2vid-xt"),
     tiny="tiny:svd", savers=("vae_slicing", "ff_chunking", "cpu_offload"), default_guidance=3.0, default_steps=25,
+    frame_ladder=(25, 14, 8, 4),
     notes="image only (a prompt is recorded as unused); 14 frames (img2vid) or 25 (img2vid-xt) at 1024x576",
 )
 HUNYUAN_VIDEO = FamilyRules(
@@ -217,7 +222,7 @@ HUNYUAN_VIDEO = FamilyRules(
     frame_step=4, frame_offset=1, min_frames=5, max_frames=129, size_multiple=16, native_fps=24,
     takes_prompt=True, guidance=EMBEDDED, default_frames=129,
     hub_ids=("hunyuanvideo-community/HunyuanVideo-I2V",), tiny="tiny:hunyuan", savers=_DIT_SAVERS,
-    default_guidance=6.0, default_steps=50,
+    default_guidance=6.0, default_steps=50, frame_ladder=(129, 97, 65, 49, 33, 17, 9, 5),
     notes="a LLaVA text-image encoder; guidance is distilled into the model (one pass per step)",
 )
 

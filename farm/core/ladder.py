@@ -21,7 +21,7 @@ OOM on its card) and through the planner the dispatch state machine all call it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable
 
 from farm.core.params import frame_size
@@ -43,6 +43,8 @@ class RenderSettings:
     aspect: str
     frames: int
     saver_level: int = 0
+    # The frame counts the ladder steps down through: the family's (farm.core.families).
+    frame_steps: tuple[int, ...] = field(default=FRAME_STEPS, compare=False)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -197,7 +199,7 @@ def next_step(
             if lower:
                 return step, replace(settings, resolution=lower[-1])
         if step == FRAMES:
-            lower = [f for f in FRAME_STEPS if f < settings.frames]
+            lower = [f for f in settings.frame_steps if f < settings.frames]
             if lower:
                 return step, replace(settings, frames=lower[0])
     return None

@@ -14,13 +14,14 @@ decides from those numbers, the runtime applies the plan. No Ray, no torch.
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterable
 
-from farm.core.ladder import BIGGER_TIER, Degradation, RenderSettings, climb
+from farm.core.ladder import BIGGER_TIER, FRAME_STEPS, Degradation, RenderSettings, climb
 from farm.core.manifest import JobItem, JobSpec
 from farm.core.scheduler import TierScheduler
 from farm.core.tiers import CPU_TIER, GIB, ClusterShape, TierTable
+from farm.core.families import FAMILIES
 from farm.core.vram import ModelProfile, VramEstimate, estimate_vram, profile_for_model, render_flop
 
 REFERENCE_TIER = "24g"  # `fixed_seconds` of a profile are measured on this tier's card
@@ -38,6 +39,7 @@ class ItemPlan:
     degradations: tuple[Degradation, ...] = ()
     seconds: float | None = None
     rejected: str | None = None
+    family: str = ""  # the profile it was planned with
 
     @property
     def fits(self) -> bool:
@@ -46,6 +48,7 @@ class ItemPlan:
     def to_dict(self) -> dict:
         data = {
             "item_id": self.item_id,
+            "family": self.family,
             "tier": self.tier,
             "settings": self.settings.to_dict(),
             "estimate_gib": round(self.estimate.total_gib, 2) if self.estimate else None,
@@ -104,6 +107,8 @@ class Planner:
         self.table = table
         self.shape = shape
         self.profile = profile
+        family = FAMILIES.get(profile.family or profile.name)
+        self.frame_steps = family.frame_ladder if family is not None else FRAME_STEPS
         self.dtype_bytes = dtype_bytes
         self.cpu_only = set(shape.present) <= {CPU_TIER}
         self.present = [] if self.cpu_only else table.ordered(t for t in shape.present if t != CPU_TIER)
@@ -160,7 +165,7 @@ class Planner:
                     f"{settings.describe()} exceeds its {budget / GIB:.1f} GiB budget")
 
         result = climb(
-            RenderSettings(params.resolution, params.aspect, params.frames),
+            RenderSettings(params.resolution, params.aspect, params.frames, frame_steps=self.frame_steps),
             mode=params.degrade,
             order=[s for s in order if s != BIGGER_TIER],
             blocked=blocked,
@@ -172,7 +177,7 @@ class Planner:
 
     def _plan(self, item_id: str, params, *, order, unfit: str) -> ItemPlan:
         guidance = params.guidance_scale > 1
-        settings = RenderSettings(params.resolution, params.aspect, params.frames)
+        settings = RenderSettings(params.resolution, params.aspect, params.frames, frame_steps=self.frame_steps)
         if self.cpu_only:
             return ItemPlan(item_id, CPU_TIER, settings, None, None)
         estimate = self.estimate(settings, guidance)
@@ -213,8 +218,19 @@ def plan_job(
 ) -> JobPlan:
     """Plan every valid item of `spec` on `shape`; simulate the dispatch for the makespan.
     `calibration`: a `farm calibrate` file (FARM_VRAM_CALIBRATION) for the estimator's constants."""
-    planner = Planner(table, shape, profile_for_model(spec.model, calibration=calibration), dtype_bytes=dtype_bytes)
-    items = [planner.plan_item(item, order=spec.degrade_order, unfit=spec.unfit) for item in spec.items]
+    planners: dict[str, Planner] = {}  # one per model family: each plans with its own profile
+
+    def planner_for(key: str) -> Planner:
+        if key not in planners:
+            planners[key] = Planner(table, shape, profile_for_model(key, calibration=calibration), dtype_bytes=dtype_bytes)
+        return planners[key]
+
+    items = []
+    for item in spec.items:
+        key = spec.profile_key(item)
+        item_plan = planner_for(key).plan_item(item, order=spec.degrade_order, unfit=spec.unfit)
+        items.append(replace(item_plan, family=planners[key].profile.name))
+    planner = planner_for(spec.model)
     plan = JobPlan(items=items, shape=shape)
     steps = {item.id: item.params for item in spec.items}
     plan.tiers = {name: TierLoad(workers=count) for name, count in shape.workers.items() if count > 0}

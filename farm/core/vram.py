@@ -195,6 +195,8 @@ def profile_for_model(model: str, gpu_name: str | None = None, calibration: str 
     """
     from farm.core.families import known_family
 
+    if model in PROFILES:  # a family's name (what validation recorded for an item)
+        return calibrated(PROFILES[model], gpu_name, calibration)
     family = known_family(model) if model else None
     profile = PROFILES[family.name] if family is not None else I2VGENXL_PROFILE
     return calibrated(profile, gpu_name, calibration)

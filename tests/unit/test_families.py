@@ -115,3 +115,29 @@ def test_profiles_follow_the_reference_and_the_estimate_grows_with_tokens():
     assert small < large
     with pytest.raises(UnknownFamilyError):
         known_family("tiny:nope")
+
+
+def test_each_family_degrades_frames_only_to_counts_it_accepts():
+    from farm.core.ladder import FRAMES, RenderSettings, next_step
+
+    for rules in FAMILIES.values():
+        assert all(f in rules.allowed_frames() for f in rules.frame_ladder), rules.name
+        assert list(rules.frame_ladder) == sorted(rules.frame_ladder, reverse=True)
+    settings = RenderSettings(480, "16:9", 81, frame_steps=WAN.frame_ladder)
+    step, lower = next_step(settings, mode="allowed", order=(FRAMES,))
+    assert lower.frames == 61 and lower.frames in WAN.allowed_frames()
+
+
+def test_a_mixed_job_is_planned_per_item_with_each_family_s_profile():
+    from farm.core.planner import plan_job
+    from farm.core.tiers import ClusterShape, load_tier_table
+
+    spec = parse({"version": 1, "items": [
+        item(id="i2v"), item(id="wan", model="tiny:wan", resolution=480, aspect="16:9", frames=81),
+        item(id="svd", model="tiny:svd", resolution=576, aspect="16:9", frames=14),
+    ]}, "json")
+    table = load_tier_table()
+    plan = plan_job(spec, ClusterShape({name: 1 for name in table.names()}), table)
+    by_id = {p.item_id: p for p in plan.items}
+    assert {k: p.family for k, p in by_id.items()} == {"i2v": "i2vgen-xl", "wan": "wan", "svd": "svd"}
+    assert by_id["wan"].estimate.total_bytes > by_id["i2v"].estimate.total_bytes

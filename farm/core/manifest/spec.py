@@ -133,6 +133,15 @@ class JobSpec:
     def total(self) -> int:
         return len(self.items) + len(self.rejected)
 
+    def model_of(self, item: JobItem) -> str:
+        """The model that renders `item`: its own, else the job's."""
+        return item.model or self.model
+
+    def profile_key(self, item: JobItem) -> str:
+        """What `profile_for_model` plans `item` with: its family where validation knew it,
+        else its model reference."""
+        return item.family or self.model_of(item)
+
     def to_dict(self) -> dict[str, Any]:
         """The validated job as stored in `spec.json` (what `farm resume` runs again)."""
         return {
