@@ -26,6 +26,7 @@ from farm.cli.output import (
     _print_manifest_error,
 )
 from farm.core.errors import FarmError, ManifestError, ManifestIssue
+from farm.core.families import FAMILIES
 from farm.core.manifest import JobOverrides, issues_from_validation
 from farm.core.params import ParamOverrides
 from farm.storage.manifest_file import load_manifest
@@ -82,16 +83,78 @@ def cmd_validate(args: argparse.Namespace) -> int:
         else:
             _print_manifest_error(error)
         return EXIT_INVALID
+    families = _families_of(spec)
     if args.json:
         print(
             json.dumps(
-                {"valid": True, "name": spec.name, "model": spec.model, "output": spec.output, "items": len(spec.items)},
+                {"valid": True, "name": spec.name, "model": spec.model, "output": spec.output, "items": len(spec.items),
+                 "families": {name: {"items": count, **FAMILIES[name].to_dict()} for name, count in families.items()}},
                 indent=1,
             )
         )
     else:
         print(f"{args.manifest}: valid, {len(spec.items)} items, job {spec.name!r}, model {excerpt(spec.model)}")
+        for name, count in families.items():
+            rules = FAMILIES[name]
+            print(f"  {count} item(s) {rules.title}: {rules.frames_rule()}, {rules.size_rule()}, "
+                  f"native {rules.native_fps} fps, prompt {'used' if rules.takes_prompt else 'not used'}")
+        unknown = sum(1 for item in spec.items if item.family is None)
+        if unknown:
+            print(f"  {unknown} item(s) of a model whose family its weights will tell (checked when a worker loads it)")
     return EXIT_OK
+
+
+def _families_of(spec) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for item in spec.items:
+        if item.family:
+            counts[item.family] = counts.get(item.family, 0) + 1
+    return counts
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    """The families farm renders: their rules, tiny variants, Hub ids, savers, and what fits which card."""
+    from farm.core.tiers import load_tier_table
+    from farm.core.vram import PROFILES, SAVER_LEVELS, estimate_vram
+
+    table = load_tier_table(args.settings.tiers_file)
+    rows = []
+    for name, rules in FAMILIES.items():
+        profile = PROFILES[name]
+        width, height = _typical_size(rules)
+        frames = rules.default_frames
+        fits = {}
+        for label, savers in (("no_savers", ()), ("all_savers", tuple(SAVER_LEVELS[-1]) + tuple(rules.savers))):
+            estimate = estimate_vram(profile, width, height, frames, savers=savers)
+            tier = next((t for t in table.tiers if estimate.total_bytes <= t.budget_bytes), None)
+            fits[label] = {"estimate_gib": round(estimate.total_gib, 1), "smallest_tier": tier.name if tier else None}
+        rows.append({**rules.to_dict(), "parameters": profile.total_params,
+                     "typical": f"{width}x{height}x{frames}", "fits": fits})
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return EXIT_OK
+    for row in rows:
+        print(f"{row['family']}: {row['title']} ({', '.join(row['pipelines'])}), "
+              f"{row['parameters'] / 1e9:.1f} B parameters")
+        print(f"  frames {row['frames']}; {row['sizes']}; native {row['native_fps']} fps; prompt {row['prompt']}; "
+              f"guidance {row['guidance']}")
+        print(f"  tiny variant `{row['tiny']}`; Hub ids: {', '.join(row['hub_ids'])}")
+        print(f"  savers: {', '.join(row['savers'])}")
+        fits = row["fits"]
+        print(f"  {row['typical']}: {fits['no_savers']['estimate_gib']} GiB -> {fits['no_savers']['smallest_tier'] or 'no tier'}"
+              f"; with every saver {fits['all_savers']['estimate_gib']} GiB -> {fits['all_savers']['smallest_tier'] or 'no tier'}")
+        if row["notes"]:
+            print(f"  {row['notes']}")
+    print("weights offline: `hf download HUB_ID --local-dir DIR` on a machine with internet, then --model DIR "
+          "(or an item's `model:`); docs/models.md")
+    return EXIT_OK
+
+
+def _typical_size(rules) -> tuple[int, int]:
+    """The size `farm models` quotes: the family's only size, else 512x512 (I2VGen-XL) or 832x480."""
+    if rules.fixed_sizes:
+        return rules.fixed_sizes[0]
+    return (512, 512) if rules.name == "i2vgen-xl" else (1024, 576) if rules.name == "svd" else (832, 480)
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -128,7 +191,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         out.write(f"no --gpus given: planning for one GPU of every tier ({', '.join(table.names())})\n")
     if profile.calibration:
         out.write(f"VRAM estimates calibrated by {profile.calibration}\n")
-    out.write(f"{'item':32} {'tier':>5} {'VRAM GiB':>9} {'budget':>7} {'settings':>18} {'est. s':>7}  planned degradations\n")
+    out.write(f"{'item':32} {'family':>13} {'tier':>5} {'VRAM GiB':>9} {'budget':>7} {'settings':>18} {'est. s':>7}  planned degradations\n")
     for item_plan in plan.items:
         settings = item_plan.settings
         width, height = settings.size
@@ -141,7 +204,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
             steps = "REJECTED: " + item_plan.rejected
         elif not item_plan.fits:
             steps = (steps + "; " if steps else "") + "still over budget within its degrade mode: expect an OOM"
-        out.write(f"{item_plan.item_id[:32]:32} {item_plan.tier or '-':>5} {estimate} {budget} {size:>18} {seconds}  {steps}\n")
+        out.write(f"{item_plan.item_id[:32]:32} {item_plan.family:>13} {item_plan.tier or '-':>5} {estimate} {budget} {size:>18} {seconds}  {steps}\n")
     out.write("\n")
     out.write(f"{'tier':6} {'workers':>7} {'items':>7} {'busy s/worker':>14}\n")
     for name, load in plan.tiers.items():
@@ -185,13 +248,17 @@ def cmd_tiers(args: argparse.Namespace) -> int:
     profile = _vram_profile(args.model or args.settings.model_ref, args.settings.vram_calibration)
     if profile is None:
         return EXIT_INVALID
-    print(f"{'tier':5} {'card GiB':>8} {'budget GiB':>10} {'example':16} {'TFLOP/s':>8}  max frames at 256/512/768/1024p (1:1, no savers | all savers)")
+    rules = FAMILIES.get(profile.name, FAMILIES["i2vgen-xl"])
+    resolutions = [r for r in RESOLUTIONS if r % rules.size_multiple == 0]
+    allowed = rules.allowed_frames()
+    print(f"{'tier':5} {'card GiB':>8} {'budget GiB':>10} {'example':16} {'TFLOP/s':>8}  max frames at "
+          f"{'/'.join(map(str, resolutions))}p (1:1, no savers | all savers)")
     for tier in table.tiers:
         fits = []
-        for level in (0, len(SAVER_LEVELS) - 1):
+        for savers in (SAVER_LEVELS[0], tuple(SAVER_LEVELS[-1]) + tuple(rules.savers)):
             row = []
-            for resolution in RESOLUTIONS:
-                frames = [f for f in range(8, 33) if estimate_vram(profile, resolution, resolution, f, savers=SAVER_LEVELS[level]).total_bytes <= tier.budget_bytes]
+            for resolution in resolutions:
+                frames = [f for f in allowed if estimate_vram(profile, resolution, resolution, f, savers=savers).total_bytes <= tier.budget_bytes]
                 row.append(str(max(frames)) if frames else "-")
             fits.append("/".join(row))
         print(

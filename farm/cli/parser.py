@@ -8,6 +8,7 @@ from farm import __version__
 from farm.cli.local import (
     cmd_calibrate,
     cmd_demo,
+    cmd_models,
     cmd_plan,
     cmd_render,
     cmd_resume,
@@ -95,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     tiers.add_argument("--node", action="store_true", help="print this node's `ray start` GPU and tier resources")
     tiers.add_argument("--model")
     tiers.set_defaults(func=cmd_tiers)
+
+    models = commands.add_parser("models", help="the model families farm renders: rules, tiny variants, Hub ids, savers, fit")
+    models.add_argument("--json", action="store_true", help="machine-readable output")
+    models.set_defaults(func=cmd_models)
 
     calibrate = commands.add_parser(
         "calibrate", help="fit the VRAM estimator to the peaks measured on CUDA in finished jobs' sidecars"

@@ -81,7 +81,7 @@ class RenderWorkerImpl:
         from farm.core.tiers import load_tier_table
         from farm.core.vram import profile_for_model
         from farm.models.faults import OomInjector, parse_faults
-        from farm.models.i2vgen import I2VGenXLAdapter
+        from farm.models.registry import load_adapter
         from farm.models.loading import select_device
         from farm.models.memory import SimulatedCard, allocated_bytes, apply_memory_cap, detect_card
         from farm.renderer import BackgroundCommits, ItemRenderer
@@ -92,7 +92,7 @@ class RenderWorkerImpl:
         apply_memory_cap(self.card, device)
         if self.card.simulated:
             SimulatedCard(self.card, profile_for_model(self.model_ref, calibration=settings.vram_calibration)).check_load()
-        self.adapter = I2VGenXLAdapter.load(
+        self.adapter = load_adapter(
             self.model_ref, device=device, requested_precision=local.precision, vae_upcast=local.vae_upcast
         )
         rules = parse_faults(faults or settings.workers.faults or local.faults)

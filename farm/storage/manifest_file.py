@@ -16,6 +16,7 @@ from pathlib import Path
 from farm.core.errors import ManifestError, ManifestIssue, excerpt
 from farm.core.localfiles import file_kind, open_nonblocking, read_at_most
 from farm.core.manifest import FORMATS, JobOverrides, JobSpec, detect_format, parse_manifest
+from farm.models.registry import family_of_ref
 
 MAX_MANIFEST_BYTES = 64 * 1024 * 1024  # the default of FARM_MAX_MANIFEST_BYTES
 MAX_MANIFEST_BYTES_ENV = "FARM_MAX_MANIFEST_BYTES"
@@ -53,6 +54,7 @@ def load_manifest(
         source=str(path),
         env_model=env_model,
         check_files=check_files,
+        family_of=family_of_ref,  # local model folders are read for their family
     )
 
 
