@@ -170,10 +170,15 @@ class VideoAdapter:
         return adapter
 
     def upcast_vae_decoder(self) -> None:
-        """Decode in fp32 (the VAE's `force_upcast`): the whole VAE unless a family knows better."""
+        """Decode in fp32 (the VAE's `force_upcast`): only the decoding half, since the pipelines
+        encode the conditioning image with the VAE's encoder in the model's dtype."""
         import torch
 
-        self.pipeline.vae.to(torch.float32)
+        vae = self.pipeline.vae
+        for name in ("decoder", "post_quant_conv"):
+            part = getattr(vae, name, None)
+            if part is not None:
+                part.to(torch.float32)
 
     @property
     def denoiser(self):
@@ -185,7 +190,9 @@ class VideoAdapter:
 
     @property
     def vae_dtype(self):
-        return next(self.pipeline.vae.parameters()).dtype
+        """The dtype the VAE decodes in (its decoder's)."""
+        vae = self.pipeline.vae
+        return next(getattr(vae, "decoder", vae).parameters()).dtype
 
     def describe(self) -> dict:
         return {
