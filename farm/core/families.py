@@ -173,12 +173,20 @@ LTX_VIDEO = FamilyRules(
     hub_ids=("Lightricks/LTX-Video",), tiny="tiny:ltx", savers=_DIT_SAVERS,
     notes="fast: a 32x spatial, 8x temporal VAE",
 )
+# CogVideoX: 8k+1 frames (the VAE decodes an even latent count into 4 frames per latent frame,
+# not 4k+1), multiples of 16 (8x VAE, 2x2 patches). The reference CogVideoX-5b-I2V has learned
+# positional embeddings: any size but 720x480 raises in CogVideoXPatchEmbed, any frame count but
+# 49 silently drops the learned table. These are its rules (per-model rules would let
+# CogVideoX1.5-5B-I2V and tiny:cogvideox render other sizes and lengths).
 COGVIDEOX = FamilyRules(
     name="cogvideox", title="CogVideoX image-to-video", pipeline_classes=("CogVideoXImageToVideoPipeline",),
-    frame_step=8, frame_offset=1, min_frames=9, max_frames=49, size_multiple=16, native_fps=8,
+    frame_step=8, frame_offset=1, min_frames=49, max_frames=49, size_multiple=16, native_fps=8,
     takes_prompt=True, guidance=CFG, default_frames=49,
     hub_ids=("THUDM/CogVideoX-5b-I2V", "THUDM/CogVideoX1.5-5B-I2V"), tiny="tiny:cogvideox", savers=_DIT_SAVERS,
-    notes="CogVideoX-5b-I2V is trained at 720x480 (resolution 480, aspect 3:2) and 49 frames",
+    fixed_sizes=((720, 480),),
+    notes="CogVideoX-5b-I2V renders only 720x480 and 49 frames (learned positional embeddings); "
+          "CogVideoX1.5-5B-I2V takes any multiple of 16 and 8k+1 frames (81 at 16 fps) but is held to "
+          "the same rules here",
 )
 SVD = FamilyRules(
     name="svd", title="Stable Video Diffusion", pipeline_classes=("StableVideoDiffusionPipeline",),
