@@ -14,7 +14,7 @@ are mapped here without reading anything. Pure code: no torch, no I/O.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 TINY_PREFIX = "tiny:"
 RANDOM_PREFIX = "random:"
@@ -200,13 +200,19 @@ LTX_VIDEO = FamilyRules(
     frame_ladder=(257, 161, 121, 97, 65, 49, 33, 17, 9),
     notes="fast: a 32x spatial, 8x temporal VAE",
 )
+# CogVideoX: 8k+1 frames (the VAE decodes an even latent count into 4 frames per latent frame,
+# not 4k+1), multiples of 16 (8x VAE, 2x2 patches). The reference CogVideoX-5b-I2V has learned
+# positional embeddings: any size but 720x480 raises in CogVideoXPatchEmbed, any frame count but
+# 49 silently drops the learned table. These are its rules (per-model rules would let
+# CogVideoX1.5-5B-I2V and tiny:cogvideox render other sizes and lengths).
 COGVIDEOX = FamilyRules(
     name="cogvideox", title="CogVideoX image-to-video", pipeline_classes=("CogVideoXImageToVideoPipeline",),
-    frame_step=8, frame_offset=1, min_frames=9, max_frames=49, size_multiple=16, native_fps=8,
+    frame_step=8, frame_offset=1, min_frames=9, max_frames=161, size_multiple=16, native_fps=8,
     takes_prompt=True, guidance=CFG, default_frames=49,
     hub_ids=("THUDM/CogVideoX-5b-I2V", "THUDM/CogVideoX1.5-5B-I2V"), tiny="tiny:cogvideox", savers=_DIT_SAVERS,
     default_guidance=6.0, default_steps=50, frame_ladder=(49, 33, 25, 17, 9),
-    notes="CogVideoX-5b-I2V is trained at 720x480 (resolution 480, aspect 3:2) and 49 frames",
+    notes="CogVideoX-5b-I2V renders only 720x480 and 49 frames (learned positional embeddings: "
+          "resolution 480, aspect 3:2); CogVideoX1.5-5B-I2V any multiple of 16 and 8k+1 frames (81 at 16 fps)",
 )
 SVD = FamilyRules(
     name="svd", title="Stable Video Diffusion", pipeline_classes=("StableVideoDiffusionPipeline",),
@@ -225,6 +231,14 @@ HUNYUAN_VIDEO = FamilyRules(
     default_guidance=6.0, default_steps=50, frame_ladder=(129, 97, 65, 49, 33, 17, 9, 5),
     notes="a LLaVA text-image encoder; guidance is distilled into the model (one pass per step)",
 )
+
+# Models of a family with narrower rules than the family's (keyed by lower-case Hub id).
+MODEL_RULES: dict[str, FamilyRules] = {
+    "thudm/cogvideox-5b-i2v": replace(COGVIDEOX, title="CogVideoX-5b-I2V", min_frames=49, max_frames=49,
+                                      fixed_sizes=((720, 480),), frame_ladder=(49,)),
+    "thudm/cogvideox1.5-5b-i2v": replace(COGVIDEOX, title="CogVideoX1.5-5B-I2V", native_fps=16, default_frames=81,
+                                         frame_ladder=(161, 81, 49, 33, 17, 9)),
+}
 
 FAMILIES: dict[str, FamilyRules] = {f.name: f for f in (I2VGEN_XL, WAN, LTX_VIDEO, COGVIDEOX, SVD, HUNYUAN_VIDEO)}
 DEFAULT_FAMILY = I2VGEN_XL.name
@@ -247,6 +261,14 @@ def family_for_pipeline_class(class_name: str, *, ref: str = "") -> FamilyRules:
             f"{where} a {class_name!r} pipeline, which farm has no adapter for; supported pipelines: {supported}"
         )
     return family
+
+
+def rules_for(ref: str, family: FamilyRules) -> FamilyRules:
+    """The rules `ref` is checked against: its model's own where narrower (MODEL_RULES), else its family's."""
+    ref = ref.strip()
+    if ref.startswith(RANDOM_PREFIX):
+        ref = ref[len(RANDOM_PREFIX):]
+    return MODEL_RULES.get(ref.lower(), family)
 
 
 def known_family(ref: str) -> FamilyRules | None:

@@ -144,7 +144,10 @@ LTX_VIDEO_PROFILE = _dit_profile(  # Lightricks/LTX-Video (0.9.x, 2B)
     vae_top=128, tile=512 * 512, fixed_seconds=3.0,
 )
 COGVIDEOX_PROFILE = _dit_profile(  # THUDM/CogVideoX-5b-I2V
-    "cogvideox", params={"transformer": 5_600_000_000, "text_encoder": 4_760_000_000, "vae": 216_000_000},
+    # Counted on the meta device (farm.models.families.cogvideox): the transformer's 5,570,479,680
+    # parameters plus its learned positional embedding (54,607,872 values, a persistent buffer the
+    # checkpoint stores and the GPU holds); the t5-v1_1-xxl encoder; the causal 3D VAE.
+    "cogvideox", params={"transformer": 5_625_087_552, "text_encoder": 4_762_310_656, "vae": 215_583_907},
     hidden=3072, layers=42, ff_mult=4, patch=(1, 2, 2), downsample=8, temporal=4, cfg_batched=True,
     vae_top=128, tile=256 * 256, fixed_seconds=6.0,
 )

@@ -141,3 +141,16 @@ def test_a_mixed_job_is_planned_per_item_with_each_family_s_profile():
     by_id = {p.item_id: p for p in plan.items}
     assert {k: p.family for k, p in by_id.items()} == {"i2v": "i2vgen-xl", "wan": "wan", "svd": "svd"}
     assert by_id["wan"].estimate.total_bytes > by_id["i2v"].estimate.total_bytes
+
+
+def test_a_model_with_narrower_rules_than_its_family_is_held_to_them():
+    issues = errors_of({"version": 1, "model": "THUDM/CogVideoX-5b-I2V", "items": [
+        item(id="short", resolution=480, aspect="3:2", frames=33),
+        item(id="square", resolution=512, frames=49),
+    ]}, "json")
+    text = "\n".join(map(str, issues))
+    assert "(id 'short'), field 'frames': 33 is not allowed for CogVideoX-5b-I2V" in text and "49" in text
+    assert "(id 'square'), field 'resolution': 512x512 is not allowed for CogVideoX-5b-I2V" in text
+    assert "only 720x480" in text and "aspect 3:2" in text
+    spec = parse({"version": 1, "model": "tiny:cogvideox", "items": [item(resolution=512, frames=33)]}, "json")
+    assert spec.items[0].params.frames == 33  # the tiny variant takes the family's wider rules

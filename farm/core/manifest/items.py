@@ -14,7 +14,7 @@ from typing import Any, Callable
 from pydantic import ValidationError
 
 from farm.core.errors import FarmError, ManifestIssue, excerpt
-from farm.core.families import FamilyRules, UnknownFamilyError, adapt_params, check_params, known_family
+from farm.core.families import FamilyRules, UnknownFamilyError, adapt_params, check_params, known_family, rules_for
 from farm.core.ids import RESERVED_ITEM_IDS, derive_item_id, sanitize_id
 from farm.core.manifest.images import _ImageContext, _locate_image
 from farm.core.manifest.spec import ITEM_FIELDS, ITEM_HELP, ItemSpec, JobItem, RejectedItem
@@ -47,7 +47,8 @@ def _validate_items(
     def family(ref: str) -> FamilyRules | None | str:
         if ref not in families:
             try:
-                families[ref] = family_of(ref)
+                found = family_of(ref)
+                families[ref] = rules_for(ref, found) if found is not None else None
             except (UnknownFamilyError, FarmError) as exc:
                 families[ref] = str(exc)
         return families[ref]
