@@ -138,8 +138,8 @@ WAN_PROFILE = _dit_profile(  # Wan-AI/Wan2.1-I2V-14B-480P-Diffusers
     hidden=5120, layers=40, ff_mult=2.7, patch=(1, 2, 2), downsample=8, temporal=4, cfg_batched=False,
     vae_top=96, tile=256 * 256, fixed_seconds=6.0,
 )
-LTX_VIDEO_PROFILE = _dit_profile(  # Lightricks/LTX-Video (0.9.x, 2B)
-    "ltx-video", params={"transformer": 1_920_000_000, "text_encoder": 4_760_000_000, "vae": 420_000_000},
+LTX_VIDEO_PROFILE = _dit_profile(  # Lightricks/LTX-Video (0.9.x, 2B; counted by tests/integration/test_family_ltx.py)
+    "ltx-video", params={"transformer": 1_923_385_472, "text_encoder": 4_762_310_656, "vae": 419_193_649},
     hidden=2048, layers=28, ff_mult=4, patch=(1, 1, 1), downsample=32, temporal=8, cfg_batched=True,
     vae_top=128, tile=512 * 512, fixed_seconds=3.0,
 )
