@@ -216,7 +216,12 @@ COGVIDEOX = FamilyRules(
 )
 SVD = FamilyRules(
     name="svd", title="Stable Video Diffusion", pipeline_classes=("StableVideoDiffusionPipeline",),
-    frame_step=1, frame_offset=0, min_frames=2, max_frames=25, size_multiple=64, native_fps=7,
+    # Sizes: the pipeline's check_inputs takes multiples of 8, and its UNet forwards the skip
+    # sizes to its upsamplers, so the latent need not be a multiple of 8 (the pixels of 64).
+    # Frames: with 1 the guidance ramp is only min_guidance_scale, and the pipeline (which
+    # encoded the image for guidance) fails to assemble the UNet input; 25 is img2vid-xt's
+    # trained clip length (unet.config.num_frames; img2vid: 14), not enforced by the pipeline.
+    frame_step=1, frame_offset=0, min_frames=2, max_frames=25, size_multiple=8, native_fps=7,
     takes_prompt=False, guidance=FRAME_RAMP, default_frames=14,
     hub_ids=("stabilityai/stable-video-diffusion-img2vid", "stabilityai/stable-video-diffusion-img2vid-xt"),
     tiny="tiny:svd", savers=("vae_slicing", "ff_chunking", "cpu_offload"), default_guidance=3.0, default_steps=25,

@@ -159,7 +159,7 @@ HUNYUAN_VIDEO_PROFILE = _dit_profile(  # hunyuanvideo-community/HunyuanVideo-I2V
 )
 SVD_PROFILE = ModelProfile(  # stabilityai/stable-video-diffusion-img2vid-xt
     name="svd",
-    component_params={"unet": 1_524_623_082, "image_encoder": 632_076_800, "vae": 97_739_049},
+    component_params={"unet": 1_524_623_082, "image_encoder": 632_076_800, "vae": 97_742_847},
     unet_channels=(320, 640, 1280, 1280), unet_layers_per_block=2, attention_levels=(True, True, True, False),
     ff_inner_mult=4, temporal_in_width=320, vae_decoder_top_channels=128, latent_downsample=8,
     workspace_factor=1.31, overhead_bytes=int(0.75 * GIB), default_decode_chunk=8, vae_tile_pixels=512 * 512,
