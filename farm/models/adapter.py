@@ -229,10 +229,12 @@ class VideoAdapter:
         current = set(self.savers)
         pipe, vae = self.pipeline, self.pipeline.vae
         on_cuda = self.device.startswith("cuda")
-        if (VAE_SLICING in wanted) != (VAE_SLICING in current) and hasattr(vae, "enable_slicing"):
+        # Some VAEs have the methods but raise NotImplementedError (SVD's temporal decoder):
+        # `use_slicing`/`use_tiling` say whether a VAE really has the saver.
+        if (VAE_SLICING in wanted) != (VAE_SLICING in current) and hasattr(vae, "use_slicing"):
             vae.enable_slicing() if VAE_SLICING in wanted else vae.disable_slicing()
         self.decode_chunk = 1 if VAE_SLICING in wanted else self.default_decode_chunk
-        if (VAE_TILING in wanted) != (VAE_TILING in current) and hasattr(vae, "enable_tiling"):
+        if (VAE_TILING in wanted) != (VAE_TILING in current) and hasattr(vae, "use_tiling"):
             vae.enable_tiling() if VAE_TILING in wanted else vae.disable_tiling()
         if (FP8_LAYERWISE in wanted) != (FP8_LAYERWISE in current):
             if FP8_LAYERWISE in wanted:

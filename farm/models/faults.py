@@ -105,7 +105,9 @@ class OomInjector:
     def attach(self, pipeline) -> None:
         if not self.rules:
             return
-        modules = {"denoise": pipeline.unet, "decode": pipeline.vae.decoder}
+        # The denoiser is a UNet (I2VGen-XL, SVD) or a transformer (Wan, LTX-Video, CogVideoX, HunyuanVideo).
+        denoiser = getattr(pipeline, "transformer", None) or pipeline.unet
+        modules = {"denoise": denoiser, "decode": pipeline.vae.decoder}
         for phase, module in modules.items():
             self._handles.append(module.register_forward_pre_hook(self._before(phase)))
             self._handles.append(module.register_forward_hook(self._after(phase)))

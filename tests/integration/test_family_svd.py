@@ -158,7 +158,7 @@ def test_call_arguments_map_farms_parameters_to_the_pipelines(svd, image):
 def test_frame_and_size_rules_name_the_value_and_the_nearest_allowed():
     too_many = check_params(SVD, width=1024, height=576, frames=26, prompt="")
     assert [(i.field, i.value, i.nearest) for i in too_many.issues] == [("frames", 26, 25)]
-    assert "26 frames" in too_many.issues[0].message and "nearest allowed is 25" in too_many.issues[0].message
+    assert "26 is not allowed" in too_many.issues[0].message and "nearest allowed is 25" in too_many.issues[0].message
     one = check_params(SVD, width=1024, height=576, frames=1, prompt="")
     assert [(i.field, i.value, i.nearest) for i in one.issues] == [("frames", 1, 2)]
     odd = check_params(SVD, width=1020, height=576, frames=14, prompt="")
@@ -198,12 +198,12 @@ def test_one_frame_breaks_the_guidance_ramp(svd, image):
 
 
 def test_savers_are_svds_own(svd, image):
-    """The shared apply_savers would call the temporal VAE's enable_slicing, which raises; SVD's
-    slicing is a decode chunk of one frame, and ff_chunking chunks every UNet feed-forward."""
-    from farm.models.adapter import VideoAdapter
-
+    """The temporal VAE's enable_slicing raises NotImplementedError (the shared apply_savers
+    therefore asks `use_slicing`); SVD's slicing is a decode chunk of one frame, and ff_chunking
+    chunks every UNet feed-forward."""
     with pytest.raises(NotImplementedError):
-        VideoAdapter.apply_savers(svd, ["vae_slicing"])
+        svd.pipeline.vae.enable_slicing()
+    assert not hasattr(svd.pipeline.vae, "use_slicing")
     plain = render(svd, image, frames=2, steps=2)
     try:
         svd.apply_savers(["ff_chunking", "vae_tiling", "group_offload"])  # the last two are not SVD's
