@@ -152,8 +152,8 @@ COGVIDEOX_PROFILE = _dit_profile(  # THUDM/CogVideoX-5b-I2V
     vae_top=128, tile=256 * 256, fixed_seconds=6.0,
 )
 HUNYUAN_VIDEO_PROFILE = _dit_profile(  # hunyuanvideo-community/HunyuanVideo-I2V
-    "hunyuan-video", params={"transformer": 13_000_000_000, "text_encoder": 8_400_000_000,
-                             "text_encoder_2": 123_000_000, "vae": 246_000_000},
+    "hunyuan-video", params={"transformer": 12_821_012_544, "text_encoder": 8_355_272_704,
+                             "text_encoder_2": 123_060_480, "vae": 246_478_803},
     hidden=3072, layers=60, ff_mult=4, patch=(1, 2, 2), downsample=8, temporal=4, cfg_batched=True,
     vae_top=128, tile=256 * 256, fixed_seconds=8.0,
 )
