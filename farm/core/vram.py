@@ -78,6 +78,7 @@ class ModelProfile:
     patch: tuple[int, int, int] = (1, 1, 1)  # latent (frames, height, width) per token
     temporal_downsample: int = 1  # pixel frames per latent frame (4k+1 -> k+1 latent frames)
     cfg_batched: bool = True  # guidance halves in one batch (False: two passes, one at a time)
+    embedded_guidance: bool = False  # guidance distilled into the model: one pass per step, never two
     family: str = ""  # farm.core.families name; "" = the profile's name
 
     @property
@@ -117,7 +118,8 @@ I2VGENXL_PROFILE = ModelProfile(
 
 def _dit_profile(name: str, *, params: dict[str, int], hidden: int, layers: int, ff_mult: float,
                  patch: tuple[int, int, int], downsample: int, temporal: int, cfg_batched: bool,
-                 vae_top: int, tile: int, fixed_seconds: float, decode_chunk: int = 0) -> ModelProfile:
+                 vae_top: int, tile: int, fixed_seconds: float, decode_chunk: int = 0,
+                 embedded_guidance: bool = False) -> ModelProfile:
     """A diffusion-transformer family's profile. FLOP per step: 2 x denoiser params per token
     (the linear layers) + 4 x layers x hidden per token pair (QK^T and AV over all tokens)."""
     return ModelProfile(
@@ -128,6 +130,7 @@ def _dit_profile(name: str, *, params: dict[str, int], hidden: int, layers: int,
         flop_per_token=2.0 * params["transformer"], flop_per_token_squared=4.0 * layers * hidden,
         fixed_seconds=fixed_seconds, denoiser="transformer", architecture="dit", hidden_width=hidden,
         dit_layers=layers, patch=patch, temporal_downsample=temporal, cfg_batched=cfg_batched,
+        embedded_guidance=embedded_guidance,
     )
 
 
@@ -155,7 +158,7 @@ HUNYUAN_VIDEO_PROFILE = _dit_profile(  # hunyuanvideo-community/HunyuanVideo-I2V
     "hunyuan-video", params={"transformer": 12_821_012_544, "text_encoder": 8_355_272_704,
                              "text_encoder_2": 123_060_480, "vae": 246_478_803},
     hidden=3072, layers=60, ff_mult=4, patch=(1, 2, 2), downsample=8, temporal=4, cfg_batched=True,
-    vae_top=128, tile=256 * 256, fixed_seconds=8.0,
+    vae_top=128, tile=256 * 256, fixed_seconds=8.0, embedded_guidance=True,
 )
 SVD_PROFILE = ModelProfile(  # stabilityai/stable-video-diffusion-img2vid-xt
     name="svd",
@@ -311,7 +314,7 @@ def phase_terms(
     width_px, height_px = width, height
     down = profile.latent_downsample
     tokens_per_frame = (height // down) * (width // down)
-    batch = 2 if guidance else 1
+    batch = 2 if guidance and not profile.embedded_guidance else 1
     params = profile.component_params
     if CPU_OFFLOAD in savers or GROUP_OFFLOAD in savers:  # only the component at work is on the GPU
         denoiser_bytes = params[profile.denoiser] * dtype_bytes
@@ -375,7 +378,7 @@ def unet_flop_per_step(profile: ModelProfile, width: int, height: int, frames: i
     if profile.architecture == "dit":
         tokens = dit_tokens(profile, width, height, frames)
         flop = 2 * (profile.flop_per_token * tokens + profile.flop_per_token_squared * tokens * tokens)
-        return flop if guidance else flop / 2
+        return flop if guidance and not profile.embedded_guidance else flop / 2
     down = profile.latent_downsample
     tokens = (height // down) * (width // down)
     flop = frames * (profile.flop_per_token * tokens + profile.flop_per_token_squared * tokens * tokens)
