@@ -136,8 +136,8 @@ def _dit_profile(name: str, *, params: dict[str, int], hidden: int, layers: int,
 
 # Parameter counts of the published models (counted on the meta device by each family's test).
 WAN_PROFILE = _dit_profile(  # Wan-AI/Wan2.1-I2V-14B-480P-Diffusers
-    "wan", params={"transformer": 16_400_000_000, "text_encoder": 5_680_000_000, "image_encoder": 632_000_000,
-                   "vae": 127_000_000},
+    "wan", params={"transformer": 16_394_878_784, "text_encoder": 5_680_910_336, "image_encoder": 630_766_080,
+                   "vae": 126_892_531},
     hidden=5120, layers=40, ff_mult=2.7, patch=(1, 2, 2), downsample=8, temporal=4, cfg_batched=False,
     vae_top=96, tile=256 * 256, fixed_seconds=6.0,
 )
