@@ -151,10 +151,10 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def _typical_size(rules) -> tuple[int, int]:
-    """The size `farm models` quotes: the family's only size, else 512x512 (I2VGen-XL) or 832x480."""
+    """The size `farm models` quotes: the family's only size, else its reference model's usual one."""
     if rules.fixed_sizes:
         return rules.fixed_sizes[0]
-    return (512, 512) if rules.name == "i2vgen-xl" else (1024, 576) if rules.name == "svd" else (832, 480)
+    return {"i2vgen-xl": (512, 512), "svd": (1024, 576), "cogvideox": (720, 480)}.get(rules.name, (832, 480))
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
