@@ -106,7 +106,7 @@ def _validate_items(
         if isinstance(rules, str):  # the model names no family farm has an adapter for
             issues.append(ManifestIssue(rules, field="model", value=model or job_model))
             rules = None
-        cache_key = (tuple(requested.items()), rules.name if rules else None)
+        cache_key = (tuple(requested.items()), rules.title if rules else None)  # a model's rules may narrow its family's
         params = params_cache.get(cache_key)
         if params is None:
             params = resolve_params(defaults, cli_params, spec)
