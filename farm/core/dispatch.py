@@ -33,7 +33,12 @@ The decisions it owns:
   and is not counted as capacity (its tier's queue is planned elsewhere when it was the last);
   an item it returns unfinished is queued again at once at the front, its attempt not counted;
   it is stopped once it holds nothing (see `farm.core.drain`);
-- a job's end: nothing of it queued, rendering or uploading.
+- a job's end: nothing of it queued, rendering or uploading;
+- models: an item names the model that renders it and a worker holds one model; a worker takes
+  only its model's items, and an idle worker whose model has nothing queued switches to a
+  waiting model when `farm.core.switching` says that shortens that model's finish
+  (`SwitchModel`, answered by `WorkerSwitched`); a model that no live worker can load fails
+  its items.
 
 Per-item state: `JobState.items` (the job record's view) and one `DispatchItem` per queued or
 running item (its plan and what the ladder changed so far).
@@ -52,6 +57,7 @@ from farm.core.jobqueue import JobQueue
 from farm.core.ladder import BIGGER_TIER, Degradation, OomRecord, RenderSettings, blocked_on
 from farm.core.planner import ItemPlan, JobPlan, Planner
 from farm.core.states import QUEUED, RUNNING
+from farm.core.switching import QueueView, SwitchPolicy, WorkerView, decide_switches
 from farm.core.tiers import CPU_TIER, ClusterShape, TierTable
 from farm.core.vram import I2VGENXL_PROFILE, ModelProfile
 
@@ -125,6 +131,20 @@ class WorkerProbed:
 
     worker: str
     ok: bool
+    model: str | None = None  # the model it holds once back (a restart loads its first one)
+
+
+@dataclass(frozen=True)
+class WorkerSwitched:
+    """A worker's model switch ended: it holds `model` now (ok), or could not load it (it holds
+    `holds`: its earlier model, loaded again, or None)."""
+
+    worker: str
+    model: str
+    ok: bool
+    seconds: float = 0.0
+    message: str = ""
+    holds: str | None = None
 
 
 @dataclass(frozen=True)
@@ -142,6 +162,7 @@ class WorkerJoined:
 
     worker: str
     tier: str
+    model: str | None = None
 
 
 @dataclass(frozen=True)
@@ -199,7 +220,7 @@ class Tick:
 
 
 Event = (JobAdmitted | JobCancelled | JobReleased | WorkerReplied | WorkerCallFailed | WorkerLost | WorkerProbed
-         | WorkerStarting | WorkerJoined | WorkerStartFailed | WorkerRetired | WorkerDraining | CapacityAwaited
+         | WorkerSwitched | WorkerStarting | WorkerJoined | WorkerStartFailed | WorkerRetired | WorkerDraining | CapacityAwaited
          | TierUnprovided | DrainRequested | HandBackHeld | Tick)
 
 # --- instructions ------------------------------------------------------------------------------
@@ -221,6 +242,16 @@ class WatchCommits:
 @dataclass(frozen=True)
 class ProbeWorker:
     worker: str
+
+
+@dataclass(frozen=True)
+class SwitchModel:
+    """Unload the worker's model and load `model` (answered by `WorkerSwitched`)."""
+
+    worker: str
+    model: str
+    from_model: str | None
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -267,7 +298,7 @@ class JobFinished:
     job_id: str
 
 
-Instruction = (SendTask | WatchCommits | ProbeWorker | StopWorker | ItemFinished | ItemRequeued | ItemsCancelled
+Instruction = (SendTask | WatchCommits | ProbeWorker | SwitchModel | StopWorker | ItemFinished | ItemRequeued | ItemsCancelled
                | HandedBack | JobFinished)
 
 # --- state -------------------------------------------------------------------------------------
@@ -278,6 +309,7 @@ class WorkerPhase(str, Enum):
     IDLE = "idle"
     RENDERING = "rendering"
     PROBING = "probing"  # lost: waiting to hear whether it is back or gone
+    SWITCHING = "switching"  # unloading its model and loading another
     DRAINING = "draining"  # its node is being drained: takes nothing new; may still render and upload
     GONE = "gone"
 
@@ -285,7 +317,9 @@ class WorkerPhase(str, Enum):
 _WORKER_TRANSITIONS = {
     WorkerPhase.STARTING: {WorkerPhase.IDLE, WorkerPhase.GONE},
     # An idle worker dies in its commits call, or is retired (idle too long).
-    WorkerPhase.IDLE: {WorkerPhase.RENDERING, WorkerPhase.PROBING, WorkerPhase.DRAINING, WorkerPhase.GONE},
+    WorkerPhase.IDLE: {WorkerPhase.RENDERING, WorkerPhase.PROBING, WorkerPhase.DRAINING, WorkerPhase.GONE,
+                       WorkerPhase.SWITCHING},
+    WorkerPhase.SWITCHING: {WorkerPhase.IDLE, WorkerPhase.PROBING, WorkerPhase.DRAINING, WorkerPhase.GONE},
     WorkerPhase.RENDERING: {WorkerPhase.IDLE, WorkerPhase.RENDERING, WorkerPhase.PROBING, WorkerPhase.DRAINING},
     WorkerPhase.PROBING: {WorkerPhase.IDLE, WorkerPhase.GONE},
     # Draining: stopped once it holds nothing, or lost (its node went); never back to work.
@@ -310,10 +344,13 @@ class WorkerSlot:
     uploading: set[tuple[str, str]] = field(default_factory=set)
     watching: bool = False  # a commits call is open
     sequence: int = -1  # of the newest report whose pending list `uploading` is
+    model: str | None = None  # the model it holds (None: not known; it takes any model's items)
+    items_since_switch: int = 1_000_000  # renders since its last model switch
+    refused_models: set[str] = field(default_factory=set)  # models it could not load
 
     @property
     def live(self) -> bool:
-        return self.phase in (WorkerPhase.IDLE, WorkerPhase.RENDERING, WorkerPhase.DRAINING)
+        return self.phase in (WorkerPhase.IDLE, WorkerPhase.RENDERING, WorkerPhase.DRAINING, WorkerPhase.SWITCHING)
 
     @property
     def in_render(self) -> bool:
@@ -337,6 +374,7 @@ class DispatchItem:
     degradations: tuple[Degradation, ...] | None = None  # None: the plan's
     ooms: tuple[OomRecord, ...] = ()
     replace_etag: str | None = None
+    model: str = ""  # the model that renders it ("": any worker's)
 
 
 @dataclass
@@ -357,10 +395,20 @@ class DispatchState:
         workers: Iterable[tuple[str, str]],
         *,
         profile_for: Callable[[str], ModelProfile] = lambda model: I2VGENXL_PROFILE,
+        worker_models: dict[str, str] | None = None,
+        model_key: Callable[[str], str] = lambda ref: ref,
+        switch_policy: SwitchPolicy = SwitchPolicy(),
+        default_load_seconds: float = 60.0,
     ):
         self.table = table
         self.profile_for = profile_for  # the estimator's profile of a model, for re-planning
-        self.workers: dict[str, WorkerSlot] = {name: WorkerSlot(name, tier) for name, tier in workers}
+        self.model_key = model_key  # an item's model reference as workers name it (local folders absolute)
+        self.switch_policy = switch_policy
+        self.default_load_seconds = default_load_seconds  # a model's load time until one was measured
+        self.load_seconds: dict[str, float] = {}  # measured per model (switches)
+        models = worker_models or {}
+        self.workers: dict[str, WorkerSlot] = {name: WorkerSlot(name, tier, model=models.get(name))
+                                               for name, tier in workers}
         counts = self.live_counts()
         tiers = [CPU_TIER] if set(counts) == {CPU_TIER} else table.ordered(counts)
         self.queue = JobQueue(tiers, counts)
@@ -412,7 +460,8 @@ class DispatchState:
 
     def in_flight(self) -> bool:
         """Some call is open: a render, a commits watch or a probe."""
-        return any(s.in_render or s.phase is WorkerPhase.PROBING or s.watching for s in self.workers.values())
+        return any(s.in_render or s.phase in (WorkerPhase.PROBING, WorkerPhase.SWITCHING) or s.watching
+                   for s in self.workers.values())
 
     def busy(self) -> bool:
         return bool((self.jobs and not self.draining) or self.in_flight() or self.uploads())
@@ -435,7 +484,7 @@ class DispatchState:
             if held:
                 in_flight[slot.tier] = in_flight.get(slot.tier, 0) + held
             state = {WorkerPhase.PROBING: "lost", WorkerPhase.IDLE: "idle", WorkerPhase.STARTING: "starting",
-                     WorkerPhase.DRAINING: "draining"}.get(slot.phase, "busy")
+                     WorkerPhase.DRAINING: "draining", WorkerPhase.SWITCHING: "switching"}.get(slot.phase, "busy")
             states[(slot.tier, state)] = states.get((slot.tier, state), 0) + 1
         return {"queued": self.queue.queued_by_tier(), "in_flight": in_flight, "workers": states}
 
@@ -463,9 +512,12 @@ class DispatchState:
                 continue
             # The plan itself, shared by identical items: a job of 100,000 items keeps one small
             # record per item; the task is built when it is sent.
-            job.items[item_plan.item_id] = DispatchItem(item_plan, replace_etag=event.replace_etags.get(item_plan.item_id))
+            spec = job.state.spec
+            model = self.model_key(spec.model_of(job.state.spec_item(item_plan.item_id)))
+            job.items[item_plan.item_id] = DispatchItem(item_plan, replace_etag=event.replace_etags.get(item_plan.item_id),
+                                                        model=model)
             self._ensure_tier(item_plan.tier)
-            self.queue.push(job.id, item_plan.item_id, item_plan.tier, work=item_plan.seconds or 0.0)
+            self.queue.push(job.id, item_plan.item_id, item_plan.tier, work=item_plan.seconds or 0.0, model=model)
         job.state.start()
 
     def _on_JobCancelled(self, event: JobCancelled, out: list) -> None:
@@ -526,6 +578,7 @@ class DispatchState:
 
     def _render_ended(self, slot: WorkerSlot) -> None:
         """A render call returned: the worker is free again (a draining one only holds less)."""
+        slot.items_since_switch += 1
         if slot.phase is WorkerPhase.DRAINING:
             slot.job_id = slot.item_id = None
         else:
@@ -556,9 +609,10 @@ class DispatchState:
 
     def _requeue(self, job_id: str, item_id: str) -> None:
         """Back to the front of its tier's queue; planned again when no worker of that tier is left."""
-        tier = self.jobs[job_id].items[item_id].plan.tier
+        item = self.jobs[job_id].items[item_id]
+        tier = item.plan.tier
         if self.expected_counts().get(tier):
-            self.queue.push(job_id, item_id, tier, front=True)
+            self.queue.push(job_id, item_id, tier, front=True, model=item.model)
         else:
             self._replan([(job_id, item_id)])
 
@@ -616,12 +670,45 @@ class DispatchState:
         slot = self.workers[event.worker]
         if event.ok:
             slot.move(WorkerPhase.IDLE)
+            if event.model is not None:
+                slot.model = event.model
             return
         slot.move(WorkerPhase.GONE)
         out.append(StopWorker(slot.name))
         orphans = self.queue.worker_gone(slot.tier)
         if orphans:
             self._replan(orphans)
+
+    def _on_WorkerSwitched(self, event: WorkerSwitched, out: list) -> None:
+        slot = self.workers[event.worker]
+        if slot.phase is not WorkerPhase.SWITCHING:  # lost meanwhile: the probe tells
+            return
+        slot.move(WorkerPhase.IDLE)
+        if event.ok:
+            slot.model, slot.items_since_switch = event.model, 0
+            self.load_seconds[event.model] = event.seconds
+        else:
+            slot.refused_models.add(event.model)
+            slot.model = event.holds
+        self._fail_unloadable(out)
+
+    def _fail_unloadable(self, out: list) -> None:
+        """Items of a model that no live worker holds and every live worker failed to load: failed
+        (nobody will render them), with the load error said."""
+        live = [s for s in self.workers.values() if s.live]
+        if not live or self.starting():
+            return
+        held = {s.model for s in live}
+        for job in list(self.jobs.values()):
+            doomed = [item_id for item_id, item in job.items.items()
+                      if item.model and item.model not in held and all(item.model in s.refused_models for s in live)
+                      and job.state.items[item_id].state == QUEUED]
+            if doomed:
+                self.queue.remove_items({(job.id, item_id) for item_id in doomed})
+                for item_id in doomed:
+                    model = job.items.pop(item_id).model
+                    job.state.fail(item_id, FailureReason.MODEL_UNAVAILABLE,
+                                   f"no render worker could load model {model!r}; see the coordinator's log")
 
     def _on_WorkerStarting(self, event: WorkerStarting, out: list) -> None:
         if event.worker in self.workers and self.workers[event.worker].phase is not WorkerPhase.GONE:
@@ -634,6 +721,8 @@ class DispatchState:
         first = self.live_counts().get(event.tier, 0) == 0
         slot.tier = event.tier
         slot.move(WorkerPhase.IDLE)
+        if event.model is not None:
+            slot.model = event.model
         self._ensure_tier(event.tier)
         self.queue.worker_joined(event.tier)
         if first:  # a tier came (back): what was degraded for its absence is planned again
@@ -715,16 +804,41 @@ class DispatchState:
         if self.draining:
             return
         idle = [s for s in self.workers.values() if s.phase is WorkerPhase.IDLE]
-        empty: set[str] = set()  # tiers that found nothing this pass (queues only shrink in it)
+        empty: set[tuple[str, str | None]] = set()  # (tier, model) that found nothing this pass
         rank = {tier: index for index, tier in enumerate(self.queue.tiers)}
+        stuck: list[WorkerSlot] = []  # idle, with nothing queued for the model they hold
         for slot in sorted(idle, key=lambda s: rank.get(s.tier, -1)):
-            if slot.tier in empty:
+            if (slot.tier, slot.model) in empty:
+                stuck.append(slot)
                 continue
-            taken = self.queue.take(slot.tier)
+            taken = self.queue.take(slot.tier, slot.model)
             if taken is None:
-                empty.add(slot.tier)
+                empty.add((slot.tier, slot.model))
+                stuck.append(slot)
             else:
                 self._send(slot, taken[0], taken[1], out)
+        if stuck:
+            self._switch(stuck, out)
+
+    def _switch(self, stuck: list[WorkerSlot], out: list) -> None:
+        """Idle workers whose model has nothing queued: switch those that shorten a waiting
+        model's finish (farm.core.switching), one decision at a time so holders add up."""
+        for slot in stuck:
+            if slot.model is None:
+                continue  # it takes any model's items: nothing to switch
+            waiting = self.queue.takeable_by_model(slot.tier)
+            queues = [QueueView(model, items, work, self.load_seconds.get(model, self.default_load_seconds))
+                      for model, (items, work) in waiting.items() if model not in slot.refused_models]
+            if not queues:
+                continue
+            views = [WorkerView(s.name, s.model, idle=s is slot, items_since_switch=s.items_since_switch)
+                     for s in self.workers.values() if s.live]
+            decision = next((d for d in decide_switches(views, queues, self.switch_policy) if d.worker == slot.name), None)
+            if decision is None:
+                continue
+            slot.move(WorkerPhase.SWITCHING)
+            out.append(SwitchModel(slot.name, decision.to_model, slot.model, decision.reason))
+            slot.model = decision.to_model  # counted as a holder by the decisions that follow
 
     def _watch(self, out: list) -> None:
         for slot in self.workers.values():
@@ -827,14 +941,15 @@ class DispatchState:
                 job.state.fail(item_id, FailureReason.NO_FITTING_TIER, item_plan.rejected)
                 job.items.pop(item_id, None)
                 continue
-            job.items[item_id] = DispatchItem(item_plan, replace_etag=job.items[item_id].replace_etag)
+            job.items[item_id] = DispatchItem(item_plan, replace_etag=job.items[item_id].replace_etag,
+                                              model=job.items[item_id].model)
             job.state.mark_planned(item_id, item_plan.tier)
-            self.queue.push(job_id, item_id, item_plan.tier, work=item_plan.seconds or 0.0)
+            self.queue.push(job_id, item_id, item_plan.tier, work=item_plan.seconds or 0.0, model=job.items[item_id].model)
 
     # --- finishing jobs ----------------------------------------------------------------------
 
     def _holds(self, job_id: str) -> bool:
-        if job_id in self.queue.jobs and self.queue.queued(job_id):
+        if self.queue.has_job(job_id) and self.queue.queued(job_id):
             return True
         return any(j == job_id for j, _ in self.held())
 

@@ -5,6 +5,10 @@ but not one job after the other: within the highest priority that has work a wor
 jobs take turns (round-robin), so a small job submitted after a big one is not stuck behind it.
 Inside a job, the tier rules of `TierScheduler` apply (own tier first, then steal from smaller;
 the longest estimated item first).
+
+A job whose items name several models keeps one sub-queue per model (same priority, same turn
+in the rotation): a worker takes only items of the model it holds (`take(tier, model)`), and
+`takeable_by_model` tells the model-switch policy what waits for each model.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ class _QueuedJob:
     priority: int
     sequence: int
     scheduler: TierScheduler = field(repr=False)
+    model: str = ""  # "" : the items of every model (a farm of one model)
 
 
 class JobQueue:
@@ -29,30 +34,52 @@ class JobQueue:
     def __init__(self, tiers_smallest_first: list[str], workers_per_tier: dict[str, int]):
         self.tiers = list(tiers_smallest_first)
         self.workers = dict(workers_per_tier)
-        self.jobs: dict[str, _QueuedJob] = {}
+        self.jobs: dict[tuple[str, str], _QueuedJob] = {}  # (job, model) -> its queue
         self._sequence = count()
         self._last_served: dict[int, int] = {}  # priority -> sequence of the job served last
+        self._added: dict[str, tuple[int, int]] = {}  # job -> (priority, sequence)
 
     def add_job(self, job_id: str, priority: int = 0) -> None:
-        self.jobs[job_id] = _QueuedJob(job_id, priority, next(self._sequence), TierScheduler(self.tiers, self.workers))
+        self._added[job_id] = (priority, next(self._sequence))
+        self._queue_of(job_id, "")
+
+    def _queue_of(self, job_id: str, model: str) -> _QueuedJob:
+        key = (job_id, model)
+        if key not in self.jobs:
+            priority, sequence = self._added[job_id]
+            self.jobs[key] = _QueuedJob(job_id, priority, sequence, TierScheduler(self.tiers, self.workers), model)
+        return self.jobs[key]
+
+    def _of_job(self, job_id: str) -> list[_QueuedJob]:
+        return [queued for (owner, _), queued in self.jobs.items() if owner == job_id]
+
+    def has_job(self, job_id: str) -> bool:
+        return job_id in self._added
 
     def remove_job(self, job_id: str) -> list[str]:
         """Drop a job (finished or cancelled); returns its items that were still queued."""
-        queued = self.jobs.pop(job_id, None)
-        if queued is None:
-            return []
-        return [item for queue in queued.scheduler.queues.values() for item in queue]
+        self._added.pop(job_id, None)
+        items = []
+        for queued in self._of_job(job_id):
+            del self.jobs[(job_id, queued.model)]
+            items += [item for queue in queued.scheduler.queues.values() for item in queue]
+        return items
 
-    def push(self, job_id: str, item_id: str, tier: str, *, work: float = 0.0, front: bool = False) -> None:
-        """Queue an item; within its tier the largest estimated `work` goes first (`front`: first of all)."""
-        self.jobs[job_id].scheduler.push(item_id, tier, work=work, front=front)
+    def push(self, job_id: str, item_id: str, tier: str, *, work: float = 0.0, front: bool = False,
+             model: str = "") -> None:
+        """Queue an item; within its tier the largest estimated `work` goes first (`front`: first of all).
+        `model`: the model that renders it, where the farm holds several ("": any worker takes it)."""
+        self._queue_of(job_id, model).scheduler.push(item_id, tier, work=work, front=front)
 
-    def take(self, tier: str) -> tuple[str, str, str] | None:
-        """(job_id, item_id, planned tier) for an idle worker of `tier`, or None."""
+    def take(self, tier: str, model: str | None = None) -> tuple[str, str, str] | None:
+        """(job_id, item_id, planned tier) for an idle worker of `tier` holding `model` (None:
+        any model), or None. Items queued without a model ("") are every worker's."""
         if tier not in self.tiers:
             return None
         rank = self.tiers.index(tier)
-        takeable = [job for job in self.jobs.values() if any(job.scheduler.queues[t] for t in self.tiers[: rank + 1])]
+        takeable = [job for job in self.jobs.values()
+                    if (model is None or job.model in ("", model))
+                    and any(job.scheduler.queues[t] for t in self.tiers[: rank + 1])]
         if not takeable:
             return None
         top = max(job.priority for job in takeable)
@@ -62,6 +89,18 @@ class JobQueue:
         self._last_served[top] = chosen.sequence
         item_id, planned = chosen.scheduler.take(tier)
         return chosen.job_id, item_id, planned
+
+    def takeable_by_model(self, tier: str) -> dict[str, tuple[int, float]]:
+        """model -> (items, estimated seconds) a worker of `tier` could take once it holds that model."""
+        totals: dict[str, tuple[int, float]] = {}
+        for job in self.jobs.values():
+            if not job.model:
+                continue
+            items, work = job.scheduler.takeable(tier)
+            if items:
+                before = totals.get(job.model, (0, 0.0))
+                totals[job.model] = (before[0] + items, before[1] + work)
+        return totals
 
     def set_tiers(self, tiers_smallest_first: list[str]) -> None:
         """The tiers there are changed (a worker of a new tier is starting): queues for them."""
@@ -108,8 +147,8 @@ class JobQueue:
         return tier in self.tiers and self.tiers.index(tier) < len(self.tiers) - 1
 
     def queued(self, job_id: str | None = None) -> int:
-        jobs = [self.jobs[job_id]] if job_id is not None else list(self.jobs.values())
-        return sum(len(job.scheduler) for job in jobs if job is not None)
+        jobs = self._of_job(job_id) if job_id is not None else list(self.jobs.values())
+        return sum(len(job.scheduler) for job in jobs)
 
     def queued_by_tier(self) -> dict[str, int]:
         totals = {tier: 0 for tier in self.tiers}

@@ -21,20 +21,25 @@ class TierQueue:
     """One tier's queue: longest estimated work first, FIFO among equals, retries at the front."""
 
     def __init__(self):
-        self._heap: list[tuple[float, int, str]] = []
+        self._heap: list[tuple[float, int, float, str]] = []  # (sort key, order, work, item)
         self._sequence = count()
+        self.work = 0.0  # estimated seconds of everything queued here
 
     def push(self, item_id: str, work: float = 0.0, *, front: bool = False) -> None:
         order = next(self._sequence)
         # Front pushes sort before any work, the latest first (as appendleft did).
         key = (float("-inf"), -order) if front else (-work, order)
-        heapq.heappush(self._heap, (*key, item_id))
+        heapq.heappush(self._heap, (*key, work, item_id))
+        self.work += work
 
     def pop(self) -> str:
-        return heapq.heappop(self._heap)[-1]
+        entry = heapq.heappop(self._heap)
+        self.work = max(self.work - entry[2], 0.0) if self._heap else 0.0
+        return entry[-1]
 
     def clear(self) -> None:
         self._heap.clear()
+        self.work = 0.0
 
     def remove(self, item_ids: set[str]) -> list[str]:
         """Take these items out (one pass over the queue); returns those that were in it."""
@@ -43,6 +48,7 @@ class TierQueue:
         if removed:
             heapq.heapify(kept)
             self._heap = kept
+            self.work = sum(entry[2] for entry in kept)
         return removed
 
     def __iter__(self):
@@ -106,3 +112,8 @@ class TierScheduler:
 
     def queued(self) -> dict[str, int]:
         return {name: len(queue) for name, queue in self.queues.items()}
+
+    def takeable(self, tier: str) -> tuple[int, float]:
+        """(items, estimated seconds) a worker of `tier` could take: its own tier's and smaller ones'."""
+        names = self.order[: self.rank[tier] + 1] if tier in self.rank else []
+        return sum(len(self.queues[n]) for n in names), sum(self.queues[n].work for n in names)

@@ -118,7 +118,7 @@ def test_idle_workers_of_a_tier_with_nothing_to_take_cost_one_look_per_event():
     assert farm.sent() == {"24g-0": ("j", "big1")}
     takes = []
     take = farm.state.queue.take
-    farm.state.queue.take = lambda tier: takes.append(tier) or take(tier)
+    farm.state.queue.take = lambda tier, model=None: takes.append(tier) or take(tier, model)
     farm.reply("24g-0", done("j", "big1"))
     assert farm.sent() == {"24g-0": ("j", "big2")} and takes.count("12g") == 1
 
