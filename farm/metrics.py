@@ -38,6 +38,7 @@ GIB = 1024**3
 RENDER_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600)
 MEMORY_BUCKETS = tuple(gib * GIB for gib in (1, 2, 4, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64, 80))
 UPLOAD_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+MODEL_LOAD_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200)
 WORKER_STATES = ("idle", "busy", "lost", "starting", "draining")
 NO_TIER = "none"  # the tier label of items that never reached a worker (skipped, cancelled, refused)
 BUILD_PACKAGES = ("ray", "torch", "diffusers")  # versions in farm_build_info, read without importing them
@@ -86,6 +87,14 @@ class FarmMetrics:
         self.upload_bytes = Counter("farm_storage_upload_bytes", "Bytes of results uploaded", registry=r)
         self.upload_seconds = Histogram(
             "farm_storage_upload_seconds", "Time to upload and commit one item's results", buckets=UPLOAD_BUCKETS, registry=r,
+        )
+        self.model_switches = Counter(
+            "farm_model_switches", "Render workers switching models (one model unloaded, another loaded): outcome "
+            "switched, or failed (the worker loaded its old model again)", ["model", "outcome"], registry=r,
+        )
+        self.model_load_seconds = Histogram(
+            "farm_model_load_seconds", "Time a render worker took to switch to a model (unload, then load)",
+            ["model"], buckets=MODEL_LOAD_BUCKETS, registry=r,
         )
         self.workers = Gauge("farm_workers", "Render workers by tier and state", ["tier", "state"], registry=r)
         self.jobs = Gauge("farm_jobs", "Jobs by state", ["state"], registry=r)
@@ -145,6 +154,11 @@ class FarmMetrics:
             self.degradations.labels(step)
 
     # --- from the engine ------------------------------------------------------------------------
+
+    def model_switched(self, model: str, ok: bool, seconds: float) -> None:
+        self.model_switches.labels(model, "switched" if ok else "failed").inc()
+        if ok:
+            self.model_load_seconds.labels(model).observe(seconds)
 
     def outcome(self, outcome, model: str) -> None:
         """One final item outcome (succeeded, failed, skipped); called exactly once per item."""

@@ -235,6 +235,12 @@ class FarmSettings(FarmBaseSettings):
 
     model: str | None = Field(None, description=f"The model to render with when a manifest names none (default "
                               f"{DEFAULT_MODEL}; `tiny` for the built-in test model).")
+    extra_models: list[str] = Field(
+        default_factory=list, description="Models this farm also renders besides `model`, for jobs and items that "
+        "name them (`tiny:wan,/models/ltx-video`, or a JSON list): workers switch between models as the queues "
+        "need (docs/models.md). A job or item naming any other model is refused, so clients of the API cannot "
+        "make the workers download or read arbitrary weights."
+    )
     default_output: str = Field(DEFAULT_OUTPUT, description="Output of jobs that name none (folder or "
                                 "s3://BUCKET/PREFIX).")
     tiers_file: str | None = Field(None, description="A YAML or JSON tier table replacing the built-in one "
@@ -256,9 +262,25 @@ class FarmSettings(FarmBaseSettings):
     url: UrlFetchConfig = Field(default_factory=UrlFetchConfig)
     client: ClientSettings = Field(default_factory=ClientSettings)
 
+    @field_validator("extra_models", mode="before")
+    @classmethod
+    def _model_list(cls, value: Any) -> Any:
+        """`tiny:wan,tiny:ltx` or a JSON list, from an environment variable."""
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if text.startswith("["):
+            return json.loads(text)
+        return [part.strip() for part in text.split(",") if part.strip()]
+
     @property
     def model_ref(self) -> str:
         return self.model or DEFAULT_MODEL
+
+    @property
+    def allowed_models(self) -> list[str]:
+        """The models this farm renders: its own first, then `extra_models`."""
+        return list(dict.fromkeys([self.model_ref, *self.extra_models]))
 
     def with_output(self, output: str | None) -> FarmSettings:
         """The same settings with another default output (absolute: other processes use it)."""

@@ -208,11 +208,25 @@ class Coordinator:
 
     # --- submission ---------------------------------------------------------------------------
 
+    def _check_models(self, spec: JobSpec) -> None:
+        """Only the models the operator allows (FARM_MODEL and FARM_EXTRA_MODELS): a client of the
+        API must not make the workers download or read weights of its choosing."""
+        from farm.models.loading import absolute_model_ref
+
+        allowed = {absolute_model_ref(ref) for ref in self.settings.allowed_models}
+        named = sorted({spec.model, *(item.model for item in spec.items if item.model)})
+        refused = [ref for ref in named if absolute_model_ref(ref) not in allowed]
+        if refused:
+            raise FarmError(
+                f"this farm renders only {', '.join(map(repr, self.settings.allowed_models))}, not "
+                f"{', '.join(map(repr, refused))}; omit `model`, use one of those, or ask the operator to add it "
+                "to FARM_EXTRA_MODELS"
+            )
+
     def submit(self, spec_data: dict, manifest: tuple[str, bytes] | None = None) -> dict:
         """Accept a validated job; returns its registry entry. Raises FarmError with the reason."""
         spec = JobSpec.from_dict(spec_data)
-        if spec.model != self.model:
-            raise FarmError(f"this farm renders with model {self.model!r}, not {spec.model!r}; omit `model` or use it")
+        self._check_models(spec)
         self._check_apart_from_state(spec)
         with self.lock:
             waiting = sum(1 for e in self.entries.values() if e["state"] == "queued" and not self.leases.held_elsewhere(e["id"]))

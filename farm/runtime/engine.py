@@ -31,6 +31,7 @@ from farm.core.job import ItemOutcome, JobState
 from farm.core.planner import JobPlan
 from farm.core.tiers import CPU_TIER, ClusterShape, TierTable, tiers_in_resources
 from farm.core.vram import profile_for_model
+from farm.models.loading import absolute_model_ref
 from farm.runtime.handles import CallPool, RayCallPool, RayWorkerHandle, WorkerCallError, WorkerDied, WorkerHandle
 from farm.settings import FarmSettings
 
@@ -103,8 +104,6 @@ def start_workers(
 
     `settings` travel to every worker (which reads no environment of its own for them); the
     keyword arguments override their engine and worker parts."""
-    from farm.models.loading import absolute_model_ref
-
     settings = settings or FarmSettings()
     faults = faults if faults is not None else settings.workers.faults
     model = absolute_model_ref(model)
@@ -253,10 +252,13 @@ class Engine:
             table,
             [(w.name, w.tier) for w in self.workers],
             profile_for=lambda model: profile_for_model(model, calibration=calibration),
+            worker_models={w.name: model_id(w.info) for w in self.workers},
+            model_key=absolute_model_ref,  # items name local folders as written; workers hold them absolute
         )
         self.jobs: dict[str, ActiveJob] = {}
         self.calls: dict[Any, tuple[str, str]] = {}  # call -> (worker name, "render" | "probe"), or ("", "mailbox")
         self.probe_started: dict[Any, float] = {}
+        self._switching: dict[str, str] = {}  # worker -> the model it is switching to
         self._handed_back: list[tuple[str, str]] = []
         self.lock = threading.RLock()
         # The dispatch loop's cost: steps, their wall time, and the part of it in job.json writes.
@@ -315,7 +317,8 @@ class Engine:
         with self.lock:
             self.jobs[job.id] = job
             if self.metrics is not None:  # its model's outcome counters at 0, before any outcome
-                self.metrics.prepare(self.table.names(), [job.state.spec.model])
+                spec = job.state.spec
+                self.metrics.prepare(self.table.names(), sorted({spec.model, *(i.model for i in spec.items if i.model)}))
             self._carry_out(self.state.handle(
                 dispatch.JobAdmitted(job.id, job.state, plan, job.priority, dict(replace_etags or {}))
             ))
@@ -597,7 +600,7 @@ class Engine:
         self.workers.append(worker)
         if self._model_config_sha256 is None:
             self._model_config_sha256 = info["model"]["config_sha256"]
-        return dispatch.WorkerJoined(worker.name, worker.tier)
+        return dispatch.WorkerJoined(worker.name, worker.tier, model_id(info))
 
     def publish(self) -> None:
         """Queue, in-flight and worker gauges (the counters are updated as outcomes arrive)."""
@@ -650,7 +653,9 @@ class Engine:
                 worker.info = info
             else:
                 log.warning("worker %s is gone", name)
-            return dispatch.WorkerProbed(name, bool(info.get("ok")))
+            return dispatch.WorkerProbed(name, bool(info.get("ok")), model_id(info) if info.get("ok") else None)
+        if kind == "switch":
+            return self._switched(call, worker)
         try:
             reply = self.pool.result(call)
         except WorkerDied as error:
@@ -667,9 +672,39 @@ class Engine:
         return dispatch.WorkerReplied(name, reply.outcomes, reply.pending, kind, sequence, reply.escalation,
                                       reply.returned)
 
+    def _switched(self, call, worker: Worker) -> dispatch.Event:
+        model = self._switching.pop(worker.name)
+        try:
+            info = self.pool.result(call)
+        except WorkerDied as error:
+            for other in [c for c, (n, k) in self.calls.items() if n == worker.name and k != "probe"]:
+                del self.calls[other]
+            return dispatch.WorkerLost(worker.name, str(error))
+        except WorkerCallError as error:  # a bug in the switch: it keeps (we assume) what it held
+            log.warning("render worker %s could not switch to %s: %s", worker.name, model, error)
+            return dispatch.WorkerSwitched(worker.name, model, False, message=str(error), holds=model_id(worker.info))
+        seconds = float(info.get("switch_seconds") or 0.0)
+        ok = bool(info.get("ok"))
+        if info.get("model"):
+            worker.info = info
+        if self.metrics is not None:
+            self.metrics.model_switched(model, ok, seconds)
+        if ok:
+            log.info("render worker %s switched to model %s in %.1f s", worker.name, model, seconds)
+        else:
+            log.warning("render worker %s could not switch to model %s: %s", worker.name, model, info.get("switch_error"))
+        return dispatch.WorkerSwitched(worker.name, model, ok, seconds, str(info.get("switch_error") or ""),
+                                       holds=model_id(info))
+
     def _carry_out(self, instructions: list) -> None:
         for instruction in instructions:
-            if isinstance(instruction, dispatch.SendTask):
+            if isinstance(instruction, dispatch.SwitchModel):
+                log.info("render worker %s: switching from model %s to %s (%s)", instruction.worker,
+                         instruction.from_model, instruction.model, instruction.reason)
+                self._idle_since.pop(instruction.worker, None)
+                self._switching[instruction.worker] = instruction.model
+                self._call(instruction.worker, "switch", instruction.model)
+            elif isinstance(instruction, dispatch.SendTask):
                 self._idle_since.pop(instruction.worker, None)
                 self._call(instruction.worker, "render", instruction.task)
             elif isinstance(instruction, dispatch.WatchCommits):
@@ -691,7 +726,7 @@ class Engine:
                 if self.metrics is not None:
                     self.metrics.handed_back.labels(instruction.reason, instruction.tier).inc()
             elif isinstance(instruction, dispatch.ItemsCancelled):
-                if self.metrics is not None:
+                if self.metrics is not None:  # counted under the job's model (the items are gone from the queue)
                     model = self.jobs[instruction.job_id].state.spec.model
                     self.metrics.items.labels("cancelled", "none", model).inc(instruction.count)
             elif isinstance(instruction, dispatch.HandedBack):
@@ -709,7 +744,12 @@ class Engine:
 
     def _call(self, name: str, kind: str, *args):
         handle = self._worker(name).handle
-        call = handle.info() if kind == "probe" else handle.render(*args)
+        if kind == "probe":
+            call = handle.info()
+        elif kind == "switch":
+            call = handle.switch_model(*args)
+        else:
+            call = handle.render(*args)
         self.calls[call] = (name, kind)
         return call
 
@@ -717,7 +757,8 @@ class Engine:
         job = self.jobs[job_id]
         job.reporter.item_finished(job.state, outcome.item_id, outcome)
         if self.metrics is not None:
-            self.metrics.outcome(outcome, job.state.spec.model)
+            spec = job.state.spec
+            self.metrics.outcome(outcome, spec.model_of(job.state.spec_item(outcome.item_id)))
 
     def _job_finished(self, job: ActiveJob) -> None:
         if job.on_finish is not None:
@@ -726,3 +767,8 @@ class Engine:
             except Exception:  # a failing callback must not stop the engine
                 log.exception("finishing job %s", job.id)
         job.done.set()
+
+
+def model_id(info: dict | None) -> str | None:
+    """The model a worker holds, as its `info()` names it (None: not known)."""
+    return ((info or {}).get("model") or {}).get("id")

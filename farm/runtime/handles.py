@@ -33,6 +33,9 @@ class WorkerHandle(Protocol):
 
     def info(self) -> Any: ...
 
+    def switch_model(self, model: str) -> Any:
+        """Unload the model and load `model`; answered with `info()`'s dict plus `switch_seconds`."""
+
     def adopt(self, mailbox) -> Any:
         """Take over a worker an earlier engine started: it reports to `mailbox` from now on;
         answers `info()` once its last render's uploads are done."""
@@ -62,6 +65,9 @@ class RayWorkerHandle:
 
     def info(self):
         return self.actor.info.remote()
+
+    def switch_model(self, model: str):
+        return self.actor.switch_model.remote(model)
 
     def adopt(self, mailbox):
         return self.actor.adopt.remote(mailbox)
@@ -119,6 +125,9 @@ class LocalWorkerHandle:
 
     def info(self) -> Future:
         return self._call("info")
+
+    def switch_model(self, model: str) -> Future:
+        return self._call("switch_model", model)
 
     def adopt(self, mailbox) -> Future:
         return self._call("adopt", mailbox)

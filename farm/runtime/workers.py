@@ -100,11 +100,12 @@ class RenderWorkerImpl:
             self.adapter.injector = OomInjector(rules, self.card.tier)
             self.adapter.injector.attach(self.adapter.pipeline)
         node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
-        self.renderer = ItemRenderer(
-            self.adapter, worker_name=self.name, card=self.card, calibration=settings.vram_calibration, node_id=node_id,
+        self._renderer_options = dict(
+            worker_name=self.name, card=self.card, calibration=settings.vram_calibration, node_id=node_id,
             drain_probe=node_drain_probe(node_id) if node_id else None,
             drain_check_s=settings.engine.drain_check_s, drain_margin_s=settings.engine.drain_margin_s,
         )
+        self.renderer = ItemRenderer(self.adapter, **self._renderer_options)
         self.commits = BackgroundCommits(self.renderer, settings.storage.upload_queue, on_commit=self._report_commits)
         self.memory_baseline_bytes = allocated_bytes(device)
 
@@ -122,8 +123,9 @@ class RenderWorkerImpl:
         worker.settings = worker.local = None
         worker.mailbox = mailbox
         worker.error, worker.adapter, worker.card = None, adapter, card
-        worker.renderer = ItemRenderer(adapter, worker_name=name, card=card, drain_probe=drain_probe,
-                                       drain_check_s=drain_check_s, drain_margin_s=drain_margin_s)
+        worker._renderer_options = dict(worker_name=name, card=card, drain_probe=drain_probe,
+                                        drain_check_s=drain_check_s, drain_margin_s=drain_margin_s)
+        worker.renderer = ItemRenderer(adapter, **worker._renderer_options)
         worker.commits = BackgroundCommits(worker.renderer, upload_queue, on_commit=worker._report_commits)
         worker.memory_baseline_bytes = allocated_bytes(adapter.device)
         return worker
@@ -165,6 +167,45 @@ class RenderWorkerImpl:
             return self._reply([], returned=produced)
         self.commits.submit(produced)  # blocks while the upload queue is full
         return self._reply([])
+
+    def switch_model(self, model_ref: str) -> dict:
+        """Hold `model_ref` instead of the model loaded now (the dispatcher's switch, see
+        farm.core.switching): the uploads in flight finish first, the old model's memory is
+        handed back, the new one loads through its family's adapter. If it cannot load, the old
+        model is loaded again and the answer says why (`ok` False, `switch_error`)."""
+        import time
+
+        from farm.models.loading import select_device
+        from farm.models.registry import load_adapter
+        from farm.renderer import ItemRenderer
+
+        started = time.perf_counter()
+        if self.renderer is not None:
+            self.commits.flush()
+        previous = self.model_ref
+        device = self.adapter.device if self.adapter is not None else select_device(self.local.device if self.local else None)
+        precision = self.local.precision if self.local else "auto"
+        vae_upcast = self.local.vae_upcast if self.local else "auto"
+        error = None
+        for ref in (model_ref, previous):
+            if self.adapter is not None:
+                self.adapter.unload()
+                self.adapter = self.renderer = None
+            try:
+                self.adapter = load_adapter(ref, device=device, requested_precision=precision, vae_upcast=vae_upcast)
+            except Exception as exc:  # the answer says why; the old model is loaded again
+                error = error or f"loading model {ref!r} failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+                continue
+            self.model_ref = ref
+            self.renderer = ItemRenderer(self.adapter, **self._renderer_options)
+            self.commits.renderer = self.renderer
+            break
+        self.error = None if self.renderer is not None else error
+        info = self.info()
+        info["ok"] = self.renderer is not None and self.model_ref == model_ref
+        info["switch_error"] = error if self.model_ref != model_ref else None
+        info["switch_seconds"] = round(time.perf_counter() - started, 3)
+        return info
 
     def adopt(self, mailbox) -> dict:
         """A new coordinator takes this worker over (the one that started it died): commits are

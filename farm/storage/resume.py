@@ -151,7 +151,11 @@ def _unchanged(spec, item, sidecar: dict, model_config_sha256: str | None) -> st
     """Why the committed result may be kept as far as inputs go, or None when they changed.
     `model_config_sha256` None: no worker has loaded the model yet (a farm scaled to zero); the
     model is then taken as the one the sidecar names (its id is still compared)."""
-    if model_config_sha256 is None:
+    model = spec.model_of(item)
+    if model_config_sha256 is None or model != spec.model:
+        # No worker has loaded the model yet, or the item names its own model (the farm's hash
+        # is that of the job's model): the model is taken as the one the sidecar names, whose id
+        # the digest still compares.
         model_config_sha256 = str((sidecar.get("model") or {}).get("config_sha256"))
     recorded = sidecar.get("input") or {}
     fingerprint = current_fingerprint(item.image)
@@ -169,7 +173,7 @@ def _unchanged(spec, item, sidecar: dict, model_config_sha256: str | None) -> st
         prompt=item.prompt,
         params=item.params.model_dump(),
         seed=item.seed,
-        model=spec.model,
+        model=model,
         model_config_sha256=model_config_sha256,
     )
     if expected != sidecar.get("inputs_sha256"):
