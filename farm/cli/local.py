@@ -115,7 +115,7 @@ def _families_of(spec) -> dict[str, int]:
 def cmd_models(args: argparse.Namespace) -> int:
     """The families farm renders: their rules, tiny variants, Hub ids, savers, and what fits which card."""
     from farm.core.tiers import load_tier_table
-    from farm.core.vram import PROFILES, SAVER_LEVELS, estimate_vram
+    from farm.core.vram import PROFILES, estimate_vram
 
     table = load_tier_table(args.settings.tiers_file)
     rows = []
@@ -124,7 +124,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         width, height = _typical_size(rules)
         frames = rules.default_frames
         fits = {}
-        for label, savers in (("no_savers", ()), ("all_savers", tuple(SAVER_LEVELS[-1]) + tuple(rules.savers))):
+        for label, savers in (("no_savers", ()), ("all_savers", rules.saver_levels[-1])):
             estimate = estimate_vram(profile, width, height, frames, savers=savers)
             tier = next((t for t in table.tiers if estimate.total_bytes <= t.budget_bytes), None)
             fits[label] = {"estimate_gib": round(estimate.total_gib, 1), "smallest_tier": tier.name if tier else None}
@@ -233,7 +233,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_tiers(args: argparse.Namespace) -> int:
     from farm.core.params import RESOLUTIONS
     from farm.core.tiers import load_tier_table
-    from farm.core.vram import SAVER_LEVELS, estimate_vram
+    from farm.core.vram import estimate_vram
 
     table = load_tier_table(args.tiers or args.settings.tiers_file)
     if args.node:
@@ -255,7 +255,7 @@ def cmd_tiers(args: argparse.Namespace) -> int:
           f"{'/'.join(map(str, resolutions))}p (1:1, no savers | all savers)")
     for tier in table.tiers:
         fits = []
-        for savers in (SAVER_LEVELS[0], tuple(SAVER_LEVELS[-1]) + tuple(rules.savers)):
+        for savers in (rules.saver_levels[0], rules.saver_levels[-1]):
             row = []
             for resolution in resolutions:
                 frames = [f for f in allowed if estimate_vram(profile, resolution, resolution, f, savers=savers).total_bytes <= tier.budget_bytes]

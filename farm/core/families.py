@@ -51,6 +51,11 @@ class FamilyRules:
     default_steps: int | None = None
     # Frame counts the degrade ladder steps down through (each one the family accepts).
     frame_ladder: tuple[int, ...] = (32, 24, 16, 8)
+    # The memory-saver levels the ladder climbs, cheapest first (each adds to the one before).
+    saver_levels: tuple[tuple[str, ...], ...] = (
+        (), ("vae_slicing", "vae_tiling"), ("vae_slicing", "vae_tiling", "ff_chunking"),
+        ("vae_slicing", "vae_tiling", "ff_chunking", "cpu_offload"),
+    )
 
     def allowed_frames(self) -> list[int]:
         return [f for f in range(self.min_frames, self.max_frames + 1) if (f - self.frame_offset) % self.frame_step == 0]
@@ -174,6 +179,12 @@ def _aspect_of(width: int, height: int) -> str:
 # Savers by name (the constants live in farm.core.vram; repeated here as strings to stay import-free).
 _UNET_SAVERS = ("vae_slicing", "vae_tiling", "ff_chunking", "cpu_offload")
 _DIT_SAVERS = ("vae_slicing", "vae_tiling", "cpu_offload", "group_offload", "fp8_layerwise")
+# Transformers: the VAE first, then the whole pipeline offloaded component by component, then the
+# denoiser streamed layer by layer (CUDA streams) with its weights stored in fp8.
+_DIT_LEVELS = (
+    (), ("vae_slicing", "vae_tiling"), ("vae_slicing", "vae_tiling", "cpu_offload"),
+    ("vae_slicing", "vae_tiling", "group_offload", "fp8_layerwise"),
+)
 
 I2VGEN_XL = FamilyRules(
     name="i2vgen-xl", title="I2VGen-XL", pipeline_classes=("I2VGenXLPipeline",),
@@ -188,7 +199,7 @@ WAN = FamilyRules(
     takes_prompt=True, guidance=CFG, default_frames=81,
     hub_ids=("Wan-AI/Wan2.1-I2V-14B-480P-Diffusers", "Wan-AI/Wan2.1-I2V-14B-720P-Diffusers",
              "Wan-AI/Wan2.2-I2V-A14B-Diffusers"),
-    tiny="tiny:wan", savers=_DIT_SAVERS, default_guidance=5.0, default_steps=40,
+    tiny="tiny:wan", savers=_DIT_SAVERS, saver_levels=_DIT_LEVELS, default_guidance=5.0, default_steps=40,
     frame_ladder=(121, 81, 61, 49, 33, 17, 9, 5),
     notes="480P weights for 480p, 720P weights for 720p; Wan 2.2 A14B has two experts (high and low noise)",
 )
@@ -196,7 +207,7 @@ LTX_VIDEO = FamilyRules(
     name="ltx-video", title="LTX-Video", pipeline_classes=("LTXImageToVideoPipeline",),
     frame_step=8, frame_offset=1, min_frames=9, max_frames=257, size_multiple=32, native_fps=24,
     takes_prompt=True, guidance=CFG, default_frames=121,
-    hub_ids=("Lightricks/LTX-Video",), tiny="tiny:ltx", savers=_DIT_SAVERS, default_guidance=3.0, default_steps=40,
+    hub_ids=("Lightricks/LTX-Video",), tiny="tiny:ltx", savers=_DIT_SAVERS, saver_levels=_DIT_LEVELS, default_guidance=3.0, default_steps=40,
     frame_ladder=(257, 161, 121, 97, 65, 49, 33, 17, 9),
     notes="fast: a 32x spatial, 8x temporal VAE",
 )
@@ -209,7 +220,7 @@ COGVIDEOX = FamilyRules(
     name="cogvideox", title="CogVideoX image-to-video", pipeline_classes=("CogVideoXImageToVideoPipeline",),
     frame_step=8, frame_offset=1, min_frames=9, max_frames=161, size_multiple=16, native_fps=8,
     takes_prompt=True, guidance=CFG, default_frames=49,
-    hub_ids=("THUDM/CogVideoX-5b-I2V", "THUDM/CogVideoX1.5-5B-I2V"), tiny="tiny:cogvideox", savers=_DIT_SAVERS,
+    hub_ids=("THUDM/CogVideoX-5b-I2V", "THUDM/CogVideoX1.5-5B-I2V"), tiny="tiny:cogvideox", savers=_DIT_SAVERS, saver_levels=_DIT_LEVELS,
     default_guidance=6.0, default_steps=50, frame_ladder=(49, 33, 25, 17, 9),
     notes="CogVideoX-5b-I2V renders only 720x480 and 49 frames (learned positional embeddings: "
           "resolution 480, aspect 3:2); CogVideoX1.5-5B-I2V any multiple of 16 and 8k+1 frames (81 at 16 fps)",
@@ -224,7 +235,8 @@ SVD = FamilyRules(
     frame_step=1, frame_offset=0, min_frames=2, max_frames=25, size_multiple=8, native_fps=7,
     takes_prompt=False, guidance=FRAME_RAMP, default_frames=14,
     hub_ids=("stabilityai/stable-video-diffusion-img2vid", "stabilityai/stable-video-diffusion-img2vid-xt"),
-    tiny="tiny:svd", savers=("vae_slicing", "ff_chunking", "cpu_offload"), default_guidance=3.0, default_steps=25,
+    tiny="tiny:svd", savers=("vae_slicing", "ff_chunking", "cpu_offload"),
+    saver_levels=((), ("vae_slicing",), ("vae_slicing", "ff_chunking"), ("vae_slicing", "ff_chunking", "cpu_offload")), default_guidance=3.0, default_steps=25,
     frame_ladder=(25, 14, 8, 4),
     notes="image only (a prompt is recorded as unused); 14 frames (img2vid) or 25 (img2vid-xt) at 1024x576",
 )
@@ -232,7 +244,7 @@ HUNYUAN_VIDEO = FamilyRules(
     name="hunyuan-video", title="HunyuanVideo image-to-video", pipeline_classes=("HunyuanVideoImageToVideoPipeline",),
     frame_step=4, frame_offset=1, min_frames=5, max_frames=129, size_multiple=16, native_fps=24,
     takes_prompt=True, guidance=EMBEDDED, default_frames=129,
-    hub_ids=("hunyuanvideo-community/HunyuanVideo-I2V",), tiny="tiny:hunyuan", savers=_DIT_SAVERS,
+    hub_ids=("hunyuanvideo-community/HunyuanVideo-I2V",), tiny="tiny:hunyuan", savers=_DIT_SAVERS, saver_levels=_DIT_LEVELS,
     default_guidance=6.0, default_steps=50, frame_ladder=(129, 97, 65, 49, 33, 17, 9, 5),
     notes="a LLaVA text-image encoder; guidance is distilled into the model (one pass per step)",
 )

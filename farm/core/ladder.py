@@ -43,8 +43,10 @@ class RenderSettings:
     aspect: str
     frames: int
     saver_level: int = 0
-    # The frame counts the ladder steps down through: the family's (farm.core.families).
+    # The frame counts the ladder steps down through, and the saver levels it climbs: the
+    # family's (farm.core.families); I2VGen-XL's by default.
     frame_steps: tuple[int, ...] = field(default=FRAME_STEPS, compare=False)
+    saver_levels: tuple[tuple[str, ...], ...] = field(default=SAVER_LEVELS, compare=False)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -52,7 +54,7 @@ class RenderSettings:
 
     @property
     def savers(self) -> tuple[str, ...]:
-        return SAVER_LEVELS[self.saver_level]
+        return self.saver_levels[self.saver_level]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -190,7 +192,7 @@ def next_step(
     for step in order:
         if step not in permitted:
             continue
-        if step == MEMORY_SAVERS and settings.saver_level < len(SAVER_LEVELS) - 1:
+        if step == MEMORY_SAVERS and settings.saver_level < len(settings.saver_levels) - 1:
             return step, replace(settings, saver_level=settings.saver_level + 1)
         if step == BIGGER_TIER and bigger_tier_available:
             return step, settings
@@ -215,9 +217,15 @@ def next_decode_step(settings: RenderSettings, *, mode: str) -> tuple[str, Rende
     None means the decode cannot get cheaper on its own; the caller then climbs the whole
     ladder (which re-renders).
     """
-    if MEMORY_SAVERS not in allowed_steps(mode) or settings.saver_level >= DECODE_SAVER_LEVEL:
+    level = decode_saver_level(settings.saver_levels)
+    if MEMORY_SAVERS not in allowed_steps(mode) or level is None or settings.saver_level >= level:
         return None
-    return MEMORY_SAVERS, replace(settings, saver_level=DECODE_SAVER_LEVEL)
+    return MEMORY_SAVERS, replace(settings, saver_level=level)
+
+
+def decode_saver_level(levels) -> int | None:
+    """The first saver level that slices the VAE decode (None: the family's VAE has no such saver)."""
+    return next((n for n, savers in enumerate(levels) if VAE_SLICING in savers), None)
 
 
 def describe_change(step: str, before: RenderSettings, after: RenderSettings) -> tuple[Any, Any]:

@@ -22,7 +22,7 @@ from farm.core.manifest import JobItem, JobSpec
 from farm.core.scheduler import TierScheduler
 from farm.core.tiers import CPU_TIER, GIB, ClusterShape, TierTable
 from farm.core.families import FAMILIES
-from farm.core.vram import ModelProfile, VramEstimate, estimate_vram, profile_for_model, render_flop
+from farm.core.vram import SAVER_LEVELS, ModelProfile, VramEstimate, estimate_vram, profile_for_model, render_flop
 
 REFERENCE_TIER = "24g"  # `fixed_seconds` of a profile are measured on this tier's card
 # Slow-down of each memory-saver level (decode tiling, feed-forward chunking, CPU offload).
@@ -109,6 +109,7 @@ class Planner:
         self.profile = profile
         family = FAMILIES.get(profile.family or profile.name)
         self.frame_steps = family.frame_ladder if family is not None else FRAME_STEPS
+        self.saver_levels = family.saver_levels if family is not None else SAVER_LEVELS
         self.dtype_bytes = dtype_bytes
         self.cpu_only = set(shape.present) <= {CPU_TIER}
         self.present = [] if self.cpu_only else table.ordered(t for t in shape.present if t != CPU_TIER)
@@ -165,7 +166,8 @@ class Planner:
                     f"{settings.describe()} exceeds its {budget / GIB:.1f} GiB budget")
 
         result = climb(
-            RenderSettings(params.resolution, params.aspect, params.frames, frame_steps=self.frame_steps),
+            RenderSettings(params.resolution, params.aspect, params.frames, frame_steps=self.frame_steps,
+                           saver_levels=self.saver_levels),
             mode=params.degrade,
             order=[s for s in order if s != BIGGER_TIER],
             blocked=blocked,
@@ -177,7 +179,8 @@ class Planner:
 
     def _plan(self, item_id: str, params, *, order, unfit: str) -> ItemPlan:
         guidance = params.guidance_scale > 1
-        settings = RenderSettings(params.resolution, params.aspect, params.frames, frame_steps=self.frame_steps)
+        settings = RenderSettings(params.resolution, params.aspect, params.frames, frame_steps=self.frame_steps,
+                           saver_levels=self.saver_levels)
         if self.cpu_only:
             return ItemPlan(item_id, CPU_TIER, settings, None, None)
         estimate = self.estimate(settings, guidance)

@@ -316,11 +316,15 @@ def phase_terms(
     tokens_per_frame = (height // down) * (width // down)
     batch = 2 if guidance and not profile.embedded_guidance else 1
     params = profile.component_params
-    if CPU_OFFLOAD in savers or GROUP_OFFLOAD in savers:  # only the component at work is on the GPU
-        denoiser_bytes = params[profile.denoiser] * dtype_bytes
-        if GROUP_OFFLOAD in savers:  # a few layers of it at a time
-            denoiser_bytes = denoiser_bytes // max(profile.dit_layers or len(profile.unet_channels) * 4, 1) * 2
-        weights_denoise = denoiser_bytes
+    if GROUP_OFFLOAD in savers:
+        # Every component but the VAE streams to the GPU layer by layer: the VAE and about two
+        # of the denoiser's layers are resident.
+        denoiser = params[profile.denoiser]
+        layer_bytes = denoiser * (1 if FP8_LAYERWISE in savers else dtype_bytes) // max(profile.dit_layers or 16, 1)
+        weights_decode = params["vae"] * dtype_bytes
+        weights_denoise = weights_decode + 2 * layer_bytes
+    elif CPU_OFFLOAD in savers:  # only the component at work is on the GPU
+        weights_denoise = params[profile.denoiser] * dtype_bytes
         weights_decode = params["vae"] * dtype_bytes
     else:
         weights_denoise = weights_decode = profile.total_params * dtype_bytes
@@ -338,7 +342,8 @@ def phase_terms(
         activations = per_token * passes * dit_tokens(profile, width=width_px, height=height_px, frames=frames)
     else:
         activations = activation_elements_per_token(profile, savers) * batch * frames * tokens_per_frame
-    chunk = 1 if VAE_SLICING in savers else min(profile.default_decode_chunk, frames)
+    # A decode chunk of 0: the family's VAE decodes the whole clip at once.
+    chunk = 1 if VAE_SLICING in savers else min(profile.default_decode_chunk or frames, frames)
     pixels = width * height
     if VAE_TILING in savers:
         pixels = min(pixels, profile.vae_tile_pixels)

@@ -91,6 +91,41 @@ class ModelAdapter(Protocol):
     def generate(self, image, **params) -> Generation: ...
 
 
+# diffusers' hook names (diffusers.hooks.group_offloading), to take group offloading off again.
+_GROUP_OFFLOAD_HOOKS = ("group_offloading", "layer_execution_tracker", "lazy_prefetch_group_offloading")
+
+
+def offloaded_components(pipe) -> list[tuple[str, Any]]:
+    """The weighted components group offloading streams: all but the VAE (it decodes at the end
+    and is small next to the others)."""
+    import torch
+
+    return [(name, c) for name, c in pipe.components.items() if isinstance(c, torch.nn.Module) and name != "vae"]
+
+
+def apply_group_offloading_to(pipe, onload_device, *, use_stream: bool) -> None:
+    """Every weighted component but the VAE, leaf by leaf (each transfer on a CUDA stream overlaps
+    the compute of the layer before when `use_stream`)."""
+    import torch
+    from diffusers.hooks import apply_group_offloading
+
+    for _, component in offloaded_components(pipe):
+        apply_group_offloading(component, onload_device=onload_device, offload_device=torch.device("cpu"),
+                               offload_type="leaf_level", use_stream=use_stream)
+
+
+def remove_group_offloading(pipe, device: str) -> None:
+    """Take group offloading off again (the next render needs no saver): its hooks removed, the
+    weights back on `device`."""
+    from diffusers.hooks import HookRegistry
+
+    for _, component in offloaded_components(pipe):
+        registry = HookRegistry.check_if_exists_or_initialize(component)
+        for name in _GROUP_OFFLOAD_HOOKS:
+            registry.remove_hook(name, recurse=True)
+        component.to(device)
+
+
 def vae_force_upcast(folder) -> bool:
     """Whether the VAE's config asks to decode in fp32 (AutoencoderKL's default is yes)."""
     config = Path(folder) / "vae" / "config.json"
@@ -247,15 +282,13 @@ class VideoAdapter:
         offload = {CPU_OFFLOAD, GROUP_OFFLOAD} & wanted if on_cuda else set()
         had = {CPU_OFFLOAD, GROUP_OFFLOAD} & current if on_cuda else set()
         if offload != had:
-            if had:
+            if GROUP_OFFLOAD in had:
+                remove_group_offloading(pipe, self.device)
+            elif had:
                 pipe.remove_all_hooks()
                 pipe.to(self.device)
             if GROUP_OFFLOAD in offload:
-                from diffusers.hooks import apply_group_offloading
-
-                onload = torch.device("cuda", cuda_index(self.device))
-                apply_group_offloading(self.denoiser, onload_device=onload, offload_device=torch.device("cpu"),
-                                       offload_type="leaf_level", use_stream=True)
+                apply_group_offloading_to(pipe, torch.device("cuda", cuda_index(self.device)), use_stream=True)
             elif CPU_OFFLOAD in offload:
                 pipe.enable_model_cpu_offload(device=self.device)
         self.savers = tuple(s for s in SAVER_LEVELS[-1] if s in wanted) + tuple(

@@ -154,3 +154,28 @@ def test_a_model_with_narrower_rules_than_its_family_is_held_to_them():
     assert "only 720x480" in text and "aspect 3:2" in text
     spec = parse({"version": 1, "model": "tiny:cogvideox", "items": [item(resolution=512, frames=33)]}, "json")
     assert spec.items[0].params.frames == 33  # the tiny variant takes the family's wider rules
+
+
+def test_each_family_climbs_its_own_saver_levels_and_each_level_saves_memory():
+    from farm.core.ladder import MEMORY_SAVERS, RenderSettings, next_decode_step, next_step
+    from farm.core.planner import Planner
+    from farm.core.tiers import ClusterShape, load_tier_table
+
+    table = load_tier_table()
+    for name, rules in FAMILIES.items():
+        assert rules.saver_levels[0] == () and set(rules.saver_levels[-1]) <= set(rules.savers) | {"ff_chunking"}
+        planner = Planner(table, ClusterShape({"80g": 1}), PROFILES[name])
+        assert planner.saver_levels == rules.saver_levels
+        settings = RenderSettings(480, "16:9", rules.default_frames, saver_levels=rules.saver_levels)
+        sizes = []
+        while True:
+            sizes.append(planner.estimate(settings, True).total_bytes)
+            option = next_step(settings, mode="memory_savers", order=(MEMORY_SAVERS,))
+            if option is None:
+                break
+            settings = option[1]
+        assert settings.savers == rules.saver_levels[-1]
+        assert sizes == sorted(sizes, reverse=True) and sizes[-1] < sizes[0], (name, sizes)
+    wan = RenderSettings(480, "16:9", 81, saver_levels=WAN.saver_levels)
+    assert "group_offload" in WAN.saver_levels[-1] and "fp8_layerwise" in WAN.saver_levels[-1]
+    assert next_decode_step(wan, mode="allowed")[1].savers == ("vae_slicing", "vae_tiling")
