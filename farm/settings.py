@@ -27,7 +27,7 @@ import os
 from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, BaseModel, Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from farm.settings_base import FarmBaseSettings, given_values_only
 
@@ -235,7 +235,7 @@ class FarmSettings(FarmBaseSettings):
 
     model: str | None = Field(None, description=f"The model to render with when a manifest names none (default "
                               f"{DEFAULT_MODEL}; `tiny` for the built-in test model).")
-    extra_models: list[str] = Field(
+    extra_models: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Models this farm also renders besides `model`, for jobs and items that "
         "name them (`tiny:wan,/models/ltx-video`, or a JSON list): workers switch between models as the queues "
         "need (docs/models.md). A job or item naming any other model is refused, so clients of the API cannot "
