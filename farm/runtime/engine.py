@@ -584,8 +584,10 @@ class Engine:
             info = {"ok": False, "error": worker_start_failure(worker.name, str(error))}
         if info.get("ok") and info.get("tier") not in self.table and info.get("tier") != CPU_TIER:
             info["ok"], info["error"] = False, f"its card ({info.get('card')}) is smaller than the smallest tier"
-        if info.get("ok") and adopted and self.fleet is not None and (info.get("model") or {}).get("id") != self.fleet.model:
-            info["ok"], info["error"] = False, f"it renders {(info.get('model') or {}).get('id')!r}, not {self.fleet.model!r}"
+        allowed = {self.fleet.model, *map(absolute_model_ref, self.settings.allowed_models)} if self.fleet else set()
+        if info.get("ok") and adopted and self.fleet is not None and model_id(info) not in allowed:
+            # A worker that switched models before the restart is kept when the farm renders its model.
+            info["ok"], info["error"] = False, f"it renders {model_id(info)!r}, not {self.fleet.model!r}"
         if not info.get("ok"):
             log.warning("%s cannot render: %s", worker.name, info.get("error"))
             worker.handle.kill()
