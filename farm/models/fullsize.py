@@ -105,6 +105,25 @@ def building_on(device: str, dtype):
         torch.set_default_dtype(previous)
 
 
+def build_components(factories: dict, device: str = "meta", dtype=None, *, seed: int | None = None) -> dict:
+    """{name: factory()} built directly on `device` in `dtype` (fp32 unless given; the meta device
+    allocates nothing: how the tests count parameters), in eval mode without gradients. Every
+    module is moved to `device` afterwards too: a few diffusers blocks make tensors with
+    `torch.Tensor([...])`, which ignores the default device. `seed`: the random weights' seed
+    (off the meta device)."""
+    from farm.models.libraries import quiet_libraries
+
+    quiet_libraries()
+    import torch
+
+    dtype = dtype or torch.float32
+    if seed is not None and device != "meta":
+        torch.manual_seed(seed)
+    with building_on(device, dtype):
+        components = {name: factory() for name, factory in factories.items()}
+    return {name: module.to(device).eval().requires_grad_(False) for name, module in components.items()}
+
+
 def build_random_components(device: str = "meta", dtype=None, *, token_ids: dict | None = None) -> dict:
     """The four weighted components of I2VGen-XL with random weights, on `device` in `dtype`.
 

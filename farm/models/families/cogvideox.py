@@ -160,25 +160,17 @@ PUBLISHED_EXACT = frozenset({"text_encoder"})  # the others are rounded: within 
 def build_fullsize_components(device: str = "meta", dtype=None) -> dict:
     """The three weighted components of CogVideoX-5b-I2V from the published configs (random
     weights; on the meta device nothing is allocated)."""
-    from farm.models.libraries import quiet_libraries
-
-    quiet_libraries()
-    import torch
     from diffusers import AutoencoderKLCogVideoX, CogVideoXTransformer3DModel
     from transformers import T5Config, T5EncoderModel
 
-    from farm.models.fullsize import building_on
+    from farm.models.fullsize import build_components
 
-    dtype = dtype or torch.float32
-    with building_on(device, dtype):
-        components = {
-            "transformer": CogVideoXTransformer3DModel(**FULLSIZE_CONFIGS["transformer"]),
-            "vae": AutoencoderKLCogVideoX(**FULLSIZE_CONFIGS["vae"]),
-            "text_encoder": T5EncoderModel(T5Config(**FULLSIZE_CONFIGS["text_encoder"])),
-        }
-    for module in components.values():
-        module.eval().requires_grad_(False)
-    return components
+    config = FULLSIZE_CONFIGS
+    return build_components({
+        "transformer": lambda: CogVideoXTransformer3DModel(**config["transformer"]),
+        "vae": lambda: AutoencoderKLCogVideoX(**config["vae"]),
+        "text_encoder": lambda: T5EncoderModel(T5Config(**config["text_encoder"])),
+    }, device, dtype)
 
 
 def stored_values(module) -> int:

@@ -361,27 +361,18 @@ def ensure_tiny_model(cache_dir: Path) -> Path:
 def build_fullsize_components(device: str = "meta", dtype=None) -> dict:
     """The four weighted components of HunyuanVideo-I2V from the published configs, on `device`
     (the meta device allocates nothing: for counting), random weights elsewhere."""
-    from farm.models.fullsize import building_on
-    from farm.models.libraries import quiet_libraries
-
-    quiet_libraries()
-    import torch
     from diffusers import AutoencoderKLHunyuanVideo, HunyuanVideoTransformer3DModel
     from transformers import CLIPTextConfig, CLIPTextModel, LlavaConfig, LlavaForConditionalGeneration
 
-    dtype = dtype or torch.float32
-    if device != "meta":
-        torch.manual_seed(TINY_SEED)
-    with building_on(device, dtype):
-        components = {
-            "transformer": HunyuanVideoTransformer3DModel(**FULLSIZE_CONFIGS["transformer"]),
-            "vae": AutoencoderKLHunyuanVideo(**FULLSIZE_CONFIGS["vae"]),
-            "text_encoder": LlavaForConditionalGeneration(LlavaConfig(**FULLSIZE_CONFIGS["text_encoder"])),
-            "text_encoder_2": CLIPTextModel(CLIPTextConfig(**FULLSIZE_CONFIGS["text_encoder_2"])),
-        }
-    for module in components.values():
-        module.eval().requires_grad_(False)
-    return components
+    from farm.models.fullsize import build_components
+
+    config = FULLSIZE_CONFIGS
+    return build_components({
+        "transformer": lambda: HunyuanVideoTransformer3DModel(**config["transformer"]),
+        "vae": lambda: AutoencoderKLHunyuanVideo(**config["vae"]),
+        "text_encoder": lambda: LlavaForConditionalGeneration(LlavaConfig(**config["text_encoder"])),
+        "text_encoder_2": lambda: CLIPTextModel(CLIPTextConfig(**config["text_encoder_2"])),
+    }, device, dtype, seed=TINY_SEED)
 
 
 def fullsize_parameter_counts() -> dict[str, int]:

@@ -413,24 +413,17 @@ def ensure_tiny_model(cache_dir: Path) -> Path:
 def build_fullsize_components(device: str = "meta", dtype=None) -> dict:
     """The weighted components of Lightricks/LTX-Video from the published configs, random
     weights, on `device` in `dtype` (the meta device allocates nothing)."""
-    from farm.models.fullsize import building_on
-    from farm.models.libraries import quiet_libraries
-
-    quiet_libraries()
-    import torch
     from diffusers import AutoencoderKLLTXVideo, LTXVideoTransformer3DModel
     from transformers import T5Config, T5EncoderModel
 
-    dtype = dtype or torch.float32
-    with building_on(device, dtype):
-        components = {
-            "transformer": LTXVideoTransformer3DModel(**FULLSIZE_CONFIGS["transformer"]),
-            "vae": AutoencoderKLLTXVideo(**FULLSIZE_CONFIGS["vae"]),
-            "text_encoder": T5EncoderModel(T5Config(**FULLSIZE_CONFIGS["text_encoder"])),
-        }
-    for module in components.values():
-        module.eval().requires_grad_(False)
-    return components
+    from farm.models.fullsize import build_components
+
+    config = FULLSIZE_CONFIGS
+    return build_components({
+        "transformer": lambda: LTXVideoTransformer3DModel(**config["transformer"]),
+        "vae": lambda: AutoencoderKLLTXVideo(**config["vae"]),
+        "text_encoder": lambda: T5EncoderModel(T5Config(**config["text_encoder"])),
+    }, device, dtype)
 
 
 def fullsize_parameter_counts(components: dict | None = None) -> dict[str, int]:

@@ -151,30 +151,20 @@ PUBLISHED_PARAMETER_COUNTS = {
 
 
 def build_fullsize_components(device: str = "meta", dtype=None) -> dict:
-    """The weighted components of SVD-XT from the published configs (on `meta`: nothing allocated)."""
-    from farm.models.libraries import quiet_libraries
-
-    quiet_libraries()
-    import torch
+    """The weighted components of SVD-XT from the published configs (on `meta`: nothing allocated).
+    Its AlphaBlender's mix_factor is made with torch.Tensor([...]), off the default device:
+    `build_components` moves every module where the rest is."""
     from diffusers import AutoencoderKLTemporalDecoder, UNetSpatioTemporalConditionModel
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    from farm.models.fullsize import building_on
+    from farm.models.fullsize import build_components
 
-    dtype = dtype or torch.float32
-    if device != "meta":
-        torch.manual_seed(TINY_SEED)
-    with building_on(device, dtype):
-        components = {
-            "unet": UNetSpatioTemporalConditionModel(**FULLSIZE_CONFIGS["unet"]),
-            "vae": AutoencoderKLTemporalDecoder(**FULLSIZE_CONFIGS["vae"]),
-            "image_encoder": CLIPVisionModelWithProjection(CLIPVisionConfig(**FULLSIZE_CONFIGS["image_encoder"])),
-        }
-    for name, module in components.items():
-        # AlphaBlender's mix_factor (one number per temporal mixer) is made with torch.Tensor([...]),
-        # which ignores the default device: move it where the rest is.
-        components[name] = module.to(device).eval().requires_grad_(False)
-    return components
+    config = FULLSIZE_CONFIGS
+    return build_components({
+        "unet": lambda: UNetSpatioTemporalConditionModel(**config["unet"]),
+        "vae": lambda: AutoencoderKLTemporalDecoder(**config["vae"]),
+        "image_encoder": lambda: CLIPVisionModelWithProjection(CLIPVisionConfig(**config["image_encoder"])),
+    }, device, dtype, seed=TINY_SEED)
 
 
 def fullsize_parameter_counts(components: dict | None = None) -> dict[str, int]:

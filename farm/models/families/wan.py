@@ -184,26 +184,18 @@ PUBLISHED_PARAMETER_COUNTS = {
 def build_fullsize_components(device: str = "meta", dtype=None) -> dict:
     """The four weighted components of the reference model from FULLSIZE_CONFIGS, on `device`
     (nothing allocated on `meta`), in `dtype` (fp32 unless given)."""
-    from farm.models.libraries import quiet_libraries
-
-    quiet_libraries()
-    import torch
     from diffusers import AutoencoderKLWan, WanTransformer3DModel
     from transformers import CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel
 
-    from farm.models.fullsize import building_on
+    from farm.models.fullsize import build_components
 
-    dtype = dtype or torch.float32
-    with building_on(device, dtype):
-        components = {
-            "transformer": WanTransformer3DModel(**FULLSIZE_CONFIGS["transformer"]),
-            "text_encoder": UMT5EncoderModel(UMT5Config(**FULLSIZE_CONFIGS["text_encoder"])),
-            "image_encoder": CLIPVisionModel(CLIPVisionConfig(**FULLSIZE_CONFIGS["image_encoder"])),
-            "vae": AutoencoderKLWan(**FULLSIZE_CONFIGS["vae"]),
-        }
-    for module in components.values():
-        module.eval().requires_grad_(False)
-    return components
+    config = FULLSIZE_CONFIGS
+    return build_components({
+        "transformer": lambda: WanTransformer3DModel(**config["transformer"]),
+        "text_encoder": lambda: UMT5EncoderModel(UMT5Config(**config["text_encoder"])),
+        "image_encoder": lambda: CLIPVisionModel(CLIPVisionConfig(**config["image_encoder"])),
+        "vae": lambda: AutoencoderKLWan(**config["vae"]),
+    }, device, dtype)
 
 
 def fullsize_parameter_counts() -> dict[str, int]:
