@@ -584,8 +584,7 @@ class Engine:
             info = {"ok": False, "error": worker_start_failure(worker.name, str(error))}
         if info.get("ok") and info.get("tier") not in self.table and info.get("tier") != CPU_TIER:
             info["ok"], info["error"] = False, f"its card ({info.get('card')}) is smaller than the smallest tier"
-        allowed = {self.fleet.model, *map(absolute_model_ref, self.settings.allowed_models)} if self.fleet else set()
-        if info.get("ok") and adopted and self.fleet is not None and model_id(info) not in allowed:
+        if info.get("ok") and adopted and self.fleet is not None and model_id(info) not in self._adoptable_models():
             # A worker that switched models before the restart is kept when the farm renders its model.
             info["ok"], info["error"] = False, f"it renders {model_id(info)!r}, not {self.fleet.model!r}"
         if not info.get("ok"):
@@ -603,6 +602,10 @@ class Engine:
         if self._model_config_sha256 is None:
             self._model_config_sha256 = info["model"]["config_sha256"]
         return dispatch.WorkerJoined(worker.name, worker.tier, model_id(info))
+
+    def _adoptable_models(self) -> set[str]:
+        """Models an adopted worker may hold: the fleet's, and the others this farm renders."""
+        return {self.fleet.model, *map(absolute_model_ref, self.settings.allowed_models)}
 
     def publish(self) -> None:
         """Queue, in-flight and worker gauges (the counters are updated as outcomes arrive)."""

@@ -82,6 +82,7 @@ def test_a_bigger_tier_is_asked_for_after_the_savers(tmp_path, tiny_adapter):
     assert [o.settings.saver_level for o in outcome.ooms] == [0, 1, 2, 3] and {o.tier for o in outcome.ooms} == {"sim"}
 
 
+@pytest.mark.slow  # suite time: in the slow suite (python3 dev.py test -m slow)
 def test_an_item_back_on_the_same_tier_does_not_retry_what_ran_out_of_memory_there(tmp_path, tiny_adapter):
     """Escalation refused (the bigger card was busy): the worker's ladder goes on from where it
     stopped, without running the blocked settings again."""

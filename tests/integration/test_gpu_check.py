@@ -22,6 +22,7 @@ def load_script():
     return module
 
 
+@pytest.mark.slow  # suite time: in the slow suite (python3 dev.py test -m slow)
 def test_the_dry_run_passes_and_records_every_section(tmp_path):
     out = tmp_path / "out"
     result = subprocess.run([sys.executable, str(SCRIPT), "--dry-run", "--out", str(out)], env=subprocess_env(),

@@ -47,6 +47,7 @@ def test_a_folder_with_only_fp16_variant_files_renders_through_farm_render(tmp_p
     assert (tmp_path / "clip.mp4").stat().st_size > 0
 
 
+@pytest.mark.slow  # suite time: in the slow suite (python3 dev.py test -m slow)
 def test_a_hub_id_renders_from_an_offline_hf_cache_holding_only_fp16_files(tmp_path, fp16_only_folder):
     home = tmp_path / "hf-home"
     repo = home / "hub" / "models--ali-vilab--i2vgen-xl"

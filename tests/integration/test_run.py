@@ -106,6 +106,7 @@ def test_an_unavailable_model_stops_the_job_before_rendering(tmp_path, ray_clust
         run_job(spec, RunOptions())
 
 
+@pytest.mark.slow  # suite time: in the slow suite (python3 dev.py test -m slow)
 def test_farm_run_with_three_bad_items_renders_the_rest_and_exits_1(tmp_path, tiny_model_dir):
     """Good items (two aspects, an odd frame count) and 3 bad ones (missing file, corrupt image,
     decompression bomb): the bad ones fail with their reason, the others render."""
@@ -222,6 +223,7 @@ def test_farm_render_one_image(tmp_path, tiny_model_dir):
     assert "manifest" not in missing.stderr
 
 
+@pytest.mark.slow  # suite time: in the slow suite (python3 dev.py test -m slow)
 def test_a_folder_named_farm_is_not_imported_and_a_worker_that_cannot_start_exits_3(tmp_path, tiny_model_dir):
     """Ray puts the driver's folder on the workers' import path; farm starts Ray elsewhere. A
     worker that cannot start (here: a broken package put on its path on purpose) is exit 3 with

@@ -134,6 +134,7 @@ def test_run_to_s3_stores_every_object_and_an_immediate_rerun_changes_nothing(tm
     assert s3.objects("studio/layout/") == objects, "an identical re-run must change no object"
 
 
+@pytest.mark.slow  # suite time: in the slow suite (python3 dev.py test -m slow)
 def test_a_changed_item_is_rendered_again_and_replaces_only_itself(tmp_path, s3):
     path = manifest(tmp_path, s3, 2, name="change", remote_first=False)
     assert farm(s3, "run", str(path), "--output", f"s3://{BUCKET}/studio").returncode == 0

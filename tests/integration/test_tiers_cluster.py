@@ -109,6 +109,7 @@ def test_an_oom_on_a_small_card_moves_the_item_to_an_idle_bigger_gpu(tmp_path, g
         assert not sidecar["tier"]["stolen"] and len(sidecar["ooms"]) == 4
 
 
+@pytest.mark.slow  # suite time: in the slow suite (python3 dev.py test -m slow)
 def test_an_actor_survives_an_injected_oom_with_memory_back_to_baseline(tmp_path, gpu_cluster):
     from farm.runtime.workers import RenderWorker
 
@@ -143,6 +144,7 @@ def test_an_actor_survives_an_injected_oom_with_memory_back_to_baseline(tmp_path
         ray.kill(actor)
 
 
+@pytest.mark.slow  # suite time: in the slow suite (python3 dev.py test -m slow)
 def test_a_worker_that_runs_out_of_memory_loading_the_model_is_routed_around(tmp_path, gpu_cluster):
     # The second 12g node's card is really 4 GiB: the fp16 weights alone do not fit.
     cluster = gpu_cluster("12g", "24g", node_env={"24g": {"FARM_GPU_VRAM_GB": "4"}})
