@@ -207,20 +207,22 @@ LTX_VIDEO = FamilyRules(
     name="ltx-video", title="LTX-Video", pipeline_classes=("LTXImageToVideoPipeline",),
     frame_step=8, frame_offset=1, min_frames=9, max_frames=257, size_multiple=32, native_fps=24,
     takes_prompt=True, guidance=CFG, default_frames=121,
-    hub_ids=("Lightricks/LTX-Video",), tiny="tiny:ltx", savers=_DIT_SAVERS, saver_levels=_DIT_LEVELS, default_guidance=3.0, default_steps=40,
+    hub_ids=("Lightricks/LTX-Video",), tiny="tiny:ltx", savers=_DIT_SAVERS, saver_levels=_DIT_LEVELS,
+    default_guidance=3.0, default_steps=40,
     frame_ladder=(257, 161, 121, 97, 65, 49, 33, 17, 9),
     notes="fast: a 32x spatial, 8x temporal VAE",
 )
 # CogVideoX: 8k+1 frames (the VAE decodes an even latent count into 4 frames per latent frame,
 # not 4k+1), multiples of 16 (8x VAE, 2x2 patches). The reference CogVideoX-5b-I2V has learned
 # positional embeddings: any size but 720x480 raises in CogVideoXPatchEmbed, any frame count but
-# 49 silently drops the learned table. These are its rules (per-model rules would let
-# CogVideoX1.5-5B-I2V and tiny:cogvideox render other sizes and lengths).
+# 49 silently drops the learned table: those are its rules (MODEL_RULES); the family's own, for
+# CogVideoX1.5-5B-I2V, tiny:cogvideox and local folders, are the wider ones below.
 COGVIDEOX = FamilyRules(
     name="cogvideox", title="CogVideoX image-to-video", pipeline_classes=("CogVideoXImageToVideoPipeline",),
     frame_step=8, frame_offset=1, min_frames=9, max_frames=161, size_multiple=16, native_fps=8,
     takes_prompt=True, guidance=CFG, default_frames=49,
-    hub_ids=("THUDM/CogVideoX-5b-I2V", "THUDM/CogVideoX1.5-5B-I2V"), tiny="tiny:cogvideox", savers=_DIT_SAVERS, saver_levels=_DIT_LEVELS,
+    hub_ids=("THUDM/CogVideoX-5b-I2V", "THUDM/CogVideoX1.5-5B-I2V"), tiny="tiny:cogvideox",
+    savers=_DIT_SAVERS, saver_levels=_DIT_LEVELS,
     default_guidance=6.0, default_steps=50, frame_ladder=(49, 33, 25, 17, 9),
     notes="CogVideoX-5b-I2V renders only 720x480 and 49 frames (learned positional embeddings: "
           "resolution 480, aspect 3:2); CogVideoX1.5-5B-I2V any multiple of 16 and 8k+1 frames (81 at 16 fps)",
@@ -236,7 +238,8 @@ SVD = FamilyRules(
     takes_prompt=False, guidance=FRAME_RAMP, default_frames=14,
     hub_ids=("stabilityai/stable-video-diffusion-img2vid", "stabilityai/stable-video-diffusion-img2vid-xt"),
     tiny="tiny:svd", savers=("vae_slicing", "ff_chunking", "cpu_offload"),
-    saver_levels=((), ("vae_slicing",), ("vae_slicing", "ff_chunking"), ("vae_slicing", "ff_chunking", "cpu_offload")), default_guidance=3.0, default_steps=25,
+    saver_levels=((), ("vae_slicing",), ("vae_slicing", "ff_chunking"), ("vae_slicing", "ff_chunking", "cpu_offload")),
+    default_guidance=3.0, default_steps=25,
     frame_ladder=(25, 14, 8, 4),
     notes="image only (a prompt is recorded as unused); 14 frames (img2vid) or 25 (img2vid-xt) at 1024x576",
 )
@@ -244,7 +247,8 @@ HUNYUAN_VIDEO = FamilyRules(
     name="hunyuan-video", title="HunyuanVideo image-to-video", pipeline_classes=("HunyuanVideoImageToVideoPipeline",),
     frame_step=4, frame_offset=1, min_frames=5, max_frames=129, size_multiple=16, native_fps=24,
     takes_prompt=True, guidance=EMBEDDED, default_frames=129,
-    hub_ids=("hunyuanvideo-community/HunyuanVideo-I2V",), tiny="tiny:hunyuan", savers=_DIT_SAVERS, saver_levels=_DIT_LEVELS,
+    hub_ids=("hunyuanvideo-community/HunyuanVideo-I2V",), tiny="tiny:hunyuan",
+    savers=_DIT_SAVERS, saver_levels=_DIT_LEVELS,
     default_guidance=6.0, default_steps=50, frame_ladder=(129, 97, 65, 49, 33, 17, 9, 5),
     notes="a LLaVA text-image encoder; guidance is distilled into the model (one pass per step)",
 )
