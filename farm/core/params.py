@@ -30,6 +30,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "quick": {"resolution": 512, "frames": 8, "fps": 8, "steps": 30, "guidance_scale": 9.0},
     "standard": {"resolution": 512, "frames": 16, "fps": 8, "steps": 50, "guidance_scale": 9.0},
     "high": {"resolution": 768, "frames": 24, "fps": 12, "steps": 80, "guidance_scale": 10.0},
+    # The seeds' scene templates: a portrait's micro-expressions, a landscape's slow motion, an animal's movement.
+    "portrait": {"resolution": 512, "frames": 8, "fps": 8, "steps": 40, "guidance_scale": 8.0},
+    "landscape": {"resolution": 768, "frames": 16, "fps": 12, "steps": 60, "guidance_scale": 9.5},
+    "animal": {"resolution": 512, "frames": 24, "fps": 10, "steps": 70, "guidance_scale": 10.0},
 }
 DEFAULT_PRESET = "standard"
 
@@ -64,7 +68,7 @@ def _parse_resolution(value: Any) -> Any:
 
 Resolution = Annotated[Literal[256, 480, 512, 576, 720, 768, 1024], BeforeValidator(_parse_resolution)]
 Aspect = Literal["1:1", "16:9", "9:16", "3:2", "2:3"]
-PresetName = Literal["quick", "standard", "high"]
+PresetName = Literal["quick", "standard", "high", "portrait", "landscape", "animal"]
 DegradeMode = Literal["allowed", "memory_savers", "never"]
 Frames = Annotated[StrictInt, Field(ge=FRAMES_RANGE[0], le=FRAMES_RANGE[1])]
 Fps = Annotated[StrictInt, Field(ge=FPS_RANGE[0], le=FPS_RANGE[1])]

@@ -17,7 +17,7 @@ def test_default_is_the_standard_preset_of_the_seeds():
 def test_presets(preset, expected):
     params = resolve_params(ParamOverrides(preset=preset))
     assert (params.resolution, params.frames, params.fps, params.steps, params.guidance_scale) == expected
-    assert set(PRESETS) == {"quick", "standard", "high"}
+    assert set(PRESETS) == {"quick", "standard", "high", "portrait", "landscape", "animal"}
 
 
 def test_layers_resolve_lowest_first_and_an_item_preset_beats_job_values():
@@ -87,3 +87,16 @@ def test_out_of_range_values_are_rejected(field, value):
 def test_unknown_parameters_are_rejected():
     with pytest.raises(ValidationError):
         ParamOverrides(frame=16)
+
+
+@pytest.mark.parametrize("name, values", [
+    ("portrait", (512, 8, 8, 40, 8.0)),
+    ("landscape", (768, 16, 12, 60, 9.5)),
+    ("animal", (512, 24, 10, 70, 10.0)),
+])
+def test_the_seeds_scene_templates_are_presets(name, values):
+    from farm.core.params import PRESETS, ParamOverrides, resolve_params
+
+    params = resolve_params(ParamOverrides(preset=name))
+    assert (params.resolution, params.frames, params.fps, params.steps, params.guidance_scale) == values
+    assert set(PRESETS[name]) == {"resolution", "frames", "fps", "steps", "guidance_scale"}
