@@ -823,10 +823,13 @@ class DispatchState:
     def _switch(self, stuck: list[WorkerSlot], out: list) -> None:
         """Idle workers whose model has nothing queued: switch those that shorten a waiting
         model's finish (farm.core.switching), one decision at a time so holders add up."""
+        waiting_by_tier: dict[str, dict[str, tuple[int, float]]] = {}  # one look per tier in a pass
         for slot in stuck:
             if slot.model is None:
                 continue  # it takes any model's items: nothing to switch
-            waiting = self.queue.takeable_by_model(slot.tier)
+            if slot.tier not in waiting_by_tier:
+                waiting_by_tier[slot.tier] = self.queue.takeable_by_model(slot.tier)
+            waiting = waiting_by_tier[slot.tier]
             queues = [QueueView(model, items, work, self.load_seconds.get(model, self.default_load_seconds))
                       for model, (items, work) in waiting.items() if model not in slot.refused_models]
             if not queues:

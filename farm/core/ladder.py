@@ -208,7 +208,6 @@ def next_step(
 
 
 DECODE_SAVERS = (VAE_SLICING, VAE_TILING)
-DECODE_SAVER_LEVEL = next(level for level, savers in enumerate(SAVER_LEVELS) if set(DECODE_SAVERS) <= set(savers))
 
 
 def next_decode_step(settings: RenderSettings, *, mode: str) -> tuple[str, RenderSettings] | None:

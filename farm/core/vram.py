@@ -189,8 +189,8 @@ def dit_tokens(profile: ModelProfile, width: int, height: int, frames: int) -> i
 
 def profile_for_model(model: str, gpu_name: str | None = None, calibration: str | None = None) -> ModelProfile:
     """The profile of a model reference's family (`farm.core.families.known_family`: `tiny`,
-    `tiny:wan`, known Hub ids); I2VGen-XL for references whose family only the weights tell
-    (a local folder: callers that read it use `profile_for_family`).
+    `tiny:wan`, known Hub ids) or a family's name (what validation recorded for an item);
+    I2VGen-XL for references whose family only the weights tell.
 
     A tiny model deliberately plans with the real model's profile: it stands in for the real
     weights, so plans, tiers and simulated OOMs behave as they would on real GPUs.
@@ -206,11 +206,6 @@ def profile_for_model(model: str, gpu_name: str | None = None, calibration: str 
     family = known_family(model) if model else None
     profile = PROFILES[family.name] if family is not None else I2VGENXL_PROFILE
     return calibrated(profile, gpu_name, calibration)
-
-
-def profile_for_family(name: str, gpu_name: str | None = None, calibration: str | None = None) -> ModelProfile:
-    """The profile of a family by its name (farm.core.families), calibrated where a file says so."""
-    return calibrated(PROFILES[name], gpu_name, calibration)
 
 
 def calibrated(profile: ModelProfile, gpu_name: str | None, calibration: str | None) -> ModelProfile:

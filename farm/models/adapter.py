@@ -284,15 +284,25 @@ class VideoAdapter:
         if offload != had:
             if GROUP_OFFLOAD in had:
                 remove_group_offloading(pipe, self.device)
-            elif had:
-                pipe.remove_all_hooks()
-                pipe.to(self.device)
+            else:
+                self.set_model_cpu_offload(False, CPU_OFFLOAD in had)
             if GROUP_OFFLOAD in offload:
                 apply_group_offloading_to(pipe, torch.device("cuda", cuda_index(self.device)), use_stream=True)
-            elif CPU_OFFLOAD in offload:
-                pipe.enable_model_cpu_offload(device=self.device)
+            else:
+                self.set_model_cpu_offload(CPU_OFFLOAD in offload, False)
         self.savers = tuple(s for s in SAVER_LEVELS[-1] if s in wanted) + tuple(
             s for s in (GROUP_OFFLOAD, FP8_LAYERWISE) if s in wanted)
+
+    def set_model_cpu_offload(self, wanted: bool, current: bool) -> None:
+        """Model CPU offload on or off (only the component at work on the GPU). On a CPU there is
+        nothing to move, so it stays off there."""
+        if not self.device.startswith("cuda") or wanted == current:
+            return
+        if wanted:
+            self.pipeline.enable_model_cpu_offload(device=self.device)
+        else:
+            self.pipeline.remove_all_hooks()
+            self.pipeline.to(self.device)
 
     def _reload_denoiser_weights(self) -> None:
         """Undo fp8 layerwise storage: the fp8 copies cannot be cast back losslessly, so reload."""

@@ -27,7 +27,6 @@ import time
 
 from farm.core.families import I2VGEN_XL
 from farm.core.vram import CPU_OFFLOAD, FF_CHUNKING, I2VGENXL_PROFILE, SAVER_LEVELS, VAE_SLICING, VAE_TILING
-from farm.media.video import to_uint8
 from farm.models.adapter import Generation, NonFiniteFrames, VideoAdapter, check_finite, vae_force_upcast
 from farm.models.libraries import quiet_libraries
 from farm.models.loading import resolve_model, select_device, weight_variant
@@ -94,13 +93,7 @@ class I2VGenXLAdapter(VideoAdapter):
             pipe.vae.enable_tiling() if VAE_TILING in wanted else pipe.vae.disable_tiling()
         if FF_CHUNKING not in wanted and FF_CHUNKING in current:
             set_feed_forward_chunking(pipe.unet, False)  # turned on per render in generate()
-        # Model offload moves weights between host and GPU; on a CPU there is nothing to move.
-        if self.device.startswith("cuda") and (CPU_OFFLOAD in wanted) != (CPU_OFFLOAD in current):
-            if CPU_OFFLOAD in wanted:
-                pipe.enable_model_cpu_offload(device=self.device)
-            else:
-                pipe.remove_all_hooks()
-                pipe.to(self.device)
+        self.set_model_cpu_offload(CPU_OFFLOAD in wanted, CPU_OFFLOAD in current)
         self.savers = tuple(s for s in SAVER_LEVELS[-1] if s in wanted)
 
     @classmethod
@@ -248,24 +241,8 @@ class I2VGenXLAdapter(VideoAdapter):
         self.phase = "idle"
         return latents
 
-    def decode(self, latents, *, decode_chunk_size: int | None = None) -> Generation:
-        """VAE-decode `latents` into uint8 frames (checked for NaN/Inf); may be retried with savers."""
-        import torch
-
-        started = time.perf_counter()
-        self.phase = "decode"
-        self.memory.begin("decode")
+    def decode_video(self, latents, chunk: int):
+        """The pipeline's chunked VAE decode, in the decoder's dtype (fp32 when upcast); the shared
+        `decode` checks the frames and measures the phase."""
         decoder_dtype = self.pipeline.vae.post_quant_conv.weight.dtype
-        with torch.no_grad():
-            video = self.pipeline.decode_latents(
-                latents.to(decoder_dtype), decode_chunk_size=decode_chunk_size or self.decode_chunk
-            )
-            check_finite(video, latents, self.precision)
-            array = self.pipeline.video_processor.postprocess_video(video=video, output_type="np")[0]
-        del video
-        self.memory.end("decode")
-        self._timings["decode"] = self._timings.get("decode", 0.0) + time.perf_counter() - started
-        self.phase = "idle"
-
-        peak, kind = self.memory.peak()
-        return Generation(to_uint8(array), dict(self._timings), peak, kind, list(self._notes), self.memory.phases())
+        return self.pipeline.decode_latents(latents.to(decoder_dtype), decode_chunk_size=chunk)

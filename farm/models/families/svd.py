@@ -42,6 +42,7 @@ from farm.core.families import SVD
 from farm.core.vram import CPU_OFFLOAD, FF_CHUNKING, SAVER_LEVELS, SVD_PROFILE, VAE_SLICING
 from farm.models.adapter import VideoAdapter
 from farm.models.cached_build import build_once
+from farm.models.fullsize import VISION_CONFIG as I2VGEN_XL_VISION_CONFIG
 
 # Bump when the tiny configs below change so that caches built by older versions are rebuilt.
 TINY_MODEL_VERSION = 1
@@ -86,18 +87,9 @@ FULLSIZE_CONFIGS: dict[str, dict] = {
         "scaling_factor": 0.18215,
         "force_upcast": True,
     },
-    # image_encoder/config.json (OpenCLIP ViT-H/14 image tower at 224 px, projected to 1024)
-    "image_encoder": {
-        "hidden_size": 1280,
-        "intermediate_size": 5120,
-        "num_hidden_layers": 32,
-        "num_attention_heads": 16,
-        "image_size": 224,
-        "patch_size": 14,
-        "projection_dim": 1024,
-        "hidden_act": "gelu",
-        "layer_norm_eps": 1e-05,
-    },
+    # image_encoder/config.json: the OpenCLIP ViT-H/14 image tower at 224 px, projected to 1024
+    # (the same as I2VGen-XL's)
+    "image_encoder": {**I2VGEN_XL_VISION_CONFIG, "layer_norm_eps": 1e-05},
     # scheduler/scheduler_config.json (EulerDiscreteScheduler; clip_sample, set_alpha_to_one and
     # skip_prk_steps are in the file too, but are not EulerDiscreteScheduler arguments)
     "scheduler": {
@@ -322,11 +314,5 @@ class SVDAdapter(VideoAdapter):
         self.decode_chunk = 1 if VAE_SLICING in wanted else self.default_decode_chunk
         if (FF_CHUNKING in wanted) != (FF_CHUNKING in current):
             set_feed_forward_chunking(pipe.unet, FF_CHUNKING in wanted)
-        # Model offload moves weights between host and GPU; on a CPU there is nothing to move.
-        if self.device.startswith("cuda") and (CPU_OFFLOAD in wanted) != (CPU_OFFLOAD in current):
-            if CPU_OFFLOAD in wanted:
-                pipe.enable_model_cpu_offload(device=self.device)
-            else:
-                pipe.remove_all_hooks()
-                pipe.to(self.device)
+        self.set_model_cpu_offload(CPU_OFFLOAD in wanted, CPU_OFFLOAD in current)
         self.savers = tuple(s for s in SAVER_LEVELS[-1] if s in wanted)
