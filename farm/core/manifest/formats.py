@@ -429,7 +429,7 @@ def _json_line_error(exc: Exception, line: str) -> str:
 
 
 # CSV cells are text; numbers are parsed here so that the strict types see real numbers.
-_INT_FIELDS = ("frames", "fps", "steps", "seed")
+_INT_FIELDS = ("frames", "fps", "steps", "seed", "takes")
 _NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
 
 
@@ -439,6 +439,8 @@ def _csv_value(name: str, cell: str) -> Any:
         return int(cell)
     if name == "guidance_scale" and _NUMBER.fullmatch(cell):
         return float(cell)  # 1e400 becomes inf: reported by the walk
+    if name == "seeds":  # "1 2 3" or "1;2;3": a list of integers, each checked by the item's type
+        return [int(part) if re.fullmatch(r"[+-]?\d{1,20}", part) else part for part in re.split(r"[\s;,]+", cell) if part]
     return cell
 
 

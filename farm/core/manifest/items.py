@@ -13,12 +13,15 @@ from typing import Any, Callable
 
 from pydantic import ValidationError
 
+from farm.core.deliverables import FIELD_HELP as DELIVERABLE_HELP
+from farm.core.deliverables import Deliverable, DeliverableError, DeliverableSpec, check_for_clip, missing_encoders, resolve_all
 from farm.core.errors import FarmError, ManifestIssue, excerpt
 from farm.core.families import FamilyRules, UnknownFamilyError, adapt_params, check_params, known_family, rules_for
-from farm.core.ids import RESERVED_ITEM_IDS, derive_item_id, sanitize_id
+from farm.core.ids import RESERVED_ITEM_IDS, derive_item_id, derive_seed, sanitize_id
 from farm.core.manifest.images import _ImageContext, _locate_image
-from farm.core.manifest.spec import ITEM_FIELDS, ITEM_HELP, ItemSpec, JobItem, RejectedItem
-from farm.core.params import PARAM_FIELDS, ParamOverrides, RenderParams, frame_size, resolve_params
+from farm.core.manifest.spec import DEFAULTS_FIELDS, ITEM_FIELDS, ITEM_HELP, ItemSpec, JobItem, RejectedItem
+from farm.core.params import SEED_MAX
+from farm.core.params import ParamOverrides, RenderParams, frame_size, resolve_params
 
 ItemIssues = dict[int, list[ManifestIssue]]  # an item's index -> the problems found in it
 FamilyResolver = Callable[[str], "FamilyRules | None"]  # a model reference -> its family (None: unknown yet)
@@ -40,8 +43,26 @@ def _validate_items(
     *,
     job_model: str | None = None,
     family_of: FamilyResolver = known_family,
+    deliverables: tuple[Deliverable, ...] = (),
+    takes: int | None = None,
+    encoders: set[str] | None = None,
 ) -> tuple[list[JobItem], list[RejectedItem]]:
+    """`deliverables` and `takes`: every item's unless it sets its own (the caller settled the
+    CLI's over the manifest's defaults); `encoders`: the ffmpeg encoders there are (None: not checked)."""
     items: list[JobItem] = []
+    resolved: dict[tuple, tuple[Deliverable, ...] | DeliverableError] = {}
+
+    def item_deliverables(entries: list[DeliverableSpec] | None) -> tuple[Deliverable, ...] | DeliverableError:
+        if entries is None:
+            return deliverables
+        key = tuple(entries)
+        if key not in resolved:
+            try:
+                resolved[key] = resolve_all(entries)
+            except DeliverableError as exc:
+                resolved[key] = exc
+        return resolved[key]
+
     families: dict[str, FamilyRules | None | str] = {}  # model ref -> family, or why it is unusable
 
     def family(ref: str) -> FamilyRules | None | str:
@@ -117,6 +138,18 @@ def _validate_items(
             width, height = frame_size(params.resolution, params.aspect)
             checked = check_params(rules, width=width, height=height, frames=params.frames, prompt=None)
             issues.extend(ManifestIssue(i.message, field=i.field, value=i.value) for i in checked.issues)
+        outputs = item_deliverables(spec.deliverables)
+        if isinstance(outputs, DeliverableError):
+            issues.append(ManifestIssue(str(outputs), field=outputs.field, value=outputs.value))
+            outputs = ()
+        problems = check_for_clip(outputs, frames=params.frames, fps=params.fps)
+        problems += missing_encoders(outputs, encoders) if encoders is not None else []
+        where = "deliverables" if spec.deliverables is not None else "defaults.deliverables"
+        issues.extend(ManifestIssue(str(p), field=p.field.replace("deliverables", where, 1), value=p.value)
+                      for p in problems)
+        seeds, takes_issue = _take_seeds(spec, takes, params.seed)
+        if takes_issue:
+            issues.append(takes_issue)
         # The id derives from the path as written, so it does not change with where links point.
         id_content = {**requested, "model": model} if model else requested
         item_id = sanitize_id(spec.id) if spec.id is not None else derive_item_id(spec.image, spec.prompt, id_content)
@@ -128,8 +161,9 @@ def _validate_items(
                     value=spec.id,
                 )
             )
-        elif item_id in first_index_of:
-            first = first_index_of[item_id]
+        elif item_id in first_index_of or any(take_id in first_index_of for take_id in _take_ids(item_id, seeds)):
+            first = first_index_of.get(item_id, next((first_index_of[t] for t in _take_ids(item_id, seeds)
+                                                      if t in first_index_of), index))
             what = "id" if spec.id is not None else "image, prompt and parameters (so the same derived id)"
             issues.append(
                 ManifestIssue(
@@ -145,21 +179,48 @@ def _validate_items(
             rejected.append(RejectedItem(index, raw_id, _merge(early, located)))
             continue
         first_index_of[item_id] = index
-        items.append(
-            JobItem(
-                index=index,
-                id=item_id,
-                image=location,
-                prompt=spec.prompt,
-                params=params,
-                requested=requested,
-                line=line,
-                given_id=spec.id,
-                model=model,
-                family=rules.name if rules else None,
-            )
+        item = JobItem(
+            index=index,
+            id=item_id,
+            image=location,
+            prompt=spec.prompt,
+            params=params,
+            requested=requested,
+            line=line,
+            given_id=spec.id,
+            model=model,
+            family=rules.name if rules else None,
+            deliverables=outputs,
         )
+        if seeds is None:
+            items.append(item)
+            continue
+        for take, (take_id, seed) in enumerate(zip(_take_ids(item_id, seeds), seeds), start=1):
+            first_index_of[take_id] = index
+            seed = seed if seed is not None else derive_seed(take_id)
+            items.append(replace(item, id=take_id, params=params.model_copy(update={"seed": seed}),
+                                 requested={**requested, "seed": seed}, take=take, take_of=item_id))
     return items, rejected
+
+
+def _take_seeds(spec: ItemSpec, default_takes: int | None, seed: int | None) -> tuple[list[int | None] | None, ManifestIssue | None]:
+    """The seeds of an item's takes (None entries: derived from the take's id), or None for an
+    item of one take; with the issue when `takes` and `seeds` disagree."""
+    if spec.seeds is not None:
+        if spec.takes is not None and spec.takes != len(spec.seeds):
+            return None, ManifestIssue(f"takes {spec.takes} but {len(spec.seeds)} seeds are given; set one of them",
+                                       field="takes", value=spec.takes)
+        return list(spec.seeds), None
+    count = spec.takes if spec.takes is not None else default_takes
+    if not count or count == 1:
+        return None, None
+    if seed is not None:  # the item's seed starts the run of its takes' seeds
+        return [(seed + k) % (SEED_MAX + 1) for k in range(count)], None
+    return [None] * count, None
+
+
+def _take_ids(item_id: str, seeds: list[int | None] | None) -> list[str]:
+    return [f"{item_id}.take-{k}" for k in range(1, len(seeds) + 1)] if seeds else []
 
 
 def _family_issues_of_raw(raw: dict, found: list[ManifestIssue], job_model: str | None, family) -> list[ManifestIssue]:
@@ -227,13 +288,19 @@ def issues_from_validation(
         name = loc[-1] if loc and loc[0] == "defaults" else (loc[0] if loc else None)
         field_path = ".".join(loc) or None
         value = error.get("input")
-        if kind == "extra_forbidden":
-            allowed = ("preset", *PARAM_FIELDS) if loc and loc[0] == "defaults" else known
+        in_deliverable = "deliverables" in loc and loc[-1] != "deliverables"
+        if in_deliverable:  # deliverables.N.FIELD: the deliverable's own help
+            named = [part for part in loc[loc.index("deliverables") + 1:] if part in DELIVERABLE_HELP]
+            name = named[0] if named else "deliverables"
+        if kind == "extra_forbidden" and in_deliverable:
+            message = _unknown_field_message(loc[-1], tuple(DELIVERABLE_HELP))
+        elif kind == "extra_forbidden":
+            allowed = DEFAULTS_FIELDS if loc and loc[0] == "defaults" else known
             message = _unknown_field_message(name or "?", allowed)
         elif kind == "missing":
             message = f"required; set it to {ITEM_HELP.get(name or '', 'a value')}"
         else:
-            help_text = ITEM_HELP.get(name or "")
+            help_text = (DELIVERABLE_HELP if in_deliverable and name != "deliverables" else ITEM_HELP).get(name or "")
             reason = error["msg"].replace("Input should", "it should").replace("String should", "it should")
             message = f"{excerpt(value)} is not allowed: {reason[:200]}"
             if help_text:

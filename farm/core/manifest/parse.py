@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from farm.core.deliverables import DeliverableError, resolve_all
 from farm.core.errors import ManifestError, ManifestIssue
 from farm.core.families import known_family
 from farm.core.ids import sanitize_id
@@ -27,11 +28,11 @@ from farm.core.manifest.spec import (
     DEFAULT_OUTPUT,
     HEADER_FIELDS,
     ITEM_HELP,
+    ItemDefaults,
     JobOverrides,
     JobSpec,
     ManifestHeader,
 )
-from farm.core.params import ParamOverrides
 
 
 def parse_manifest(
@@ -50,6 +51,7 @@ def parse_manifest(
     default_output: str | None = None,
     output_base: str | None = None,
     family_of=None,
+    encoders: set[str] | None = None,
 ) -> JobSpec:
     """Validate manifest content. Model precedence: overrides, manifest, `env_model`, default.
 
@@ -60,7 +62,8 @@ def parse_manifest(
     unless `base_dir` is an operator-approved folder: then local paths must stay inside it, and
     it becomes the job's `image_root`, checked again when the worker opens the file. An explicit
     `image_root` confines local images the same way. With `check_files`, local images that cannot
-    be opened are errors of their items. `family_of` maps a model reference to its family
+    be opened are errors of their items. `encoders`: the ffmpeg encoders the farm has (the
+    edge asks `farm.media.deliverables.available_encoders`); None skips that check. `family_of` maps a model reference to its family
     (`farm.models.registry.family_of_ref` also reads local folders); by default only the
     references `farm.core.families` knows are checked against a family's rules.
     """
@@ -81,7 +84,14 @@ def parse_manifest(
     if not raw_items and not issues:
         issues.append(ManifestIssue("the manifest has no items; add at least one", field="items"))
 
-    defaults = header.defaults if header else ParamOverrides()
+    defaults = header.defaults if header else ItemDefaults()
+    deliverables = overrides.deliverables
+    if deliverables is None and defaults.deliverables is not None:
+        try:
+            deliverables = resolve_all(defaults.deliverables)
+        except DeliverableError as exc:
+            issues.append(ManifestIssue(str(exc), field=f"defaults.{exc.field}", value=exc.value))
+    takes = overrides.takes or defaults.takes
     name_raw = overrides.name or (header.name if header else None) or default_name
     name = sanitize_id(name_raw)
     model = overrides.model or (header.model if header else None) or env_model or DEFAULT_MODEL
@@ -100,7 +110,8 @@ def parse_manifest(
     images = _ImageContext(base_dir, local_images, root, check_files)
     try:
         items, rejected = _validate_items(raw_items, lines, defaults, overrides.params, images, item_issues,
-                                          job_model=model, family_of=family_of or known_family)
+                                          job_model=model, family_of=family_of or known_family,
+                                          deliverables=deliverables or (), takes=takes, encoders=encoders)
     finally:
         images.folder_fds.close()
     if issues or (rejected and not skip_invalid):
@@ -119,6 +130,7 @@ def parse_manifest(
         priority=(header.priority if header and header.priority is not None else 0),
         notify_url=header.notify_url if header else None,
         image_root=root,
+        deliverables_for=(header.deliverables_for if header and header.deliverables_for else "all"),
     )
 
 

@@ -9,23 +9,28 @@ runs again); version 1 of that form stored local image paths as written, version
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, StrictStr
 
+from farm.core.deliverables import FIELD_HELP as DELIVERABLE_HELP
+from farm.core.deliverables import PRESETS as DELIVERABLE_PRESETS
+from farm.core.deliverables import Deliverable, DeliverableList
 from farm.core.errors import ManifestIssue
 from farm.core.ids import derive_seed
 from farm.core.ladder import DEFAULT_ORDER
 from farm.core.localfiles import canonical_path
 from farm.core.manifest.images import _is_remote
-from farm.core.params import FIELD_HELP, PARAM_FIELDS, ParamOverrides, RenderParams
+from farm.core.params import FIELD_HELP, PARAM_FIELDS, ParamOverrides, RenderParams, Seed
 
 MANIFEST_VERSION = 1
 SPEC_VERSION = 2  # spec.json: 2 since local image paths are stored canonical
 PROMPT_MAX_CHARS = 2000
 DEFAULT_MODEL = "ali-vilab/i2vgen-xl"
 DEFAULT_OUTPUT = "./farm-output"
+MAX_TAKES = 16
 
 ITEM_HELP = {
     "id": "a name for the item's outputs (letters, digits, '.', '_', '-'); optional",
@@ -43,8 +48,40 @@ ITEM_HELP = {
     "unfit": "degrade (plan cheaper settings on the largest GPU) or reject (fail the item at plan time)",
     "priority": "an integer from -100 to 100; higher runs first (default 0)",
     "notify_url": "an https:// URL called once when the job ends (on a host the operator allows)",
+    "deliverables": "a list of deliverables made from each render on CPU workers: built-in names ("
+    + ", ".join(DELIVERABLE_PRESETS) + ") or mappings with `name`, an optional `preset` and the fields "
+    + ", ".join(DELIVERABLE_HELP) + " (docs/deliverables.md)",
+    "takes": f"an integer from 1 to {MAX_TAKES}: how many variants (distinct seeds) to render of the item",
+    "seeds": f"a list of 1 to {MAX_TAKES} distinct seeds, one take per seed",
+    "deliverables_for": "all (every item's deliverables) or picked (only takes chosen with `farm pick`)",
     **FIELD_HELP,
 }
+
+
+def _distinct(seeds: list[int]) -> list[int]:
+    repeated = sorted({seed for seed in seeds if seeds.count(seed) > 1})
+    if repeated:
+        raise ValueError(f"seeds must differ (repeated: {', '.join(map(str, repeated))}); a repeated seed renders the same take twice")
+    return seeds
+
+
+def _split_names(value):
+    """A CSV cell or a flag: "vertical web" or "vertical,web" is a list of deliverable names."""
+    if isinstance(value, str):
+        return [part for part in re.split(r"[\s;,]+", value) if part]
+    return value
+
+
+Takes = Annotated[StrictInt, Field(ge=1, le=MAX_TAKES)]
+Seeds = Annotated[list[Seed], Field(min_length=1, max_length=MAX_TAKES), AfterValidator(_distinct)]
+Deliverables = Annotated[DeliverableList, BeforeValidator(_split_names)]
+
+
+class ItemDefaults(ParamOverrides):
+    """A manifest's `defaults`: parameters, plus the deliverables and takes of every item."""
+
+    deliverables: Deliverables | None = None
+    takes: Takes | None = None
 
 
 class ItemSpec(ParamOverrides):
@@ -54,6 +91,9 @@ class ItemSpec(ParamOverrides):
     image: StrictStr = Field(min_length=1, max_length=4096)
     prompt: StrictStr = Field(min_length=1, max_length=PROMPT_MAX_CHARS)
     model: StrictStr | None = Field(default=None, min_length=1, max_length=4096)
+    deliverables: Deliverables | None = None
+    takes: Takes | None = None
+    seeds: Seeds | None = None
 
 
 class ManifestHeader(BaseModel):
@@ -65,7 +105,8 @@ class ManifestHeader(BaseModel):
     name: StrictStr | None = Field(default=None, min_length=1, max_length=200)
     model: StrictStr | None = Field(default=None, min_length=1, max_length=4096)
     output: StrictStr | None = Field(default=None, min_length=1, max_length=4096)
-    defaults: ParamOverrides = ParamOverrides()
+    defaults: ItemDefaults = ItemDefaults()
+    deliverables_for: Literal["all", "picked"] | None = None
     degrade_order: list[Literal["memory_savers", "bigger_tier", "resolution", "frames"]] | None = Field(
         default=None, min_length=1, max_length=4
     )
@@ -75,7 +116,8 @@ class ManifestHeader(BaseModel):
     items: list[Any] = Field(min_length=1)
 
 
-ITEM_FIELDS = ("id", "image", "prompt", "model", "preset", *PARAM_FIELDS)
+ITEM_FIELDS = ("id", "image", "prompt", "model", "preset", *PARAM_FIELDS, "deliverables", "takes", "seeds")
+DEFAULTS_FIELDS = ("preset", *PARAM_FIELDS, "deliverables", "takes")
 HEADER_FIELDS = tuple(ManifestHeader.model_fields)
 
 
@@ -93,6 +135,9 @@ class JobItem:
     given_id: str | None = None
     model: str | None = None  # this item's model when it names one; None: the job's
     family: str | None = None  # the model's family where validation could tell (farm.core.families)
+    deliverables: tuple[Deliverable, ...] = ()  # made from the committed render, off the GPU
+    take: int | None = None  # K of `ITEM.take-K`: one of several variants of one image
+    take_of: str | None = None  # the id the takes share (ITEM)
 
     @property
     def seed(self) -> int:
@@ -128,6 +173,7 @@ class JobSpec:
     priority: int = 0
     notify_url: str | None = None
     image_root: str | None = None  # local images must stay inside this folder (the API's); None: anywhere
+    deliverables_for: str = "all"  # or "picked": only the takes `farm pick` chose
 
     @property
     def total(self) -> int:
@@ -156,6 +202,7 @@ class JobSpec:
             "priority": self.priority,
             "notify_url": self.notify_url,
             "image_root": self.image_root,
+            "deliverables_for": self.deliverables_for,
             "items": [
                 {
                     "index": item.index,
@@ -168,6 +215,8 @@ class JobSpec:
                     "given_id": item.given_id,
                     **({"model": item.model} if item.model else {}),
                     **({"family": item.family} if item.family else {}),
+                    **({"deliverables": [d.to_dict() for d in item.deliverables]} if item.deliverables else {}),
+                    **({"take": item.take, "take_of": item.take_of} if item.take is not None else {}),
                 }
                 for item in self.items
             ],
@@ -193,6 +242,16 @@ class JobSpec:
         def image(location: str) -> str:
             return canonical_path(location) if legacy and not _is_remote(location) else location
 
+        shared_deliverables: dict[str, tuple[Deliverable, ...]] = {}
+
+        def deliverables(values: list | None) -> tuple[Deliverable, ...]:
+            if not values:
+                return ()
+            key = json.dumps(values, sort_keys=True)
+            if key not in shared_deliverables:
+                shared_deliverables[key] = tuple(Deliverable.from_dict(v) for v in values)
+            return shared_deliverables[key]
+
         items = [
             JobItem(
                 index=entry["index"],
@@ -205,6 +264,9 @@ class JobSpec:
                 given_id=entry.get("given_id"),
                 model=entry.get("model"),
                 family=entry.get("family"),
+                deliverables=deliverables(entry.get("deliverables")),
+                take=entry.get("take"),
+                take_of=entry.get("take_of"),
             )
             for entry in data["items"]
         ]
@@ -235,6 +297,7 @@ class JobSpec:
             priority=data.get("priority", 0),
             notify_url=data.get("notify_url"),
             image_root=data.get("image_root"),
+            deliverables_for=data.get("deliverables_for", "all"),
         )
 
 
@@ -248,3 +311,5 @@ class JobOverrides:
     params: ParamOverrides = ParamOverrides()
     degrade_order: tuple[str, ...] | None = None
     unfit: str | None = None
+    deliverables: tuple[Deliverable, ...] | None = None  # `--deliverable`: every item's, over the manifest's
+    takes: int | None = None

@@ -1,0 +1,141 @@
+"""Making one deliverable file from a committed MP4 with imageio-ffmpeg's bundled ffmpeg, and
+reading back what the file really is (codec, size, fps, frames, duration).
+
+ffmpeg runs as an argv list (never a shell) built by `farm.core.deliverables.ffmpeg_args` from
+settled values; the paths are this process's own scratch files. A size cap (`max_bytes`) is met
+by the core's `capped_attempts` ladder; a file that still does not fit fails with the sizes tried.
+Probing: videos are decoded by ffmpeg (every frame counted); GIF, WebP and PNG through Pillow,
+which reads animated WebP (ffmpeg's decoder does not).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import subprocess
+from dataclasses import asdict, dataclass
+
+from PIL import Image
+
+from farm.core.deliverables import (
+    Deliverable,
+    DeliverableError,
+    SourceClip,
+    capped_attempts,
+    encoder_for,
+    ffmpeg_args,
+    parse_encoders,
+)
+
+FFMPEG_TIMEOUT_S = 600  # one deliverable of one clip: minutes at most, even interpolated at 4K
+
+
+@dataclass(frozen=True)
+class Probed:
+    """What a player sees in a deliverable file."""
+
+    codec: str
+    width: int
+    height: int
+    fps: float | None
+    frames: int
+    duration_s: float
+    pix_fmt: str | None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class MadeFile:
+    path: str
+    bytes: int
+    probed: Probed
+    attempt: dict  # which rung of the size cap it took ({} : as asked)
+    encoder: str
+
+
+@functools.lru_cache(maxsize=1)
+def available_encoders() -> frozenset[str]:
+    """The encoders of the bundled ffmpeg (asked once per process)."""
+    import imageio_ffmpeg
+
+    result = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-encoders"], capture_output=True,
+                            text=True, check=False, timeout=60)
+    return frozenset(parse_encoders(result.stdout))
+
+
+def make_deliverable(d: Deliverable, source: SourceClip, input_path: str, scratch_dir: str) -> MadeFile:
+    """Encode `d` from `input_path` into `scratch_dir`; raises DeliverableError when ffmpeg fails
+    or the file cannot be brought under `max_bytes`."""
+    import imageio_ffmpeg
+
+    encoder = encoder_for(d, set(available_encoders()))
+    output = os.path.join(scratch_dir, f"{d.name}.{d.extension}")
+    sizes = []
+    for attempt in capped_attempts(d):
+        argv = [imageio_ffmpeg.get_ffmpeg_exe(), *ffmpeg_args(d, source, input_path, output, encoder=encoder, **attempt)]
+        result = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=FFMPEG_TIMEOUT_S)
+        if result.returncode != 0 or not os.path.exists(output):
+            last = (result.stderr.strip().splitlines() or ["no output"])[-1][:300]
+            raise DeliverableError(f"ffmpeg could not make {d.name}: {last}")
+        size = os.path.getsize(output)
+        sizes.append(size)
+        if d.max_bytes is None or size <= d.max_bytes:
+            return MadeFile(output, size, probe(output, d.container), attempt, encoder)
+    raise DeliverableError(
+        f"{d.name} stays above max_bytes {d.max_bytes} even smaller ({', '.join(map(str, sizes))} bytes tried); "
+        "raise max_bytes or ask for a smaller size or fps", "max_bytes", d.max_bytes)
+
+
+def probe(path: str, container: str) -> Probed:
+    if container in ("gif", "webp", "png"):
+        return probe_image(path)
+    return probe_video(path)
+
+
+def probe_image(path: str) -> Probed:
+    with Image.open(path) as image:
+        frames = getattr(image, "n_frames", 1)
+        durations = []
+        for index in range(frames):
+            image.seek(index)
+            image.load()  # a WebP frame's duration is known once it is decoded
+            durations.append(image.info.get("duration", 0) or 0)
+        width, height = image.size
+        codec = (image.format or "").lower()
+        mode = image.mode
+    total_s = sum(durations) / 1000.0
+    fps = round(frames / total_s, 3) if frames > 1 and total_s > 0 else None
+    return Probed(codec, width, height, fps, frames, round(total_s, 4), mode)
+
+
+def probe_video(path: str) -> Probed:
+    """Decode every frame (`-f null`): the count is what a player shows, not a header's claim."""
+    import imageio_ffmpeg
+
+    result = subprocess.run(
+        [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", path, "-map", "0:v:0", "-f", "null", "-"],
+        capture_output=True, text=True, check=False, timeout=FFMPEG_TIMEOUT_S,
+    )
+    log = result.stderr
+    if result.returncode != 0:
+        raise DeliverableError(f"ffmpeg cannot decode {os.path.basename(path)}: {(log.strip().splitlines() or ['?'])[-1]}")
+    stream = re.search(r"Stream #0:\d+[^:]*: Video: (\w+)[^,]*, ([a-z0-9_]+)", log)
+    dims = re.search(r"Stream #0:\d+[^\n]*?, (\d{2,5})x(\d{2,5})", log)
+    fps = re.search(r"([\d.]+) fps", log)
+    frames = re.findall(r"frame=\s*(\d+)", log)
+    duration = re.search(r"Duration: (\d+):(\d+):([\d.]+)", log)
+    if not (stream and dims and frames and duration):
+        raise DeliverableError(f"cannot read the stream description of {os.path.basename(path)}")
+    hours, minutes, seconds = duration.groups()
+    return Probed(
+        codec=stream.group(1),
+        pix_fmt=stream.group(2),
+        width=int(dims.group(1)),
+        height=int(dims.group(2)),
+        fps=float(fps.group(1)) if fps else None,
+        frames=int(frames[-1]),
+        duration_s=int(hours) * 3600 + int(minutes) * 60 + float(seconds),
+    )
