@@ -37,12 +37,44 @@ from farm.core.states import (
 
 MAX_ATTEMPTS = 3
 MIN_RATE_WINDOW_S = 5.0
+POST_FAILURES_KEPT = 20
 
 __all__ = [  # the states and the contracts are re-exported: `from farm.core.job import ...` keeps working
     "CANCELLED", "FAILED", "FINAL_ITEM_STATES", "FINAL_JOB_STATES", "ITEM_STATES", "ITEM_TRANSITIONS", "JOB_STATES",
     "QUEUED", "RUNNING", "SKIPPED", "SUCCEEDED", "Escalation", "IllegalItemTransition", "ItemOutcome", "ItemState",
     "ItemStatus", "JobState", "JobStatus", "RenderTask", "WorkerReply", "inputs_digest",
 ]
+
+
+@dataclass
+class PostProgress:
+    """The CPU stage's share of a job: deliverables waiting, being made, and what came of them
+    (`made`, `skipped`: committed before, `failed`, `superseded`: the item was rendered again
+    meanwhile), and the seconds spent; the last failures with their reasons."""
+
+    queued: int = 0  # items whose deliverables wait for a CPU worker
+    running: int = 0
+    made: int = 0
+    skipped: int = 0
+    failed: int = 0
+    superseded: int = 0
+    seconds: float = 0.0
+    failures: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def pending(self) -> int:
+        return self.queued + self.running
+
+    def add(self, outcome: str, seconds: float = 0.0, failure: dict[str, Any] | None = None) -> None:
+        setattr(self, outcome, getattr(self, outcome) + 1)
+        self.seconds += seconds
+        if failure is not None:
+            self.failures = [*self.failures, failure][-POST_FAILURES_KEPT:]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"queued": self.queued, "running": self.running, "made": self.made, "skipped": self.skipped,
+                "failed": self.failed, "superseded": self.superseded, "seconds": round(self.seconds, 3),
+                "failures": list(self.failures)}
 
 
 @dataclass
@@ -112,6 +144,10 @@ class JobState:
             )
         self.workers: dict[str, dict[str, Any]] = {}
         self.plan: dict[str, Any] | None = None
+        self.post = PostProgress()  # deliverables, made on CPU workers after each commit
+        self.picks: dict[str, str] = {}  # an image's takes' shared id -> the take chosen (`farm pick`)
+        self.has_deliverables = any(item.deliverables for item in spec.items)
+        self.has_takes = any(item.take is not None for item in spec.items)
         # Kept as items change state, so a status answer does not depend on the item count.
         self._counts = {state: 0 for state in ITEM_STATES}
         for status in self.items.values():
@@ -244,7 +280,8 @@ class JobState:
 
     def state_for(self, counts: dict[str, int]) -> JobStatus:
         """The job's state given its `counts()` (callers that have them need not count again)."""
-        if counts[QUEUED] or counts[RUNNING]:  # a cancelled job is still finishing its running items
+        if counts[QUEUED] or counts[RUNNING] or (self.post.pending and not self.finished_at):
+            # A cancelled job is still finishing its running items; a rendered one its deliverables.
             if self.interrupted:
                 return JobStatus.INTERRUPTED
             return JobStatus.RUNNING if self.started_at else JobStatus.QUEUED
@@ -353,6 +390,9 @@ class JobState:
             "workers": self.workers,
             "plan": self.plan,
             **({"unprovidable_tiers": list(self.unprovidable_tiers)} if self.unprovidable_tiers else {}),
+            **({"post": self.post.to_dict()} if self.has_deliverables else {}),
+            **({"deliverables_for": self.spec.deliverables_for, "picks": dict(self.picks)}
+               if self.has_takes else {}),
         }
 
     def to_record(self) -> dict[str, Any]:
