@@ -38,6 +38,7 @@ GIB = 1024**3
 RENDER_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600)
 MEMORY_BUCKETS = tuple(gib * GIB for gib in (1, 2, 4, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64, 80))
 UPLOAD_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+POST_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 60, 120, 300, 600)
 MODEL_LOAD_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200)
 WORKER_STATES = ("idle", "busy", "lost", "starting", "draining")
 NO_TIER = "none"  # the tier label of items that never reached a worker (skipped, cancelled, refused)
@@ -117,6 +118,20 @@ class FarmMetrics:
         )
         for kind in LOSS_KINDS:
             self.lease_losses.labels(kind)  # at 0 from the start: increase() sees the first loss
+        # The CPU stage (deliverables): its queue, its time per deliverable, and what came of each.
+        self.post_queue = Gauge("farm_post_queue_items", "Items whose deliverables wait for a CPU worker", registry=r)
+        self.post_running = Gauge("farm_post_running_items", "Items whose deliverables are being made", registry=r)
+        self.post_seconds = Histogram(
+            "farm_post_seconds", "Wall time of making and committing one deliverable", ["deliverable"],
+            buckets=POST_BUCKETS, registry=r,
+        )
+        self.deliverables = Counter(
+            "farm_deliverables", "Deliverables by outcome (made, skipped: committed before, failed, superseded)",
+            ["deliverable", "outcome"], registry=r,
+        )
+        self.post_failures = Counter(
+            "farm_post_failures", "Deliverables that failed, by reason", ["deliverable", "reason"], registry=r,
+        )
         self.build_info = Gauge(
             "farm_build_info", "Always 1: the versions of farm, Python, Ray, torch and diffusers in the engine's process",
             ["version", "python", *BUILD_PACKAGES], registry=r,
@@ -182,6 +197,19 @@ class FarmMetrics:
         upload = (outcome.timings or {}).get("upload")
         if upload is not None:
             self.upload_seconds.observe(upload)
+
+    def post_state(self, queued: int, running: int) -> None:
+        self.post_queue.set(queued)
+        self.post_running.set(running)
+
+    def posted(self, results) -> None:
+        """One item's DeliverableResults (farm.post.item)."""
+        for result in results:
+            self.deliverables.labels(result.name, result.outcome).inc()
+            if result.outcome == "failed":
+                self.post_failures.labels(result.name, result.reason or "post_error").inc()
+            elif result.outcome == "made":
+                self.post_seconds.labels(result.name).observe(result.seconds)
 
     def engine_state(self, *, queued: dict[str, int], in_flight: dict[str, int], workers: dict[tuple[str, str], int]) -> None:
         """Queue, in-flight and worker counts per tier; a tier seen before and absent now reads 0

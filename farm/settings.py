@@ -178,6 +178,24 @@ class WorkerSettings(FarmBaseSettings):
         return value.strip().lower() if isinstance(value, str) else value
 
 
+class PostSettings(FarmBaseSettings):
+    """The CPU stage that makes deliverables (vertical, web, gif ...) from committed renders."""
+
+    model_config = _config("FARM_POST_")
+
+    concurrency: int = Field(1, ge=1, le=1024, description="Items whose deliverables are made at the same time "
+                             "(each a Ray task with no GPU); on a cluster, about the CPU nodes' cores divided by "
+                             "FARM_POST_NUM_CPUS.")
+    num_cpus: float = Field(1.0, ge=0, le=64, description="Ray CPUs each deliverable task reserves (0: it only "
+                            "counts against FARM_POST_CONCURRENCY, e.g. on one machine whose CPUs the render "
+                            "workers reserve).")
+    resource: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="A custom Ray resource "
+                                 "of the CPU node group that deliverable tasks must run on (e.g. `farm_post`); "
+                                 "default: any node with free CPUs.")
+    ffmpeg_threads: int | None = Field(None, ge=1, le=64, description="ffmpeg threads per deliverable (default: "
+                                       "ffmpeg's choice, all cores).")
+
+
 class ApiSettings(FarmBaseSettings):
     """The HTTP API (`farm serve`, the RayService)."""
 
@@ -258,6 +276,7 @@ class FarmSettings(FarmBaseSettings):
     coordinator: CoordinatorSettings = Field(default_factory=CoordinatorSettings)
     workers: WorkerSettings = Field(default_factory=WorkerSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
+    post: PostSettings = Field(default_factory=PostSettings)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     url: UrlFetchConfig = Field(default_factory=UrlFetchConfig)
     client: ClientSettings = Field(default_factory=ClientSettings)
@@ -302,6 +321,7 @@ SECTIONS: dict[str, type[BaseSettings]] = {
     "coordinator": CoordinatorSettings,
     "workers": WorkerSettings,
     "api": ApiSettings,
+    "post": PostSettings,
     "storage": StorageConfig,
     "url": UrlFetchConfig,
     "client": ClientSettings,

@@ -421,11 +421,15 @@ def _seconds(value: float) -> str:
 
 
 def ffmpeg_args(d: Deliverable, source: SourceClip, input_path: str, output_path: str, *, encoder: str,
-                scale: float = 1.0, fps_scale: float = 1.0, crf_bump: int = 0) -> list[str]:
+                scale: float = 1.0, fps_scale: float = 1.0, crf_bump: int = 0, threads: int | None = None) -> list[str]:
     """The argv (after the ffmpeg executable) that makes `d` from `input_path`. Paths are the
-    caller's scratch files; every other word comes from a settled field (see the module text)."""
+    caller's scratch files; every other word comes from a settled field (see the module text).
+    `threads`: ffmpeg's thread count (the operator's setting; None: ffmpeg's own choice)."""
     chain = filters(d, source, scale=scale, fps_scale=fps_scale)
-    args = ["-hide_banner", "-nostdin", "-loglevel", "error", "-y", "-i", input_path, "-an"]
+    args = ["-hide_banner", "-nostdin", "-loglevel", "error", "-y"]
+    if threads is not None:
+        args += ["-threads", str(int(threads)), "-filter_threads", str(int(threads))]
+    args += ["-i", input_path, "-an"]
     if d.kind != "image":
         rate = output_fps(d, source) if fps_scale == 1.0 else max(1, int(output_fps(d, source) * fps_scale))
         args += ["-frames:v", str(max(1, round(source.duration_s * rate)))]

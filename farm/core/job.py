@@ -174,8 +174,9 @@ class JobState:
 
     @property
     def worked(self) -> bool:
-        """Whether this run rendered or failed anything (rather than finding it all committed)."""
-        return self._counts[SKIPPED] != len(self.items)
+        """Whether this run rendered, made or failed anything (rather than finding it all committed)."""
+        post = self.post
+        return self._counts[SKIPPED] != len(self.items) or bool(post.made or post.failed or post.superseded)
 
     def spec_item(self, item_id: str):
         """The validated manifest item (a dict lookup: re-planning many items stays one pass)."""

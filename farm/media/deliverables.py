@@ -66,7 +66,8 @@ def available_encoders() -> frozenset[str]:
     return frozenset(parse_encoders(result.stdout))
 
 
-def make_deliverable(d: Deliverable, source: SourceClip, input_path: str, scratch_dir: str) -> MadeFile:
+def make_deliverable(d: Deliverable, source: SourceClip, input_path: str, scratch_dir: str, *,
+                     threads: int | None = None) -> MadeFile:
     """Encode `d` from `input_path` into `scratch_dir`; raises DeliverableError when ffmpeg fails
     or the file cannot be brought under `max_bytes`."""
     import imageio_ffmpeg
@@ -75,8 +76,12 @@ def make_deliverable(d: Deliverable, source: SourceClip, input_path: str, scratc
     output = os.path.join(scratch_dir, f"{d.name}.{d.extension}")
     sizes = []
     for attempt in capped_attempts(d):
-        argv = [imageio_ffmpeg.get_ffmpeg_exe(), *ffmpeg_args(d, source, input_path, output, encoder=encoder, **attempt)]
-        result = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=FFMPEG_TIMEOUT_S)
+        argv = [imageio_ffmpeg.get_ffmpeg_exe(), *ffmpeg_args(d, source, input_path, output, encoder=encoder, threads=threads,
+                                                                  **attempt)]
+        try:
+            result = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=FFMPEG_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            raise DeliverableError(f"ffmpeg took more than {FFMPEG_TIMEOUT_S} s to make {d.name}") from None
         if result.returncode != 0 or not os.path.exists(output):
             last = (result.stderr.strip().splitlines() or ["no output"])[-1][:300]
             raise DeliverableError(f"ffmpeg could not make {d.name}: {last}")

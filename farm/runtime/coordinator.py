@@ -525,7 +525,7 @@ class Coordinator:
             entry.pop("lease_lost", None)
             self.registry.put(entry)
         recorder.write(force=True)
-        self.engine.admit(job, plan, decision.replace)
+        self.engine.admit(job, plan, decision.replace, decision.post)
         if not self.leases.holds(entry["id"]):  # lost between the check and the admission
             self._lease_lost(entry["id"], "lost while the job was being admitted")
 

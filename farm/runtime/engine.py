@@ -12,6 +12,11 @@ reached through `farm.runtime.handles` (Ray actors, or objects in this process f
 nothing here depends on how a worker runs. Only small typed tasks and replies cross Ray
 (`farm.core.contracts`).
 
+The CPU stage rides the same loop: each committed item with deliverables becomes a `PostTask`
+in `farm.post.stage.PostStage`, whose calls (Ray tasks with no GPU) the loop waits on beside the
+render calls, so a GPU worker never waits for them. A job whose renders are done but whose
+deliverables are not waits in `finishing` and ends when its last deliverable does.
+
 `step()` is driven from one thread; `admit`, `cancel` and the read-only views may be called from
 others (under `lock`).
 """
@@ -29,9 +34,12 @@ from farm.core import dispatch
 from farm.core.errors import ModelUnavailableError
 from farm.core.job import ItemOutcome, JobState
 from farm.core.planner import JobPlan
+from farm.core.states import SKIPPED, SUCCEEDED
 from farm.core.tiers import CPU_TIER, ClusterShape, TierTable, tiers_in_resources
 from farm.core.vram import profile_for_model
 from farm.models.loading import absolute_model_ref
+from farm.post.item import PostResult, PostTask
+from farm.post.stage import PostStage, RayPostRunner, ThreadPostRunner, result_of
 from farm.runtime.handles import CallPool, RayCallPool, RayWorkerHandle, WorkerCallError, WorkerDied, WorkerHandle
 from farm.settings import FarmSettings
 
@@ -224,6 +232,7 @@ class Engine:
         pool: CallPool | None = None,
         mailbox=None,
         fleet=None,
+        post_runner=None,
     ):
         self.workers = list(workers)
         self.fleet = fleet  # farm.runtime.fleet.RayFleet: workers follow the cluster's GPUs (None: a fixed set)
@@ -245,6 +254,12 @@ class Engine:
             metrics.prepare(table.names())  # counters at 0 before the first event (see farm.metrics)
         self.settings = settings or FarmSettings()
         self.pool = pool or RayCallPool()
+        post = self.settings.post
+        if post_runner is None:  # Ray tasks beside Ray actors; threads beside in-process workers (tests)
+            post_runner = (RayPostRunner(post.num_cpus, post.resource) if isinstance(self.pool, RayCallPool)
+                           else ThreadPostRunner(post.concurrency))
+        self.post = PostStage(post_runner, post.concurrency)
+        self.finishing: dict[str, ActiveJob] = {}  # renders done, deliverables still being made
         # How long a dead worker may take to come back (Ray restarts it and it reloads the model).
         self.restart_timeout_s = self.settings.engine.worker_restart_timeout_s
         calibration = self.settings.vram_calibration
@@ -298,7 +313,7 @@ class Engine:
     def busy(self) -> bool:
         """Work to drive: jobs, calls in flight, uploads, or workers still loading (or adopted)."""
         with self.lock:
-            return self.state.busy() or bool(self.starting)
+            return self.state.busy() or bool(self.starting) or self.post.busy() or bool(self.finishing)
 
     def adopting(self) -> bool:
         """Workers of an earlier coordinator have not all answered `adopt` yet."""
@@ -312,10 +327,14 @@ class Engine:
 
     # --- jobs -------------------------------------------------------------------------------
 
-    def admit(self, job: ActiveJob, plan: JobPlan, replace_etags: dict[str, str] | None = None) -> None:
-        """Queue a job's planned items; items rejected at plan time fail at once."""
+    def admit(self, job: ActiveJob, plan: JobPlan, replace_etags: dict[str, str] | None = None,
+              post: dict[str, list[str]] | None = None) -> None:
+        """Queue a job's planned items; items rejected at plan time fail at once. `post`: items
+        committed earlier (skipped) -> the names of their deliverables still to make."""
         with self.lock:
             self.jobs[job.id] = job
+            for item_id, names in (post or {}).items():
+                self._enqueue_post(job, job.state.spec_item(item_id), names)
             if self.metrics is not None:  # its model's outcome counters at 0, before any outcome
                 spec = job.state.spec
                 self.metrics.prepare(self.table.names(), sorted({spec.model, *(i.model for i in spec.items if i.model)}))
@@ -327,6 +346,13 @@ class Engine:
     def cancel(self, job_id: str) -> bool:
         """Drop the job's queued items; running ones finish (their results are kept)."""
         with self.lock:
+            dropped = self.post.drop(job_id)  # deliverables not started yet: a resume makes them
+            job = self.jobs.get(job_id) or self.finishing.get(job_id)
+            if job is not None and dropped:
+                job.state.post.queued -= len(dropped)
+            if job_id in self.finishing:
+                self._post_done(job_id)
+                return True
             if job_id not in self.jobs:
                 return False
             self._carry_out(self.state.handle(dispatch.JobCancelled(job_id)))
@@ -433,6 +459,7 @@ class Engine:
             stuck = len(self.state.queue) and not self.state.in_flight() and not self.state.starting()
             self._follow_cluster(force=bool(stuck))
             self._carry_out(self.state.handle(dispatch.Tick()))
+            self._start_post()
             if not self.calls:
                 return
             calls = list(self.calls)
@@ -443,8 +470,9 @@ class Engine:
             ready += [call for call, started in self.probe_started.items()
                       if call not in ready and now - started > self.restart_timeout_s]
             self._carry_out(self.state.handle(*[event for call in ready for event in self._events(call)]))
+            self._start_post()
             recording = time.perf_counter()
-            for job in list(self.jobs.values()):
+            for job in [*self.jobs.values(), *self.finishing.values()]:
                 if job.recorder is not None:
                     job.recorder.write()
             self.loop_stats["record_s"] += time.perf_counter() - recording
@@ -613,6 +641,7 @@ class Engine:
             return
         with self.lock:
             self.metrics.engine_state(**self.state.gauges())
+            self.metrics.post_state(*self.post.counts())
             caps = self.settings.engine.autoscale_max_workers
             if caps:
                 self.metrics.autoscaling(self.requested, set(self.unprovidable), sorted(caps))
@@ -625,6 +654,9 @@ class Engine:
     def _events(self, call) -> list[dispatch.Event]:
         name, kind = self.calls.pop(call)
         self.probe_started.pop(call, None)
+        if kind == "post":
+            self._posted(call)
+            return []
         if kind == "mailbox":
             return self._reported(call)
         if kind == "start":
@@ -737,7 +769,11 @@ class Engine:
             elif isinstance(instruction, dispatch.HandedBack):
                 self._handed_back = list(instruction.items)
             elif isinstance(instruction, dispatch.JobFinished):
-                self._job_finished(self.jobs.pop(instruction.job_id))
+                job = self.jobs.pop(instruction.job_id)
+                if self.post.pending(job.id):
+                    self.finishing[job.id] = job  # it ends with its last deliverable (_post_done)
+                else:
+                    self._job_finished(job)
 
     def _watch(self, name: str) -> None:
         """One open take on the mailbox serves every worker with uploads pending."""
@@ -761,9 +797,69 @@ class Engine:
     def _item_finished(self, job_id: str, outcome: ItemOutcome) -> None:
         job = self.jobs[job_id]
         job.reporter.item_finished(job.state, outcome.item_id, outcome)
+        item = job.state.spec_item(outcome.item_id)
         if self.metrics is not None:
-            spec = job.state.spec
-            self.metrics.outcome(outcome, spec.model_of(job.state.spec_item(outcome.item_id)))
+            self.metrics.outcome(outcome, job.state.spec.model_of(item))
+        if outcome.status in (SUCCEEDED, SKIPPED) and item is not None and item.deliverables:
+            self._enqueue_post(job, item)
+
+    # --- the CPU stage (deliverables) ------------------------------------------------------------
+
+    def _enqueue_post(self, job: ActiveJob, item, names: list[str] | None = None) -> None:
+        """Queue the item's deliverables (those named, else all) unless the job makes them only
+        for picked takes and this take is not picked."""
+        spec = job.state.spec
+        if spec.deliverables_for == "picked" and item.take is not None and job.state.picks.get(item.take_of) != item.id:
+            return
+        deliverables = tuple(d for d in item.deliverables if names is None or d.name in names)
+        if not deliverables:
+            return
+        self.post.enqueue(PostTask(job.id, spec.name, spec.output, item.id, deliverables,
+                                   self.settings.post.ffmpeg_threads))
+        job.state.post.queued += 1
+
+    def enqueue_post(self, job_id: str, item_id: str) -> bool:
+        """Make one item's deliverables now (a take picked while its job runs); False when the
+        job is not running here."""
+        with self.lock:
+            job = self.jobs.get(job_id) or self.finishing.get(job_id)
+            item = job.state.spec_item(item_id) if job is not None else None
+            if item is None or not item.deliverables:
+                return False
+            self._enqueue_post(job, item)
+            return True
+
+    def _start_post(self) -> None:
+        for call, task in self.post.start_ready():
+            self.calls[call] = ("", "post")
+            job = self.jobs.get(task.job_id) or self.finishing.get(task.job_id)
+            if job is not None:
+                job.state.post.queued -= 1
+                job.state.post.running += 1
+
+    def _posted(self, call) -> None:
+        task = self.post.running[call]
+        result: PostResult = result_of(self.pool, call, task)
+        self.post.finished(call)
+        job = self.jobs.get(task.job_id) or self.finishing.get(task.job_id)
+        if self.metrics is not None:
+            self.metrics.posted(result.results)
+        if job is not None:
+            progress = job.state.post
+            progress.running -= 1
+            for one in result.results:
+                failure = None
+                if one.outcome == "failed":
+                    failure = {"item": task.item_id, "deliverable": one.name, "reason": one.reason, "message": one.message}
+                    log.warning("deliverable %s of item %s failed (%s): %s", one.name, task.item_id, one.reason,
+                                one.message)
+                progress.add(one.outcome, one.seconds, failure)
+        if task.job_id in self.finishing and not self.post.pending(task.job_id):
+            self._post_done(task.job_id)
+
+    def _post_done(self, job_id: str) -> None:
+        if not self.post.pending(job_id):
+            self._job_finished(self.finishing.pop(job_id))
 
     def _job_finished(self, job: ActiveJob) -> None:
         if job.on_finish is not None:

@@ -84,7 +84,7 @@ def run_job(spec: JobSpec, options: RunOptions | None = None) -> JobState:
                 options.reporter.started(state, [w.info for w in workers])
                 if plan.items or spec.rejected or not had_record:
                     recorder.write(force=True)
-                engine.admit(job, plan, decision.replace)
+                engine.admit(job, plan, decision.replace, decision.post)
                 stop = options.stop.event if options.stop is not None else None
                 grace_s = settings.engine.stop_grace_s if options.stop_grace_s is None else options.stop_grace_s
                 state.interrupted = not engine.run_until_done(stop, grace_s)

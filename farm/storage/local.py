@@ -150,6 +150,7 @@ class LocalStore:
     def promote(self, source: str, target: str, *, size: int | None = None) -> ObjectInfo:
         destination = self._path(target)
         try:
+            destination.parent.mkdir(parents=True, exist_ok=True)  # deliverables/NAME/ on first use
             os.replace(self._path(source), destination)
         except OSError as exc:
             raise self._error(destination, exc) from exc

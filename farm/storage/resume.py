@@ -32,6 +32,7 @@ from farm.core.manifest import JobItem, JobSpec
 from farm.media.images import ImageLimits
 from farm.storage.base import ObjectInfo, OutputStore, sidecar_item_id
 from farm.storage.commit import finish_promotion, listing_problem, outputs_problem, staged_in
+from farm.storage.deliverables import entry_intact
 from farm.storage.inputs import local_fingerprint, read_input, s3_client
 
 log = logging.getLogger(__name__)
@@ -43,12 +44,14 @@ class ResumeDecision:
     replace: dict[str, str] = field(default_factory=dict)  # item id -> etag of the sidecar to replace
     repaired: list[str] = field(default_factory=list)
     damaged: dict[str, str] = field(default_factory=dict)  # item id -> what is wrong (also in `replace`)
+    post: dict[str, list[str]] = field(default_factory=dict)  # skipped item id -> deliverables still to make
 
 
 class Verdict(NamedTuple):
     action: str  # "skip" | "repaired" | "render"
     detail: str  # why it is skipped, or (render) the etag of the sidecar to replace
     damage: str | None = None  # (render) why the committed outputs could not be kept
+    post: tuple[str, ...] = ()  # (skip) the item's deliverables not committed, or changed since
 
 
 def current_fingerprint(location: str) -> str | None:
@@ -104,6 +107,8 @@ def _apply(decision: ResumeDecision, item_id: str, verdict: Verdict) -> None:
             log.warning("item %s: its committed result is damaged (%s); rendering it again", item_id, verdict.damage)
         return
     decision.skip[item_id] = verdict.detail
+    if verdict.post:
+        decision.post[item_id] = list(verdict.post)
     if verdict.action == "repaired":
         decision.repaired.append(item_id)
 
@@ -129,7 +134,19 @@ def _examine(store, spec, item, info: ObjectInfo, listing, model_config_sha256: 
             if not _repair(store, spec, item, sidecar, listing):
                 return Verdict("render", info.etag, problem)
             repaired = True
-    return Verdict("repaired" if repaired else "skip", why)
+    return Verdict("repaired" if repaired else "skip", why, post=missing_deliverables(item, sidecar, listing))
+
+
+def missing_deliverables(item: JobItem, sidecar: dict, listing: dict[str, ObjectInfo]) -> tuple[str, ...]:
+    """The item's deliverables whose sidecar entry is absent, of another spec, or whose file the
+    listing lacks (an entry still in staging is repaired by the CPU stage, not re-made)."""
+    entries = sidecar.get("deliverables") or {}
+    missing = []
+    for deliverable in item.deliverables:
+        entry = entries.get(deliverable.name)
+        if not entry_intact(None, entry, deliverable.digest, listing):
+            missing.append(deliverable.name)
+    return tuple(missing)
 
 
 def _repair(store, spec, item, sidecar: dict, listing) -> bool:
