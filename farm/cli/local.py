@@ -60,6 +60,18 @@ def _job_overrides(args: argparse.Namespace) -> JobOverrides:
             order = validate_order(step.strip() for step in order.split(","))
         except ValueError as error:
             raise ManifestError([ManifestIssue(str(error), field="--degrade-order", value=order)], "command line") from None
+    from farm.cli.post import parse_deliverable_flags
+    from farm.core.deliverables import DeliverableError
+    from farm.core.manifest.spec import MAX_TAKES
+
+    try:
+        deliverables = parse_deliverable_flags(getattr(args, "deliverable", None))
+    except DeliverableError as error:
+        raise ManifestError([ManifestIssue(str(error), field=error.field, value=error.value)], "command line") from None
+    takes = getattr(args, "takes", None)
+    if takes is not None and not 1 <= takes <= MAX_TAKES:
+        raise ManifestError([ManifestIssue(f"{takes} is not allowed; use an integer from 1 to {MAX_TAKES}",
+                                           field="--takes", value=takes)], "command line")
     return JobOverrides(
         name=getattr(args, "name", None),
         model=getattr(args, "model", None),
@@ -67,6 +79,8 @@ def _job_overrides(args: argparse.Namespace) -> JobOverrides:
         params=_param_overrides(args),
         degrade_order=order or None,
         unfit=getattr(args, "unfit", None),
+        deliverables=deliverables,
+        takes=takes,
     )
 
 

@@ -17,6 +17,7 @@ from farm.cli.local import (
     cmd_tiers,
     cmd_validate,
 )
+from farm.cli.post import cmd_post
 from farm.cli.remote import cmd_cancel, cmd_jobs, cmd_status, cmd_submit
 from farm.core.params import ASPECTS, PRESETS
 
@@ -35,6 +36,10 @@ def _add_param_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--degrade", choices=["allowed", "memory_savers", "never"], help="what may change on OOM")
     group.add_argument("--degrade-order", help="e.g. memory_savers,bigger_tier,frames,resolution")
     group.add_argument("--unfit", choices=["degrade", "reject"], help="items that fit no GPU present")
+    group.add_argument("--deliverable", action="append", metavar="NAME",
+                       help="a deliverable made from every render, off the GPU (repeatable): vertical, square, "
+                       "landscape, web, fps30, fade, gif, webp, poster, or a JSON object; replaces the manifest's defaults")
+    group.add_argument("--takes", type=int, help="variants (distinct seeds) of every item, 1-16")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -134,6 +139,13 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.add_argument("--json", action="store_true")
     cancel = add_remote("cancel", "cancel a job (committed results stay)", cmd_cancel)
     cancel.add_argument("job")
+
+    post = commands.add_parser("post", help="add deliverables to a job that rendered: OUTPUT_URI/JOB_NAME")
+    post.add_argument("job", help="e.g. ./farm-output/spring or s3://bucket/renders/spring")
+    post.add_argument("--deliverable", action="append", required=True, metavar="NAME",
+                      help="vertical, square, landscape, web, fps30, fade, gif, webp, poster, or a JSON object "
+                      "(repeatable)")
+    post.set_defaults(func=cmd_post)
 
     demo = commands.add_parser("demo", help="write sample images and a manifest, render them with the tiny model")
     demo.add_argument("--output", default="farm-demo", help="folder for the inputs and videos (default: ./farm-demo)")

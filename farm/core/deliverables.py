@@ -214,7 +214,12 @@ def resolve(spec: DeliverableSpec) -> Deliverable:
     if spec.name is None and spec.preset is None:
         raise DeliverableError("a custom deliverable needs a `name` (and may start from a `preset`)", "name")
     values: dict[str, Any] = dict(PRESETS[spec.preset]) if spec.preset else {}
-    values.update({k: v for k, v in spec.model_dump(exclude={"name", "preset"}).items() if v is not None})
+    changed = {k: v for k, v in spec.model_dump(exclude={"name", "preset"}).items() if v is not None}
+    if spec.name is None and changed:
+        # deliverables/NAME/ holds one kind of file: a changed preset is another deliverable.
+        raise DeliverableError(f"a changed {spec.preset} ({', '.join(changed)}) is a deliverable of its own; give it "
+                               "a `name`", "name")
+    values.update(changed)
     container = values.get("container", "mp4")
     codec = values.get("codec")
     if container in VIDEO_CONTAINERS:

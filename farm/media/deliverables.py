@@ -66,6 +66,15 @@ def available_encoders() -> frozenset[str]:
     return frozenset(parse_encoders(result.stdout))
 
 
+def encoders_if_known() -> set[str] | None:
+    """The encoders to validate deliverables against, or None where this process has no ffmpeg
+    (a light client install: the farm that runs the job checks them)."""
+    try:
+        return set(available_encoders())
+    except Exception:  # imageio-ffmpeg missing, or its binary cannot run here
+        return None
+
+
 def make_deliverable(d: Deliverable, source: SourceClip, input_path: str, scratch_dir: str, *,
                      threads: int | None = None) -> MadeFile:
     """Encode `d` from `input_path` into `scratch_dir`; raises DeliverableError when ffmpeg fails

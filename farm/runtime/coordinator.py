@@ -326,6 +326,8 @@ class Coordinator:
                     items_per_minute=rate,
                     eta_seconds=eta,
                 )
+                if state.has_deliverables:  # the CPU stage: deliverables queued, made, failed
+                    summary["post"] = state.post.to_dict()
                 if self.engine.unprovidable and summary["state"] not in FINAL_JOB_STATES:
                     # asked of the autoscaler, never came: its work was planned on the tiers there are
                     summary["unprovidable_tiers"] = sorted(self.engine.unprovidable)
@@ -566,6 +568,8 @@ class Coordinator:
         entry["finished_at"] = time.time()
         if job_state is not None:
             entry["counts"] = job_state.counts()
+            if job_state.has_deliverables:
+                entry["post"] = job_state.post.to_dict()
         if message:
             entry["message"] = message
         entry.pop("cancel_requested", None)

@@ -55,7 +55,17 @@ def load_manifest(
         env_model=env_model,
         check_files=check_files,
         family_of=family_of_ref,  # local model folders are read for their family
+        encoders=_encoders_when_needed(data),
     )
+
+
+def _encoders_when_needed(data: bytes) -> set[str] | None:
+    """Ask ffmpeg for its encoders only when the manifest may name deliverables (a cheap test)."""
+    if b"deliverable" not in data:
+        return None
+    from farm.media.deliverables import encoders_if_known
+
+    return encoders_if_known()
 
 
 def read_manifest_file(path: str | Path, limit: int) -> bytes:

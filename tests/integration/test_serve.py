@@ -23,7 +23,7 @@ def manifest(name: str, count: int, **extra) -> dict:
 
 
 def test_submit_follow_events_and_fetch_the_video(service):
-    body = yaml.safe_dump(manifest("events", 2))
+    body = yaml.safe_dump(manifest("events", 2) | {"defaults": {**FAST, "deliverables": ["web", "poster"]}})
     response = service.session.post(
         f"{service.url}/v1/jobs", data=body, headers={"Content-Type": "application/yaml"}, timeout=60
     )
@@ -44,6 +44,10 @@ def test_submit_follow_events_and_fetch_the_video(service):
     assert events[-1][0] == "end" and events[-1][1]["state"] == "succeeded"
     status = service.status(accepted["id"])
     assert status["counts"]["succeeded"] == 2 and status["output_prefix"] == f"s3://{BUCKET}/api/events/"
+    # The job ended after its deliverables, made by Ray tasks without a GPU, committed on S3.
+    assert (status["post"]["made"], status["post"]["failed"], status["post"]["queued"]) == (4, 0, 0), status["post"]
+    poster = service.s3().get_object(Bucket=BUCKET, Key="api/events/deliverables/poster/i0.png")["Body"].read()
+    assert poster[:8] == b"\x89PNG\r\n\x1a\n"
     items = service.session.get(f"{service.url}/v1/jobs/{accepted['id']}/items", timeout=30).json()
     assert [i["state"] for i in items["items"]] == ["succeeded", "succeeded"]
     video = service.session.get(f"{service.url}/v1/jobs/{accepted['id']}/items/i0/video", allow_redirects=False, timeout=30)
