@@ -8,6 +8,7 @@ import boto3
 import pytest
 from helpers import MotoServer, engine_job
 
+from farm.cli import main
 from farm.core.deliverables import parse_entries
 from farm.core.tiers import GIB, TierTable
 from farm.media.deliverables import probe
@@ -15,7 +16,7 @@ from farm.metrics import FarmMetrics
 from farm.models.memory import CardInfo
 from farm.runtime.engine import Engine, Worker
 from farm.runtime.handles import LocalCallPool, LocalWorkerHandle
-from farm.runtime.jobs import JobRecorder, prepare_job
+from farm.runtime.jobs import JobRecorder, prepare_job, write_job_files
 from farm.runtime.mailbox import LocalMailbox
 from farm.runtime.workers import RenderWorkerImpl
 from farm.storage import open_store
@@ -36,6 +37,7 @@ def engine_with(tiny_adapter, metrics=None) -> Engine:
 
 
 def run(engine, job, store):
+    write_job_files(store, job.state.spec, None)  # spec.json, as `farm run` writes it
     plan, decision = prepare_job(engine, job, store)
     engine.admit(job, plan, decision.replace, decision.post)
     assert engine.run_until_done() and job.done.is_set()
@@ -99,6 +101,15 @@ def test_each_deliverable_matches_its_spec_and_a_rerun_adding_one_makes_only_tha
     assert (sidecar["created_at"], sidecar["commit"]["token"]) == rendered  # the render stayed as it was
     assert json.loads(store.get_bytes("deliver/job.json"))["post"]["made"] == 2
 
+    # `farm post` adds one to the finished job: made from the committed MP4s, recorded in spec.json.
+    assert main(["post", str(tmp_path / "out" / "deliver"), "--deliverable", "square"]) == 0
+    check_files(store, "deliver", "i0", ["square"], tmp_path)
+    assert json.loads(store.get_bytes("deliver/job.json"))["post"]["made"] == 4
+    spec = json.loads(store.get_bytes("deliver/spec.json"))
+    assert [d["name"] for d in spec["items"][0]["deliverables"]][-1] == "square"
+    assert main(["post", str(tmp_path / "out" / "deliver"), "--deliverable", "square"]) == 0  # all there: skipped
+    assert json.loads(store.get_bytes("deliver/job.json"))["post"]["skipped"] == 2
+
 
 def _samples(metrics, name):
     for family in metrics.registry.collect():
@@ -121,6 +132,8 @@ def test_deliverables_commit_on_an_s3_endpoint(tmp_path, tiny_adapter, monkeypat
         run(engine, job, store)
         assert job.state.final_state == "succeeded" and job.state.post.made == 5, job.state.post.to_dict()
         check_files(store, "s3job", "i0", DELIVERABLES, tmp_path)
+        assert main(["post", "s3://renders/farm/s3job", "--deliverable", "poster"]) == 0  # `farm post` on S3
+        check_files(store, "s3job", "i0", ["poster"], tmp_path)
         assert not [info.key for info in store.list("s3job/.staging/")]  # every staged file was promoted
     finally:
         server.stop()
