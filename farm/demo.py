@@ -3,7 +3,8 @@
 The images are drawn in code (no downloads): a JPEG with an EXIF rotation, a transparent PNG
 for 16:9, a portrait WEBP for 9:16, a tiny palette PNG that must be upscaled, and a 16-bit
 grayscale PNG. The manifest uses small settings (256p, 8 frames, 10 steps) so the tiny model
-renders each video in a few seconds on a laptop CPU.
+renders each video in a few seconds on a laptop CPU; each render also gets a 1080x1920
+`vertical` MP4 and a `poster` PNG, made by the CPU stage (docs/deliverables.md).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from PIL import Image, ImageDraw
 
 DEMO_JOB = "demo"
 DEMO_DEFAULTS = {"resolution": 256, "frames": 8, "fps": 8, "steps": 10, "guidance_scale": 9.0}
+# Made from each render on a CPU worker, off the render worker: the seeds' 9:16 pad and the first frame.
+DEMO_DELIVERABLES = ["vertical", "poster"]
 
 
 def _gradient(width: int, height: int, top: tuple, bottom: tuple) -> Image.Image:
@@ -82,7 +85,8 @@ def write_demo_inputs(folder: Path) -> Path:
     for filename, draw, prompt, overrides in SAMPLES:
         draw(folder / filename)
         items.append({"id": filename.rsplit(".", 1)[0], "image": filename, "prompt": prompt, **overrides})
-    manifest = {"version": 1, "name": DEMO_JOB, "model": "tiny", "defaults": DEMO_DEFAULTS, "items": items}
+    manifest = {"version": 1, "name": DEMO_JOB, "model": "tiny", "defaults": {**DEMO_DEFAULTS, "deliverables": DEMO_DELIVERABLES},
+                "items": items}
     path = folder / "manifest.yaml"
     path.write_text(yaml.safe_dump(manifest, sort_keys=False))
     return path

@@ -521,5 +521,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     code = _execute(spec, args)
     print()
     print(TINY_NOTICE if spec.model == "tiny" else "")
-    print(f"videos are in {output / spec.name}/ (ITEM.mp4, ITEM.jpg thumbnail, ITEM.json sidecar)")
+    print(f"videos are in {output / spec.name}/ (ITEM.mp4, ITEM.jpg thumbnail, ITEM.json sidecar); "
+          f"deliverables in {output / spec.name / 'deliverables'}/NAME/")
     return code
