@@ -6,6 +6,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from farm.core.job import FAILED, SKIPPED, SUCCEEDED, ItemOutcome, JobState
 
@@ -101,8 +102,24 @@ def print_summary(state: JobState, results_location: str, record_location: str, 
         for item_id, status in failures:
             failed.add_row(item_id, status.reason or "-", status.message or "-")
         console.print(failed)
+    post = record.get("post")  # the job has deliverables
+    if post and post.get("failures"):
+        kept, failed_count = len(post["failures"]), post.get("failed", 0)
+        title = "failed deliverables" + (f" (the last {kept} of {failed_count})" if failed_count > kept else "")
+        table = Table(title=title, show_header=True)
+        for column in ("item", "deliverable", "reason"):
+            table.add_column(column)
+        table.add_column("what happened", overflow="fold")
+        for failure in post["failures"]:
+            # Text, not markup: ffmpeg's messages hold brackets ("[libx264 @ 0x...]")
+            table.add_row(*(Text(str(failure.get(key) or "-")) for key in ("item", "deliverable", "reason", "message")))
+        console.print(table)
     console.print(
         f"rendered {counts[SUCCEEDED]} new, {counts[SKIPPED]} already committed, {counts[FAILED]} failed",
         highlight=False,
     )
+    if post:
+        from farm.cli.output import _post_summary
+
+        console.print(_post_summary(post), highlight=False)
     console.print(f"results: {results_location}   job record: {record_location}", highlight=False, soft_wrap=True)

@@ -4,7 +4,9 @@ against a real Prometheus scraping a real farm.
 
 Two dashboards, both with a Prometheus datasource variable: an overview (throughput, queues,
 latency, memory against the tier budgets, OOMs and degradations, failures, uploads, workers,
-jobs) and a per-tier view (the same series for one `$tier`).
+jobs; then a "Deliverables (CPU stage)" row: the post-processing queue, deliverables made and
+failed, their time and their failures by reason) and a per-tier view (the same series for one
+`$tier`).
 """
 
 from __future__ import annotations
@@ -34,15 +36,22 @@ def _panel(title: str, targets: list[tuple[str, str]], *, unit: str = "short", k
     }
 
 
+def _row(title: str) -> dict:
+    """A row header (expanded: the panels after it in the list are its panels)."""
+    return {"type": "row", "title": title, "collapsed": False, "panels": [], "gridPos": {"w": 24, "h": 1}}
+
+
 def _layout(panels: list[dict]) -> list[dict]:
-    x = y = 0
+    """Left to right, a new line when a panel does not fit and at every row header; ids in order."""
+    x = y = line = 0  # line: the height of the current line
     for index, panel in enumerate(panels):
-        width = panel["gridPos"]["w"]
-        if x + width > 24:
-            x, y = 0, y + 8
+        width, height = panel["gridPos"]["w"], panel["gridPos"]["h"]
+        if x and (x + width > 24 or panel["type"] == "row"):
+            x, y, line = 0, y + line, 0
         panel["gridPos"].update(x=x, y=y)
         panel["id"] = index + 1
         x += width
+        line = max(line, height)
     return panels
 
 
@@ -127,8 +136,32 @@ def overview() -> dict:
         _panel("Device memory in use per worker", [
             ("farm_gpu_memory_used_bytes / farm_gpu_memory_total_bytes", "{{worker}}"),
         ], unit="percentunit", width=24),
+        _row("Deliverables (CPU stage)"),
+        *deliverables_panels(),
     ]
     return _dashboard("farm-overview", "farm / overview", panels, tier=False)
+
+
+def deliverables_panels() -> list[dict]:
+    """The CPU stage: files made from each committed render (vertical, web, gif...)."""
+    return [
+        _panel("Deliverables queue and running", [
+            ("sum(farm_post_queue_items)", "queued"),
+            ("sum(farm_post_running_items)", "running"),
+        ], description="Items whose deliverables wait for a CPU worker, and those being made. A queue that "
+                       "stays up while no deliverable is finished fires FarmPostQueueStuck."),
+        _panel("Deliverables made / failed per minute", [
+            (f'sum by (deliverable) (rate(farm_deliverables_total{{outcome="made"}}[{RATE}])) * 60', "made {{deliverable}}"),
+            (f'sum by (deliverable) (rate(farm_deliverables_total{{outcome="failed"}}[{RATE}])) * 60', "failed {{deliverable}}"),
+        ]),
+        _panel("Deliverable time p50 / p95", [
+            (f"histogram_quantile(0.5, sum by (deliverable, le) (rate(farm_post_seconds_bucket[{RATE}])))", "p50 {{deliverable}}"),
+            (f"histogram_quantile(0.95, sum by (deliverable, le) (rate(farm_post_seconds_bucket[{RATE}])))", "p95 {{deliverable}}"),
+        ], unit="s", description="Making and committing one deliverable (made ones only)."),
+        _panel("Deliverable failures by reason", [
+            (f"sum by (deliverable, reason) (increase(farm_post_failures_total[{RATE}]))", "{{deliverable}} {{reason}}"),
+        ], description="The job's post.failures (farm status JOB) names the items and what happened."),
+    ]
 
 
 def per_tier() -> dict:
@@ -168,8 +201,8 @@ def render(name: str) -> str:
 
 
 def queries(dashboard: dict) -> list[tuple[str, str]]:
-    """(panel title, PromQL) for every target of every panel."""
-    return [(panel["title"], target["expr"]) for panel in dashboard["panels"] for target in panel["targets"]]
+    """(panel title, PromQL) for every target of every panel (row headers have none)."""
+    return [(panel["title"], target["expr"]) for panel in dashboard["panels"] for target in panel.get("targets", [])]
 
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -9,7 +9,7 @@ import argparse
 import json
 from pathlib import Path
 
-from farm.cli.output import EXIT_FAILED_ITEMS, EXIT_OK, _print_status
+from farm.cli.output import EXIT_FAILED_ITEMS, EXIT_OK, _print_status, _progress_info
 
 
 def _client(args: argparse.Namespace):
@@ -32,14 +32,12 @@ def cmd_submit(args: argparse.Namespace) -> int:
         for _event, status in client.events(accepted["id"]):
             counts = status.get("counts") or {}
             finished = sum(counts.get(k, 0) for k in ("succeeded", "failed", "skipped", "cancelled"))
-            eta = status.get("eta_seconds")
-            info = f"{counts.get('failed', 0)} failed · {status.get('items_per_minute') or 0:.1f}/min"
-            info += f" · ETA {int(eta)}s" if eta else ""
-            bar.update(task, total=counts.get("total") or status.get("items"), completed=finished, info=info)
+            bar.update(task, total=counts.get("total") or status.get("items"), completed=finished,
+                       info=_progress_info(status))
             final = status
     if final is None:
         final = client.status(accepted["id"])
-    _print_status(final)
+    _print_status(final, failures=True)
     return EXIT_OK if final["state"] == "succeeded" else EXIT_FAILED_ITEMS
 
 
@@ -48,7 +46,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(status, indent=1))
     else:
-        _print_status(status)
+        _print_status(status, failures=True)
     return EXIT_OK
 
 

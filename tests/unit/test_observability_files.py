@@ -1,7 +1,8 @@
 """Dashboards, Prometheus configuration and alert rules: generated files are current, every query
-names a series the farm exports, promtool accepts the rules and passes their unit tests, and the
-monitoring component carries the rules as a PrometheusRule (the same groups as the rules file) and
-the dashboards annotated for Grafana's "farm" folder."""
+names a series the farm exports (and docs/metrics.md has a row for each series and alert),
+promtool accepts the rules and passes their unit tests, and the monitoring component carries the
+rules as a PrometheusRule (the same groups as the rules file) and the dashboards annotated for
+Grafana's "farm" folder."""
 
 import json
 import re
@@ -48,7 +49,8 @@ def test_every_panel_queries_farm_series_through_the_datasource_variable(name):
     assert dashboard["templating"]["list"][0]["type"] == "datasource"
     known = exported_names()
     for panel in dashboard["panels"]:
-        assert panel["datasource"]["uid"] == "${datasource}"
+        if panel["type"] != "row":  # a row header queries nothing
+            assert panel["datasource"]["uid"] == "${datasource}"
     for title, expr in queries(dashboard):
         for metric in set(re.findall(r"\bfarm_[a-z_]+", expr)):
             assert metric in known, f"{title}: {metric} is not exported"
@@ -61,6 +63,62 @@ def test_overview_has_the_panels_operators_need():
                    "OOM errors per minute", "Degradations per minute", "Failures by reason",
                    "Upload throughput", "Workers by tier and state"):
         assert needed in titles
+
+
+@pytest.mark.parametrize("name", sorted(DASHBOARDS))
+def test_panels_have_unique_ids_in_order_and_do_not_overlap(name):
+    panels = json.loads(render(name))["panels"]
+    assert [panel["id"] for panel in panels] == list(range(1, len(panels) + 1))
+    taken: set[tuple[int, int]] = set()
+    for panel in panels:
+        grid = panel["gridPos"]
+        assert 0 <= grid["x"] and grid["x"] + grid["w"] <= 24, panel["title"]
+        columns, lines = range(grid["x"], grid["x"] + grid["w"]), range(grid["y"], grid["y"] + grid["h"])
+        cells = {(x, y) for x in columns for y in lines}
+        assert not cells & taken, f"{panel['title']} overlaps another panel"
+        taken |= cells
+        if panel["type"] == "row":  # a row header spans the width, on a line of its own
+            assert (grid["x"], grid["w"], grid["h"]) == (0, 24, 1)
+
+
+def test_overview_has_a_deliverables_row_on_the_cpu_stage_series():
+    panels = json.loads(render("farm-overview.json"))["panels"]
+    rows = [index for index, panel in enumerate(panels) if panel["type"] == "row"]
+    assert [panels[index]["title"] for index in rows] == ["Deliverables (CPU stage)"]
+    assert not panels[rows[0]]["collapsed"] and panels[rows[0]]["panels"] == []  # its panels follow it
+    below = {panel["title"]: [t["expr"] for t in panel["targets"]] for panel in panels[rows[0] + 1:]}
+    assert set(below) == {"Deliverables queue and running", "Deliverables made / failed per minute",
+                          "Deliverable time p50 / p95", "Deliverable failures by reason"}
+    assert below["Deliverables queue and running"] == ["sum(farm_post_queue_items)", "sum(farm_post_running_items)"]
+    made, failed = below["Deliverables made / failed per minute"]
+    assert 'farm_deliverables_total{outcome="made"}' in made and 'farm_deliverables_total{outcome="failed"}' in failed
+    assert all("sum by (deliverable)" in expr for expr in (made, failed))
+    p50, p95 = below["Deliverable time p50 / p95"]
+    assert p50.startswith("histogram_quantile(0.5, sum by (deliverable, le) (rate(farm_post_seconds_bucket[")
+    assert p95.startswith("histogram_quantile(0.95, sum by (deliverable, le) (rate(farm_post_seconds_bucket[")
+    assert below["Deliverable failures by reason"] == [
+        "sum by (deliverable, reason) (increase(farm_post_failures_total[$__rate_interval]))"]
+    # every series of the CPU stage is on a panel; nothing above the row queries them
+    names = {m for exprs in below.values() for e in exprs for m in re.findall(r"\bfarm_[a-z_]+", e)}
+    assert names == {"farm_post_queue_items", "farm_post_running_items", "farm_deliverables_total",
+                     "farm_post_seconds_bucket", "farm_post_failures_total"}
+    assert not any("farm_post_" in t["expr"] or "farm_deliverables" in t["expr"]
+                   for panel in panels[:rows[0]] for t in panel["targets"])
+
+
+def test_the_deliverables_alerts_watch_the_cpu_stage_series():
+    rules = {r["alert"]: r for r in yaml.safe_load((RULES / "farm-alerts.yml").read_text())["groups"][0]["rules"]}
+    stuck = rules["FarmPostQueueStuck"]
+    # `unless`, not `and ... == 0`: with no farm_deliverables_total series the queue alone decides
+    assert "sum(farm_post_queue_items) > 0" in stuck["expr"] and "unless" in stuck["expr"]
+    assert "farm_deliverables_total" in stuck["expr"] and stuck["for"] == "15m"
+    ratio = rules["FarmDeliverableFailuresHigh"]
+    assert 'farm_deliverables_total{outcome="failed"}' in ratio["expr"] and "> 0.1" in ratio["expr"]
+    assert "skipped" not in ratio["expr"] and ratio["for"] == "15m"
+    tests = yaml.safe_load((RULES / "farm-alerts.test.yml").read_text())["tests"]
+    for alert in ("FarmPostQueueStuck", "FarmDeliverableFailuresHigh"):  # a firing and a quiet case each
+        cases = [case for test in tests for case in test["alert_rule_test"] if case["alertname"] == alert]
+        assert any(case["exp_alerts"] for case in cases) and any(not case["exp_alerts"] for case in cases), alert
 
 
 def test_provisioning_and_scrape_config_parse():
@@ -84,10 +142,20 @@ def test_alert_rules_use_exported_series():
     rules = yaml.safe_load((RULES / "farm-alerts.yml").read_text())["groups"][0]["rules"]
     assert {r["alert"] for r in rules} == {
         "FarmOOMRateHigh", "FarmFailureRatioHigh", "FarmQueueNotDraining", "FarmTierWithoutWorkers", "FarmStorageErrors", "FarmJobLeaseLost",
+        "FarmPostQueueStuck", "FarmDeliverableFailuresHigh",
     }
     for rule in rules:
         for metric in set(re.findall(r"\bfarm_[a-z_]+", rule["expr"])):
             assert metric in known, f"{rule['alert']}: {metric}"
+
+
+def test_docs_name_every_exported_series_and_every_alert():
+    doc = (ROOT / "docs" / "metrics.md").read_text()
+    for metric in FarmMetrics().registry.collect():
+        name = metric.name + ("_total" if metric.type == "counter" else "")
+        assert f"| `{name}` |" in doc, f"docs/metrics.md: no row for {name}"
+    for rule in yaml.safe_load((RULES / "farm-alerts.yml").read_text())["groups"][0]["rules"]:
+        assert f"| `{rule['alert']}` |" in doc, f"docs/metrics.md: no row for {rule['alert']}"
 
 
 def promtool():
@@ -100,7 +168,7 @@ def promtool():
 def test_promtool_checks_the_rules_and_the_config():
     tool = promtool()
     result = subprocess.run([tool, "check", "rules", "farm-alerts.yml"], cwd=RULES, capture_output=True, text=True)
-    assert result.returncode == 0 and "SUCCESS: 6 rules found" in result.stdout, result.stdout + result.stderr
+    assert result.returncode == 0 and "SUCCESS: 8 rules found" in result.stdout, result.stdout + result.stderr
     result = subprocess.run([tool, "check", "config", "prometheus.yml"], cwd=RULES.parent, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
