@@ -38,6 +38,8 @@ GIB = 1024**3
 RENDER_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600)
 MEMORY_BUCKETS = tuple(gib * GIB for gib in (1, 2, 4, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64, 80))
 UPLOAD_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+DELIVERABLE_OUTCOMES = ("made", "skipped", "failed", "superseded")
+POST_FAILURE_REASONS = ("not_rendered", "source_damaged", "ffmpeg_error", "too_large", "storage_error", "post_error")
 POST_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 60, 120, 300, 600)
 MODEL_LOAD_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200)
 WORKER_STATES = ("idle", "busy", "lost", "starting", "draining")
@@ -197,6 +199,15 @@ class FarmMetrics:
         upload = (outcome.timings or {}).get("upload")
         if upload is not None:
             self.upload_seconds.observe(upload)
+
+    def prepare_deliverables(self, names) -> None:
+        """The deliverable counters of a job's deliverables at 0 (its admission), so the first
+        outcome is an increase from 0 like every other counter's."""
+        for name in names:
+            for outcome in DELIVERABLE_OUTCOMES:
+                self.deliverables.labels(name, outcome)
+            for reason in POST_FAILURE_REASONS:
+                self.post_failures.labels(name, reason)
 
     def post_state(self, queued: int, running: int) -> None:
         self.post_queue.set(queued)

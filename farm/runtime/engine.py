@@ -338,6 +338,7 @@ class Engine:
             if self.metrics is not None:  # its model's outcome counters at 0, before any outcome
                 spec = job.state.spec
                 self.metrics.prepare(self.table.names(), sorted({spec.model, *(i.model for i in spec.items if i.model)}))
+                self.metrics.prepare_deliverables(sorted({d.name for i in spec.items for d in i.deliverables}))
             self._carry_out(self.state.handle(
                 dispatch.JobAdmitted(job.id, job.state, plan, job.priority, dict(replace_etags or {}))
             ))

@@ -96,6 +96,7 @@ def test_each_deliverable_matches_its_spec_and_a_rerun_adding_one_makes_only_tha
     assert plan.items == [] and job2.state.counts()["skipped"] == 2
     assert (job2.state.post.made, job2.state.post.skipped, job2.state.post.failed) == (2, 0, 0)
     made = {labels: value for labels, value in _samples(metrics, "farm_deliverables_total")}
+    assert made[("poster", "failed")] == 0  # at 0 from the admission on, as every counter
     assert made[("poster", "made")] == 2 and made[("vertical", "made")] == 2  # vertical: the first run's only
     sidecar = check_files(store, "deliver", "i1", [*DELIVERABLES, "poster"], tmp_path)
     assert (sidecar["created_at"], sidecar["commit"]["token"]) == rendered  # the render stayed as it was
