@@ -72,6 +72,18 @@ def local_gpu_resources(table, workers) -> dict:
     return {"num_gpus": len(cards), "resources": resources}
 
 
+def embedded_cpus(settings, gpus: int, cpu_workers: int | None = None) -> int:
+    """Logical CPUs of an embedded one-machine cluster: the machine's cores, but never fewer than
+    its render workers (one CPU each) plus the CPU stage's tasks (FARM_POST_CONCURRENCY times
+    FARM_POST_NUM_CPUS), so deliverables can always be scheduled beside the renders (on a 1-core
+    laptop they share the core rather than wait for the render workers to stop)."""
+    import math
+
+    workers = gpus or cpu_workers or settings.engine.cpu_workers
+    post = math.ceil(settings.post.concurrency * settings.post.num_cpus)
+    return max(os.cpu_count() or 1, workers + post)
+
+
 def _nvidia_smi_memory_mib() -> list[int]:
     import shutil
     import subprocess

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from farm.core.job import JobState
 from farm.core.manifest import JobSpec
 from farm.core.tiers import TierTable, load_tier_table
-from farm.runtime.cluster import RayCluster, local_gpu_resources
+from farm.runtime.cluster import RayCluster, embedded_cpus, local_gpu_resources
 from farm.runtime.engine import ActiveJob, Engine, NullReporter, start_workers
 from farm.runtime.fleet import RayFleet
 from farm.runtime.jobs import JobRecorder, ProgressReporter, clear_staging, prepare_job, write_job_files
@@ -63,6 +63,8 @@ def run_job(spec: JobSpec, options: RunOptions | None = None) -> JobState:
     record_interval_s = settings.engine.record_interval_s if options.record_interval_s is None else options.record_interval_s
     recorder = JobRecorder(state, store, record_interval_s)
     local = local_gpu_resources(table, settings.workers) if not (options.address or os.environ.get("RAY_ADDRESS")) else {}
+    if not (options.address or os.environ.get("RAY_ADDRESS")):
+        local["num_cpus"] = embedded_cpus(settings, int(local.get("num_gpus", 0)), options.workers)
     try:
         with RayCluster(options.address, connect_timeout_s=settings.ray_connect_timeout_s, **local) as cluster:
             if options.stop is not None:

@@ -40,7 +40,7 @@ def serve_until_stopped(settings: FarmSettings, options: ServeOptions) -> None:
     from ray import serve
 
     from farm.core.tiers import load_tier_table
-    from farm.runtime.cluster import RayCluster, local_gpu_resources
+    from farm.runtime.cluster import RayCluster, embedded_cpus, local_gpu_resources
     from farm.runtime.coordinator import coordinator_handle
     from farm.runtime.stopping import StopRequest
     from farm.serve.app import build_app
@@ -49,6 +49,8 @@ def serve_until_stopped(settings: FarmSettings, options: ServeOptions) -> None:
     stop = StopRequest("running renders", grace_s)
     stop.install()
     local = local_gpu_resources(load_tier_table(settings.tiers_file), settings.workers) if embedded else {}
+    if embedded:
+        local["num_cpus"] = embedded_cpus(settings, int(local.get("num_gpus", 0)))
     with RayCluster(options.address, connect_timeout_s=settings.ray_connect_timeout_s, **local):
         stop.install()  # again: ray.init replaced the SIGTERM handler
         print(f"starting the job coordinator and render workers (model {settings.model_ref!r})...", flush=True)

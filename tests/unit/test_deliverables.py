@@ -154,3 +154,17 @@ def test_resolving_names_the_field_of_a_rule_between_fields():
     with pytest.raises(DeliverableError) as caught:
         parse_entries([{"name": "x", "container": "webm", "codec": "h264"}])
     assert caught.value.field == "deliverables.0.codec" and "cannot go in a webm file" in str(caught.value)
+
+
+def test_an_embedded_cluster_always_has_cpus_for_the_cpu_stage_beside_the_render_workers(monkeypatch):
+    import os
+
+    from farm.runtime.cluster import embedded_cpus
+    from farm.settings import load_settings
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)  # a 1-core laptop: the worker holds its one CPU
+    assert embedded_cpus(load_settings({}), gpus=0) == 2
+    assert embedded_cpus(load_settings({"FARM_POST_CONCURRENCY": "3"}), gpus=4) == 7
+    assert embedded_cpus(load_settings({"FARM_POST_NUM_CPUS": "0"}), gpus=0, cpu_workers=2) == 2
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert embedded_cpus(load_settings({}), gpus=1) == 16
