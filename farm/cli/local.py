@@ -444,25 +444,34 @@ def cmd_run(args: argparse.Namespace) -> int:
     return _execute(spec, args, Path(args.manifest))
 
 
-def cmd_resume(args: argparse.Namespace) -> int:
+def load_job(location: str):
+    """(store, output, name, spec) of the job at OUTPUT_URI/JOB_NAME, or the exit code after
+    saying on stderr why it cannot be read."""
     from farm.core.manifest import JobSpec
     from farm.storage import open_store
     from farm.storage.base import job_spec_key
 
-    location = args.job.rstrip("/")
-    output, _, name = location.rpartition("/")
+    output, _, name = location.rstrip("/").rpartition("/")
     if not output or not name:
-        print(f"error: {args.job!r}: write OUTPUT_URI/JOB_NAME, e.g. s3://bucket/renders/spring", file=sys.stderr)
+        print(f"error: {location!r}: write OUTPUT_URI/JOB_NAME, e.g. s3://bucket/renders/spring", file=sys.stderr)
         return EXIT_INVALID
     try:
-        data = open_store(output).get_bytes(job_spec_key(name))
+        store = open_store(output)
+        data = store.get_bytes(job_spec_key(name))
     except FarmError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_CANNOT_RUN
     if data is None:
         print(f"error: no job {name!r} under {output} (no {job_spec_key(name)}); check the URI", file=sys.stderr)
         return EXIT_INVALID
-    spec = JobSpec.from_dict(json.loads(data), output=output)
+    return store, output, name, JobSpec.from_dict(json.loads(data), output=output)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    found = load_job(args.job)
+    if isinstance(found, int):
+        return found
+    _, output, _, spec = found
     print(f"resuming job {spec.name!r} ({len(spec.items)} items) from {output}")
     return _execute(spec, args)
 

@@ -16,9 +16,9 @@ import sys
 from collections import Counter
 from dataclasses import replace
 
-from farm.cli.output import EXIT_CANNOT_RUN, EXIT_FAILED_ITEMS, EXIT_INVALID, EXIT_OK
+from farm.cli.output import EXIT_FAILED_ITEMS, EXIT_INVALID, EXIT_OK
 from farm.core.deliverables import Deliverable, DeliverableError, parse_entries
-from farm.core.errors import CommitConflict, FarmError
+from farm.core.errors import CommitConflict
 
 
 def parse_deliverable_flags(values: list[str] | None) -> tuple[Deliverable, ...] | None:
@@ -48,19 +48,13 @@ def _merge(existing: tuple[Deliverable, ...], added: tuple[Deliverable, ...]) ->
 
 
 def cmd_post(args: argparse.Namespace) -> int:
+    from farm.cli.local import load_job
     from farm.core.deliverables import missing_encoders
-    from farm.core.manifest import JobSpec
     from farm.media.deliverables import encoders_if_known
     from farm.post.item import PostTask
     from farm.post.stage import ThreadPostRunner
-    from farm.storage import open_store
     from farm.storage.base import job_record_key, job_spec_key
 
-    location = args.job.rstrip("/")
-    output, _, name = location.rpartition("/")
-    if not output or not name:
-        print(f"error: {args.job!r}: write OUTPUT_URI/JOB_NAME, e.g. s3://bucket/renders/spring", file=sys.stderr)
-        return EXIT_INVALID
     try:
         added = parse_deliverable_flags(args.deliverable)
     except DeliverableError as exc:
@@ -72,16 +66,10 @@ def cmd_post(args: argparse.Namespace) -> int:
         for problem in problems:
             print(f"error: --deliverable {problem.value}: {problem}", file=sys.stderr)
         return EXIT_INVALID
-    try:
-        store = open_store(output)
-        data = store.get_bytes(job_spec_key(name))
-    except FarmError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_CANNOT_RUN
-    if data is None:
-        print(f"error: no job {name!r} under {output} (no {job_spec_key(name)}); check the URI", file=sys.stderr)
-        return EXIT_INVALID
-    spec = JobSpec.from_dict(json.loads(data), output=output)
+    found = load_job(args.job)
+    if isinstance(found, int):
+        return found
+    store, output, name, spec = found
     record = json.loads(store.get_bytes(job_record_key(name)) or b"{}")
     picks = record.get("picks") or {}
     items = [replace(item, deliverables=_merge(item.deliverables, added)) for item in spec.items]

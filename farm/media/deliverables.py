@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import os
-import re
 import subprocess
 from dataclasses import asdict, dataclass
 
@@ -27,6 +26,7 @@ from farm.core.deliverables import (
     ffmpeg_args,
     parse_encoders,
 )
+from farm.media.video import probe_mp4
 
 FFMPEG_TIMEOUT_S = 600  # one deliverable of one clip: minutes at most, even interpolated at 4K
 
@@ -126,30 +126,9 @@ def probe_image(path: str) -> Probed:
 
 
 def probe_video(path: str) -> Probed:
-    """Decode every frame (`-f null`): the count is what a player shows, not a header's claim."""
-    import imageio_ffmpeg
-
-    result = subprocess.run(
-        [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", path, "-map", "0:v:0", "-f", "null", "-"],
-        capture_output=True, text=True, check=False, timeout=FFMPEG_TIMEOUT_S,
-    )
-    log = result.stderr
-    if result.returncode != 0:
-        raise DeliverableError(f"ffmpeg cannot decode {os.path.basename(path)}: {(log.strip().splitlines() or ['?'])[-1]}")
-    stream = re.search(r"Stream #0:\d+[^:]*: Video: (\w+)[^,]*, ([a-z0-9_]+)", log)
-    dims = re.search(r"Stream #0:\d+[^\n]*?, (\d{2,5})x(\d{2,5})", log)
-    fps = re.search(r"([\d.]+) fps", log)
-    frames = re.findall(r"frame=\s*(\d+)", log)
-    duration = re.search(r"Duration: (\d+):(\d+):([\d.]+)", log)
-    if not (stream and dims and frames and duration):
-        raise DeliverableError(f"cannot read the stream description of {os.path.basename(path)}")
-    hours, minutes, seconds = duration.groups()
-    return Probed(
-        codec=stream.group(1),
-        pix_fmt=stream.group(2),
-        width=int(dims.group(1)),
-        height=int(dims.group(2)),
-        fps=float(fps.group(1)) if fps else None,
-        frames=int(frames[-1]),
-        duration_s=int(hours) * 3600 + int(minutes) * 60 + float(seconds),
-    )
+    """Every frame decoded (`farm.media.video.probe_mp4`): the count is what a player shows."""
+    try:
+        info = probe_mp4(path, timeout_s=FFMPEG_TIMEOUT_S)
+    except (ValueError, subprocess.TimeoutExpired) as exc:
+        raise DeliverableError(f"the file made cannot be decoded: {str(exc)[:300]}") from None
+    return Probed(info.codec, info.width, info.height, info.fps, info.frames, info.duration_s, info.pix_fmt)

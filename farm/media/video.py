@@ -65,8 +65,9 @@ def to_uint8(frames: np.ndarray) -> np.ndarray:
     return np.clip(frames * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
-def probe_mp4(path: str) -> VideoInfo:
-    """Decode-side facts about an MP4: codec, size, fps, pixel format and the exact frame count."""
+def probe_mp4(path: str, timeout_s: float | None = None) -> VideoInfo:
+    """Decode-side facts about a video file (MP4, WebM, MKV): codec, size, fps, pixel format and
+    the exact frame count. Raises ValueError when ffmpeg cannot decode it."""
     import imageio_ffmpeg
 
     exe = imageio_ffmpeg.get_ffmpeg_exe()
@@ -76,22 +77,26 @@ def probe_mp4(path: str) -> VideoInfo:
         capture_output=True,
         text=True,
         check=False,
+        timeout=timeout_s,
     )
     log = result.stderr
     if result.returncode != 0:
         raise ValueError(f"ffmpeg cannot decode {path}: {log.strip().splitlines()[-1] if log else 'no output'}")
-    stream = re.search(r"Stream #0:\d+[^:]*: Video: (\w+)[^,]*, (\w+)[^,]*(?:\([^)]*\))?, (\d+)x(\d+)", log)
+    # "Video: vp9 (Profile 0), yuv420p(tv, progressive), 320x180": the pixel format's own
+    # parenthesis may hold commas, so the size is found on its own.
+    stream = re.search(r"Stream #0:\d+[^:]*: Video: (\w+)[^,]*, ([a-z0-9_]+)", log)
+    dims = re.search(r"Stream #0:\d+[^\n]*?, (\d{2,5})x(\d{2,5})", log)
     fps = re.search(r"([\d.]+) fps", log)
     frames = re.findall(r"frame=\s*(\d+)", log)
     duration = re.search(r"Duration: (\d+):(\d+):([\d.]+)", log)
-    if not (stream and fps and frames and duration):
+    if not (stream and dims and fps and frames and duration):
         raise ValueError(f"cannot read the stream description of {path}")
     hours, minutes, seconds = duration.groups()
     return VideoInfo(
         codec=stream.group(1),
         pix_fmt=stream.group(2),
-        width=int(stream.group(3)),
-        height=int(stream.group(4)),
+        width=int(dims.group(1)),
+        height=int(dims.group(2)),
         fps=float(fps.group(1)),
         frames=int(frames[-1]),
         duration_s=int(hours) * 3600 + int(minutes) * 60 + float(seconds),

@@ -38,6 +38,7 @@ from farm.core.errors import (
 )
 from farm.core.job import FINAL_JOB_STATES, ITEM_STATES
 from farm.core.ids import RESERVED_ITEM_IDS, is_safe_id
+from farm.core.job import PostProgress
 from farm.core.manifest import parse_manifest
 from farm.media.deliverables import encoders_if_known
 from farm.core.params import ASPECTS, PRESETS
@@ -56,19 +57,6 @@ YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yam
 class Accepted(BaseModel):
     id: str
     status_url: str
-
-
-class PostStatus(BaseModel):
-    """The CPU stage's share of a job (deliverables): see farm.core.job.PostProgress."""
-
-    queued: int = 0
-    running: int = 0
-    made: int = 0
-    skipped: int = 0
-    failed: int = 0
-    superseded: int = 0
-    seconds: float = 0.0
-    failures: list[dict[str, Any]] = Field(default_factory=list)
 
 
 class JobStatus(BaseModel):
@@ -90,7 +78,7 @@ class JobStatus(BaseModel):
     output_prefix: str | None = None
     held_by: str | None = None  # another coordinator runs the job (its lease holder), not the one asked
     lease_expires_at: float | None = None
-    post: PostStatus | None = None  # deliverables, when the job has any
+    post: PostProgress | None = None  # deliverables, when the job has any
 
 
 class JobPage(BaseModel):
