@@ -432,9 +432,11 @@ def ffmpeg_args(d: Deliverable, source: SourceClip, input_path: str, output_path
     `threads`: ffmpeg's thread count (the operator's setting; None: ffmpeg's own choice)."""
     chain = filters(d, source, scale=scale, fps_scale=fps_scale)
     args = ["-hide_banner", "-nostdin", "-loglevel", "error", "-y"]
-    if threads is not None:
-        args += ["-threads", str(int(threads)), "-filter_threads", str(int(threads))]
+    if threads is not None:  # filters (global options), then the encoder (an output option, after -i)
+        args += ["-filter_threads", str(int(threads)), "-filter_complex_threads", str(int(threads))]
     args += ["-i", input_path, "-an"]
+    if threads is not None:
+        args += ["-threads", str(int(threads))]
     if d.kind != "image":
         rate = output_fps(d, source) if fps_scale == 1.0 else max(1, int(output_fps(d, source) * fps_scale))
         args += ["-frames:v", str(max(1, round(source.duration_s * rate)))]

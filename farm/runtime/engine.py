@@ -366,6 +366,8 @@ class Engine:
         with self.lock:
             if job_id not in self.jobs:
                 return False
+            dropped = self.post.drop(job_id)  # the new holder makes what is left (its resume scan)
+            self.jobs[job_id].state.post.queued -= len(dropped)
             self._carry_out(self.state.handle(dispatch.JobReleased(job_id)))
             return True
 
