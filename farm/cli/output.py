@@ -19,6 +19,8 @@ def _print_status(status: dict) -> None:
     line = f"{status['id']}  {status['name']}  {status['state']}"
     if counts:
         line += f"  {done}/{counts.get('total', 0)} done, {counts.get('failed', 0)} failed"
+    if status.get("picks") is not None:  # a job with takes
+        line += f", {len(status['picks'])} picked"
     print(line + f"  -> {status.get('output_prefix') or status.get('output')}")
 
 

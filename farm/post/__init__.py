@@ -1,0 +1,1 @@
+"""The CPU stage: what is made from committed renders, off the GPUs."""
