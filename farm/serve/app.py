@@ -18,11 +18,11 @@ import json
 import logging
 import uuid
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, RedirectResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from farm import __version__
 from farm.core.errors import (
@@ -92,13 +92,13 @@ class ItemPage(BaseModel):
 
 
 class Take(BaseModel):
+    model_config = ConfigDict(extra="allow")  # `reason` and `message`, where the take failed
+
     id: str
     take: int
     seed: int
     state: str
     picked: bool
-    reason: str | None = None
-    message: str | None = None
 
 
 class Takes(BaseModel):
@@ -110,9 +110,16 @@ class Takes(BaseModel):
 class PickRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    # Loose bounds: the coordinator says what the job's takes are (1 to N, or their ids).
-    take: Annotated[StrictInt, Field(ge=-(10**9), le=10**9)] | Annotated[StrictStr, Field(min_length=1, max_length=256)] = Field(
-        description="the take's number (1 for ITEM.take-1) or its id")
+    take: int | str = Field(description="the take's number (1 for ITEM.take-1) or its id")
+
+    @field_validator("take", mode="plain", json_schema_input_type=int | str)
+    @classmethod
+    def _number_or_id(cls, value):
+        # One message for any other value (a union's would name each of its members); loose
+        # bounds: the coordinator says what the job's takes are (1 to N, or their ids).
+        if (type(value) is int and abs(value) <= 10**9) or (type(value) is str and 0 < len(value) <= 256):
+            return value
+        raise ValueError("give the take's number (1 for ITEM.take-1) or its id (at most 256 characters)")
 
 
 class Problem(BaseModel):

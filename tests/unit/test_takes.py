@@ -308,6 +308,8 @@ class FakeCoordinator:
         self.calls.append((method, *args))
         if args and args[0] != "j-000000000001":
             return None
+        if method == "status":
+            return {"id": args[0], "name": "shoot", "state": "running", "output": "/o", "picks": {"cat": "cat.take-2"}}
         if method in ("takes", "pick"):
             spec = job()
             if method == "pick":
@@ -349,7 +351,8 @@ def test_the_takes_and_pick_routes(api):
     ("/v1/jobs/j-000000000002/items/cat/pick", {"take": 1}, 404, "no job"),
     ("/v1/jobs/j-000000000001/items/cat/pick", {}, 422, "take"),
     ("/v1/jobs/j-000000000001/items/cat/pick", {"take": 1, "extra": 2}, 422, "extra"),
-    ("/v1/jobs/j-000000000001/items/cat/pick", {"take": [1]}, 422, "take"),
+    ("/v1/jobs/j-000000000001/items/cat/pick", {"take": [1]}, 422, "the take's number"),
+    ("/v1/jobs/j-000000000001/items/cat/pick", {"take": "x" * 300}, 422, "at most 256 characters"),
     ("/v1/jobs/j-000000000001/items/job/pick", {"take": 1}, 404, "no item"),
     ("/v1/jobs/j-000000000001/items/contact/takes", None, 404, "no item"),
 ])
@@ -359,6 +362,10 @@ def test_bad_picks_are_4xx_that_say_why(api, path, body, status, words):
     assert words in response.text
     if status == 422 and "from 1 to 3" in words:
         assert response.json()["errors"] == [{"field": "take", "value": 7, "message": response.json()["detail"]}]
+
+
+def test_the_job_status_has_the_picks(api):
+    assert api.get("/v1/jobs/j-000000000001").json()["picks"] == {"cat": "cat.take-2"}
 
 
 def test_the_routes_need_the_token(api):
