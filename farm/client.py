@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import requests
 
@@ -94,6 +95,14 @@ class FarmClient:
 
     def cancel(self, job_id: str) -> dict:
         return self._request("DELETE", f"/v1/jobs/{job_id}").json()
+
+    def takes(self, job_id: str, item_id: str) -> dict:
+        """An image's takes (`item_id`: their shared id or one take's id) and the one picked."""
+        return self._request("GET", f"/v1/jobs/{job_id}/items/{quote(item_id, safe='')}/takes").json()
+
+    def pick(self, job_id: str, item_id: str, take: int | str) -> dict:
+        """Choose take `take` (K from 1, or the take's id) of an image; the takes listing after."""
+        return self._request("POST", f"/v1/jobs/{job_id}/items/{quote(item_id, safe='')}/pick", json={"take": take}).json()
 
     def events(self, job_id: str) -> Iterator[tuple[str, dict]]:
         """(event, status) pairs from the server-sent event stream, until the job ends."""

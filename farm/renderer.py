@@ -1,6 +1,7 @@
 """Render one item end to end, on whatever process holds the model (a Ray actor, or a test).
 
-read image (local, s3://, https://) -> prepare to frame size -> generate frames -> encode MP4 and
+read image (local, s3://, https://; a worker keeps its last two, so that the takes of one image
+read and prepare it once: `InputCache`) -> prepare to frame size -> generate frames -> encode MP4 and
 thumbnail (`produce`), then commit: upload video and thumbnail, then the sidecar, conditionally,
 as the commit marker (`commit`, see farm.storage.commit). A worker commits in the background
 (`BackgroundCommits`) so its next render starts at once; the queue is bounded.
@@ -37,6 +38,7 @@ import threading
 import time
 import traceback
 import uuid
+from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -64,7 +66,7 @@ from farm.models.memory import CardInfo, SimulatedCard, allocated_bytes, is_out_
 from farm.storage import open_store
 from farm.storage.base import item_keys
 from farm.storage.commit import commit_item
-from farm.storage.inputs import read_input
+from farm.storage.inputs import InputImage, local_fingerprint, read_input
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +81,48 @@ class Produced:
     sidecar: dict[str, Any]
     outcome: ItemOutcome
     started: float = field(default_factory=time.perf_counter)
+
+
+class InputCache:
+    """The last `size` input images this worker read, each with its prepared sizes: the takes of
+    one image reach a worker one after another and share one read and one preprocess. Keyed by
+    job and location (another job's same path may be another file by then); a local file is
+    used again only while its size and mtime are unchanged (one stat)."""
+
+    def __init__(self, size: int = 2):
+        self.size = size
+        self.reads = 0
+        self._entries: OrderedDict[tuple, tuple[InputImage, dict]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, task: RenderTask, read) -> tuple[InputImage, dict]:
+        """(the image, its prepared sizes: size -> PreparedImage, filled by the caller); `read()`
+        only when it is not here. A failed read is not kept."""
+        key = (task.job_id, task.job_name, task.image, task.image_root)
+        with self._lock:
+            entry = self._entries.get(key)
+        if entry is not None and self._unchanged(task.image, entry[0]):
+            with self._lock:
+                if key in self._entries:
+                    self._entries.move_to_end(key)
+            return entry
+        entry = (read(), {})
+        with self._lock:
+            self.reads += 1
+            self._entries[key] = entry
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+        return entry
+
+    @staticmethod
+    def _unchanged(location: str, source: InputImage) -> bool:
+        if "://" in location:  # s3:// and https:// inputs: taken as unchanged within a job
+            return True
+        try:
+            return local_fingerprint(location) == source.fingerprint
+        except OSError:
+            return False
 
 
 class ItemRenderer:
@@ -106,6 +150,7 @@ class ItemRenderer:
         self.simulated = SimulatedCard(self.card, self.profile) if self.card.simulated else None
         self.image_limits = image_limits
         self._stores: dict[str, Any] = {}
+        self.inputs = InputCache()  # consecutive takes of one image read it once
         # () -> NodeDrain | None: whether this worker's node is being drained (None: never asked).
         self.drain_probe = drain_probe
         self.drain_check_s = drain_check_s
@@ -239,9 +284,9 @@ class ItemRenderer:
                 return settings
 
         t0 = time.perf_counter()
-        source = read_input(task.image, self.image_limits, root=task.image_root)
+        # `prepared` (size -> PreparedImage) is shared with the image's other takes on this worker.
+        source, prepared = self.inputs.get(task, lambda: read_input(task.image, self.image_limits, root=task.image_root))
         data = source.data
-        prepared: dict[tuple[int, int], PreparedImage] = {}
         timings["read"] = time.perf_counter() - t0
         timings["preprocess"] = 0.0
 

@@ -12,7 +12,8 @@ The modules:
     parser    the argparse parser: every command and flag
     local     the commands that work here: run, resume, render, demo, validate, plan, tiers,
               calibrate, serve
-    remote    the commands that talk to a farm service over HTTP: submit, status, jobs, cancel
+    remote    the commands that talk to a farm service over HTTP: submit, status, jobs, cancel,
+              pick (which also works on a job's output, through local)
     output    the exit codes and the lines printed for manifest errors and job statuses
 
 `main` (the `farm` entry point) reads the settings once and maps errors to exit codes. On a

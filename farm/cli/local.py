@@ -1,6 +1,7 @@
 """The commands that work on this machine: `run`, `resume`, `render` and `demo` render here (an
 embedded Ray cluster, or one joined with --address); `validate`, `plan`, `tiers` and `calibrate`
-render nothing and import no heavy libraries; `serve` runs the farm's HTTP API here.
+render nothing and import no heavy libraries; `serve` runs the farm's HTTP API here; `pick` of a
+job's output (`pick_in_output`) changes its job.json and contact sheet.
 
 Also how the command line's flags become the manifest's overrides (`_job_overrides`), and the
 settings the manifest is read with (`_manifest_settings`).
@@ -474,6 +475,46 @@ def cmd_resume(args: argparse.Namespace) -> int:
     _, output, _, spec = found
     print(f"resuming job {spec.name!r} ({len(spec.items)} items) from {output}")
     return _execute(spec, args)
+
+
+def pick_in_output(location: str, item: str, take: str) -> int:
+    """`farm pick OUTPUT/JOB ITEM TAKE` without a service: the pick goes into the job's job.json
+    (compare-and-swap, so a concurrent pick is not lost), then its contact sheet is rewritten."""
+    from farm.cli.remote import _print_takes
+    from farm.core.manifest import JobSpec
+    from farm.core.takes import resolve_pick, takes_listing, takes_of
+    from farm.post.contact import write_contact_sheet_logged
+    from farm.storage import open_store
+    from farm.storage.base import job_record_key, job_spec_key
+    from farm.storage.picks import read_record, record_picks
+
+    location = location.rstrip("/")
+    output, _, name = location.rpartition("/")
+    if not output or not name:
+        print(f"error: {location!r}: write a job id (j-...) or OUTPUT_URI/JOB_NAME, e.g. ./farm-output/spring",
+              file=sys.stderr)
+        return EXIT_INVALID
+    store = open_store(output)
+    data, record = store.get_bytes(job_spec_key(name)), read_record(store, name)
+    if data is None or record is None:
+        missing = job_spec_key(name) if data is None else job_record_key(name)
+        print(f"error: no job {name!r} under {output} (no {missing}); check the location, or run the job first",
+              file=sys.stderr)
+        return EXIT_INVALID
+    spec = JobSpec.from_dict(json.loads(data), output=output)
+    items = record.get("items") if isinstance(record.get("items"), dict) else {}
+    states = {item_id: entry.get("state") for item_id, entry in items.items() if isinstance(entry, dict)}
+    shared, take_id = resolve_pick(spec, item, take, states)  # TakeError: exit 2, with what to do
+    if record.get("state") in ("queued", "running"):
+        print(f"warning: job.json says job {name!r} is {record['state']}: a run of it still going rewrites job.json "
+              "without this pick; pick again once it has ended", file=sys.stderr)
+    picks = record_picks(store, name, {shared: take_id})
+    _print_takes(takes_listing(shared, takes_of(spec, shared)[1], items, picks))
+    print(f"picked {take_id} for {shared} ({len(picks)} image(s) picked) in {store.location(job_record_key(name))}")
+    sheet = write_contact_sheet_logged(store, spec)  # from the record just written
+    if sheet:
+        print(f"contact sheet: {store.location(sheet)}")
+    return EXIT_OK
 
 
 def cmd_render(args: argparse.Namespace) -> int:

@@ -18,7 +18,7 @@ from farm.cli.local import (
     cmd_validate,
 )
 from farm.cli.post import cmd_post
-from farm.cli.remote import cmd_cancel, cmd_jobs, cmd_status, cmd_submit
+from farm.cli.remote import cmd_cancel, cmd_jobs, cmd_pick, cmd_status, cmd_submit
 from farm.core.params import ASPECTS, PRESETS
 
 
@@ -139,6 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.add_argument("--json", action="store_true")
     cancel = add_remote("cancel", "cancel a job (committed results stay)", cmd_cancel)
     cancel.add_argument("job")
+    pick = add_remote("pick", "choose one take of an image (a job's job.json `picks`; its contact.jpg marks it)", cmd_pick)
+    pick.add_argument("job", help="a farm service's job id (j-...), or a job's output: ./farm-output/spring, s3://bucket/renders/spring")
+    pick.add_argument("item", help="the image's id (its takes' shared id), or one take's id")
+    pick.add_argument("take", nargs="?", help="the take's number (1 for ITEM.take-1) or its id; default: ITEM itself")
 
     post = commands.add_parser("post", help="add deliverables to a job that rendered: OUTPUT_URI/JOB_NAME")
     post.add_argument("job", help="e.g. ./farm-output/spring or s3://bucket/renders/spring")

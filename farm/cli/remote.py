@@ -1,12 +1,16 @@
 """The commands that talk to a farm service (`farm serve`) over its HTTP API, through
 `farm.client.FarmClient`: `submit` (optionally following the job with a progress bar), `status`,
-`jobs` and `cancel`. The endpoint is --endpoint, else FARM_ENDPOINT, else http://127.0.0.1:8000.
+`jobs`, `cancel` and `pick` (which also works on a job's output folder or s3:// prefix, without a
+service: `farm.cli.local.pick_in_output`). The endpoint is --endpoint, else FARM_ENDPOINT, else
+http://127.0.0.1:8000.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 from pathlib import Path
 
 from farm.cli.output import EXIT_FAILED_ITEMS, EXIT_OK, _print_status, _progress_info
@@ -63,3 +67,26 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 def cmd_cancel(args: argparse.Namespace) -> int:
     _print_status(_client(args).cancel(args.job))
     return EXIT_OK
+
+
+JOB_ID = re.compile(r"j-[0-9a-f]{12}")
+
+
+def cmd_pick(args: argparse.Namespace) -> int:
+    """`farm pick JOB ITEM [TAKE]`: JOB a service's job id, or a job's output (OUTPUT/JOB, a
+    folder holding job.json, or s3://...). TAKE: K from 1 or the take's id; without it, ITEM
+    names the take itself (ITEM.take-K)."""
+    take = args.take if args.take is not None else args.item
+    if not JOB_ID.fullmatch(args.job) or os.path.exists(args.job):
+        from farm.cli.local import pick_in_output
+
+        return pick_in_output(args.job, args.item, take)
+    listing = _client(args).pick(args.job, args.item, int(take) if take.isdigit() else take)
+    _print_takes(listing)
+    return EXIT_OK
+
+
+def _print_takes(listing: dict) -> None:
+    for take in listing["takes"]:
+        mark = "  <- picked" if take["picked"] else ""
+        print(f"{take['id']}  take {take['take']}  seed {take['seed']}  {take['state']}{mark}")

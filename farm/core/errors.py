@@ -222,6 +222,21 @@ class JobConflictError(FarmError):
     """A job with the same name and output is still running."""
 
 
+class TakeError(FarmError):
+    """A take that cannot be listed or picked: `status` 404 (no such item) or 422 (not a take of
+    it, out of range, or one with no video); `field` and `value` say what was wrong."""
+
+    def __init__(self, message: str, status: int = 422, field: str | None = None, value: object = None):
+        super().__init__(message)
+        self.status, self.field, self.value = status, field, value
+
+    def __reduce__(self):  # pickled whole (Ray sends errors between processes)
+        return type(self), (str(self), self.status, self.field, self.value)
+
+    def to_dict(self) -> dict:
+        return {"field": self.field, "value": jsonable_excerpt(self.value), "message": str(self)}
+
+
 class QueueFullError(FarmError):
     """The farm has as many queued jobs as the operator allows."""
 

@@ -13,9 +13,10 @@ import json
 import re
 
 MAX_ID_LENGTH = 100
-# A job's own files live beside its items' (JOB/job.json, JOB/spec.json, JOB/manifest.json), so
+# A job's own files live beside its items' (JOB/job.json, JOB/spec.json, JOB/manifest.json, and
+# JOB/contact.jpg, the takes' contact sheet, which an item `contact`'s thumbnail would be), so
 # these names cannot be item ids. Derived ids always end in a hash and never collide.
-RESERVED_ITEM_IDS = ("job", "spec", "manifest")
+RESERVED_ITEM_IDS = ("job", "spec", "manifest", "contact")
 _HASH_CHARS = 8
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _SAFE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")

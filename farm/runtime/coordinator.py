@@ -21,10 +21,16 @@ is reported as such (`held_by`), and a cancel of it is passed on (`cancels/JOB_I
 its holder reads). Jobs accepted by another coordinator after this one started are found by a
 rescan of the registry every TTL.
 
+Takes and picks (farm.core.takes): a pick of a job running here is set in its JobState (the job
+recorder writes it with the next job.json) and in its registry entry at once (`picks`), so a
+restarted coordinator restores it; a pick of a finished job changes its job.json by
+compare-and-swap (farm.storage.picks) and rewrites its contact sheet (farm.post.contact), which
+is also written when a job with takes ends.
+
 Threads: Ray calls (submit, status, ...) run on the actor's thread pool; one admission thread
 checks, scans and plans submitted jobs in order; one dispatch thread drives the engine; one
 thread keeps the leases (farm.runtime.leases) and one looks at the registry for the jobs of other
-coordinators (new jobs, their state, cancel requests).
+coordinators (new jobs, their state, cancel requests); one writes contact sheets.
 """
 
 from __future__ import annotations
@@ -37,15 +43,17 @@ import queue
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
 
 from farm import __version__
-from farm.core.errors import FarmError, JobConflictError, QueueFullError, StorageError
+from farm.core.errors import FarmError, JobConflictError, QueueFullError, StorageError, TakeError
 from farm.core.job import FINAL_ITEM_STATES, FINAL_JOB_STATES, JobState, JobStatus
 from farm.core.lease import Holder, LeasePolicy
 from farm.core.manifest import JobSpec
+from farm.core.takes import resolve_pick, takes_listing, takes_of, valid_picks
 from farm.core.tiers import load_tier_table
 from farm.runtime.engine import ActiveJob, Engine
 from farm.runtime.jobs import JobRecorder, clear_staging, prepare_job, write_job_files
@@ -54,6 +62,7 @@ from farm.settings import FarmSettings, load_settings
 from farm.storage import canonical_output, open_store
 from farm.storage.base import item_keys, job_record_key, job_spec_key
 from farm.storage.lease import LeaseStore, lease_storage_config
+from farm.storage.picks import read_record, record_picks
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +176,9 @@ class Coordinator:
                                   gained=self._lease_gained, lost=self._lease_lost)
         self.released: set[str] = set()  # jobs the engine still finishes whose lease went elsewhere
         self._closing = threading.Event()
+        # Contact sheets (read every take's thumbnail): off the dispatch thread, one at a time, in
+        # the order asked, so the last written has the latest picks.
+        self._sheets = ThreadPoolExecutor(max_workers=1, thread_name_prefix="farm-contact")
         from farm.metrics import FarmMetrics
 
         self.metrics = FarmMetrics()
@@ -205,6 +217,7 @@ class Coordinator:
         for thread in self._threads:
             if thread is not threading.current_thread():
                 thread.join(timeout=30)
+        self._sheets.shutdown(wait=True)
 
     # --- submission ---------------------------------------------------------------------------
 
@@ -254,6 +267,7 @@ class Coordinator:
             "state": "queued",
             "submitted_at": time.time(),
             "farm_version": __version__,
+            **({"picks": {}} if any(item.take_of is not None for item in spec.items) else {}),
         }
         self.leases.create(entry["id"])  # before the record: no other coordinator can take it first
         try:
@@ -331,6 +345,8 @@ class Coordinator:
                 if self.engine.unprovidable and summary["state"] not in FINAL_JOB_STATES:
                     # asked of the autoscaler, never came: its work was planned on the tiers there are
                     summary["unprovidable_tiers"] = sorted(self.engine.unprovidable)
+                if state.has_takes:
+                    summary["picks"] = dict(state.picks)
             return summary
 
     def list_jobs(self, cursor: str | None = None, limit: int = 50) -> dict:
@@ -359,6 +375,89 @@ class Coordinator:
         # until the page is full.
         rows, more = job_state.page(state or None, cursor, limit)
         return {"items": rows, "next_cursor": rows[-1]["index"] if more else None}
+
+    def takes(self, job_id: str, item_id: str) -> dict | None:
+        """One image's takes (`item_id`: their shared id or one take's id), their states and which
+        is picked; None for an unknown job. TakeError for an unknown item or one without takes."""
+        with self.lock:
+            entry = self.entries.get(job_id)
+            job_state = self.states.get(job_id)
+        if entry is None:
+            return None
+        job_state = job_state or self._readable_state(entry)
+        shared, takes = takes_of(job_state.spec, item_id)
+        with self.lock:
+            return self._listing(job_state, shared, takes)
+
+    def pick(self, job_id: str, item_id: str, take: int | str) -> dict | None:
+        """Choose take `take` (K from 1, or its id) of an image; the takes listing after, None for
+        an unknown job. TakeError (unknown item, not a take, out of range, a failed take);
+        JobConflictError for a job another coordinator runs."""
+        with self.lock:
+            entry = self.entries.get(job_id)
+            if entry is None:
+                return None
+            job_state = self.states.get(job_id)
+            final = entry["state"] in FINAL_JOB_STATES
+            if not final and job_state is None and (elsewhere := self.leases.held_elsewhere(job_id)) is not None:
+                raise JobConflictError(f"job {job_id} runs on another coordinator ({elsewhere.holder}), whose job record "
+                                       "would overwrite the pick; pick again in a moment")
+            if not final and job_state is not None:
+                # Running here: the recorder's next job.json has it; the registry entry at once
+                # (what a restarted coordinator restores). `_finish_entry` makes the job final
+                # under this lock, so a pick is either in the final record or goes the way below.
+                shared, take_id = resolve_pick(job_state.spec, item_id, take, self._take_states(job_state, item_id))
+                job_state.picks[shared] = take_id
+                entry["picks"] = dict(job_state.picks)
+                self._put_entry(entry)
+                return self._listing(job_state, shared)
+        # Finished (its job.json is final), or accepted and not started yet (its entry).
+        loaded = job_state or self._readable_state(entry)
+        shared, take_id = resolve_pick(loaded.spec, item_id, take, self._take_states(loaded, item_id))
+        store = open_store(entry["output"])
+        if final:
+            picks = record_picks(store, entry["name"], {shared: take_id})
+        else:
+            picks = {**(entry.get("picks") or {}), shared: take_id}
+        with self.lock:
+            entry["picks"] = {**(entry.get("picks") or {}), **picks}
+            loaded.picks.update(picks)
+            if job_id in self.states and self.states[job_id] is not loaded:
+                self.states[job_id].picks.update(picks)
+            self._put_entry(entry)
+            listing = self._listing(loaded, shared)
+        if final:
+            self._sheet_later(self._write_sheet, store, loaded.spec)  # its states and picks from job.json
+        return listing
+
+    def _readable_state(self, entry: dict) -> JobState:
+        """A job's state from its output (spec.json and job.json); StorageError when not readable."""
+        job_state = self._load_state(entry)
+        if job_state is None:
+            raise StorageError(f"the spec and record of job {entry['id']} cannot be read from its output now; retry later")
+        return job_state
+
+    @staticmethod
+    def _take_states(job_state: JobState, item_id: str) -> dict[str, str]:
+        """The states of the takes of `item_id`'s image (none: `resolve_pick` says what is wrong)."""
+        try:
+            _, takes = takes_of(job_state.spec, item_id)
+        except TakeError:
+            return {}
+        return {item.id: job_state.items[item.id].state for item in takes}
+
+    @staticmethod
+    def _listing(job_state: JobState, shared: str, takes: list | None = None) -> dict:
+        if takes is None:
+            shared, takes = takes_of(job_state.spec, shared)
+        records = {item.id: job_state.items[item.id].to_dict() for item in takes}
+        return takes_listing(shared, takes, records, job_state.picks)
+
+    def _put_entry(self, entry: dict) -> None:
+        try:
+            self.registry.put(entry)
+        except StorageError as error:  # kept in memory (and job.json); the registry has it at the next write
+            log.warning("job record %s not updated: %s", entry["id"], error)
 
     def loop_stats(self) -> dict:
         """What the dispatch loop spends its time on (for benchmarks/coordinator_scale.py): the
@@ -513,6 +612,15 @@ class Coordinator:
             raise FarmError(f"the job's spec.json is missing from {entry['output']}")
         spec = JobSpec.from_dict(json.loads(data), output=entry["output"])
         state = JobState(spec)
+        earlier: dict[str, str] = {}
+        if state.has_takes:  # a run again (a restart, a takeover) keeps the picks made before
+            earlier = _as_dict((read_record_quietly(store, spec.name) or {}).get("picks"))
+            try:
+                current = self.registry.get(entry["id"]) or {}  # another coordinator's picks of it
+            except StorageError as error:
+                log.warning("job %s: its registry record is not read for its picks: %s", entry["id"], error)
+                current = {}
+            earlier.update(_as_dict(current.get("picks")))
         recorder = JobRecorder(state, store, self.settings.engine.record_interval_s)
         job = ActiveJob(id=entry["id"], state=state, recorder=recorder, priority=entry.get("priority", 0))
         job.on_finish = lambda finished: self._job_done(finished, store)
@@ -521,6 +629,9 @@ class Coordinator:
             if entry["state"] in FINAL_JOB_STATES or not self.leases.holds(entry["id"]):
                 recorder.close(final=False)  # cancelled, or its lease lost, while it was prepared
                 return
+            if state.has_takes:  # with this lock: a pick now finds the state, one before is in the entry
+                state.picks = valid_picks(spec, {**earlier, **_as_dict(entry.get("picks"))})
+                entry["picks"] = dict(state.picks)
             self.states[entry["id"]] = state
             entry["state"] = "running"
             entry["started_at"] = time.time()
@@ -560,6 +671,8 @@ class Coordinator:
             entry = self.entries[job.id]
             final = "cancelled" if entry.get("cancel_requested") else job.state.final_state
             self._finish_entry(entry, final, job.state)
+        if job.state.has_takes:
+            self._sheet_later(self._takes_job_done, store, job.state)
         if entry.get("notify_url"):
             threading.Thread(target=self._notify, args=(entry,), daemon=True).start()
 
@@ -570,6 +683,8 @@ class Coordinator:
             entry["counts"] = job_state.counts()
             if job_state.has_deliverables:
                 entry["post"] = job_state.post.to_dict()
+            if job_state.has_takes:
+                entry["picks"] = dict(job_state.picks)
         if message:
             entry["message"] = message
         entry.pop("cancel_requested", None)
@@ -583,6 +698,33 @@ class Coordinator:
         threading.Thread(target=self.leases.release, args=(entry["id"],), daemon=True).start()
         if entry.get("notify_url") and job_state is None:
             threading.Thread(target=self._notify, args=(entry,), daemon=True).start()
+
+    def _takes_job_done(self, store, job_state: JobState) -> None:
+        """(The contact-sheet thread) A job with takes ended here: a pick made while its final
+        record was being written goes into job.json too, then its contact sheet is written."""
+        with self.lock:
+            picks = dict(job_state.picks)
+        if picks:
+            try:
+                record_picks(store, job_state.spec.name, picks)
+            except FarmError as error:
+                log.warning("job %s: picks not written to its record: %s", job_state.spec.name, error)
+        with self.lock:
+            picks = dict(job_state.picks)
+            states = {item_id: status.state for item_id, status in job_state.items.items()}
+        self._write_sheet(store, job_state.spec, picks=picks, states=states)
+
+    def _sheet_later(self, work, *args) -> None:
+        try:
+            self._sheets.submit(work, *args)
+        except RuntimeError:  # this coordinator is closing: the next one's end of the job writes it
+            log.info("contact sheet not written: the coordinator is closing")
+
+    @staticmethod
+    def _write_sheet(store, spec: JobSpec, **kwargs) -> None:
+        from farm.post.contact import write_contact_sheet_logged
+
+        write_contact_sheet_logged(store, spec, **kwargs)
 
     # --- leases --------------------------------------------------------------------------------
 
@@ -717,7 +859,22 @@ class Coordinator:
             if item_id in state.items and item.get("state") in FINAL_ITEM_STATES:
                 state.restore(item_id, item["state"], reason=item.get("reason"), message=item.get("message"),
                               degradations=item.get("degradations"))
+        if state.has_takes:  # a finished job's job.json is where its picks are changed (compare-and-swap)
+            state.picks = valid_picks(state.spec, {**_as_dict(entry.get("picks")), **_as_dict(record.get("picks"))})
         return state
+
+
+def _as_dict(value: object) -> dict:
+    return dict(value) if isinstance(value, dict) else {}
+
+
+def read_record_quietly(store, job_name: str) -> dict | None:
+    """The job record, or None where there is none or it cannot be read (logged)."""
+    try:
+        return read_record(store, job_name)
+    except StorageError as error:
+        log.warning("job %s: its record is not read: %s", job_name, error)
+        return None
 
 
 def coordinator_handle(settings: FarmSettings | dict | None = None, *, create: bool = True) -> Any:

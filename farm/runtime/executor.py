@@ -1,7 +1,7 @@
 """Run one job from the command line (`farm run`, `farm render`, `farm resume`): check storage,
 start a Ray cluster (or join one) and its workers, skip what is committed, plan the rest, and
-drive the engine (`farm.runtime.engine`) until the job is done. What this shares with the Serve
-coordinator is in `farm.runtime.jobs`.
+drive the engine (`farm.runtime.engine`) until the job is done, then write the takes' contact
+sheet (`farm.post.contact`). What this shares with the Serve coordinator is in `farm.runtime.jobs`.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from farm.core.job import JobState
 from farm.core.manifest import JobSpec
 from farm.core.tiers import TierTable, load_tier_table
+from farm.post.contact import write_contact_sheet_logged
 from farm.runtime.cluster import RayCluster, embedded_cpus, local_gpu_resources
 from farm.runtime.engine import ActiveJob, Engine, NullReporter, start_workers
 from farm.runtime.fleet import RayFleet
@@ -21,6 +22,7 @@ from farm.runtime.stopping import StopRequest
 from farm.settings import FarmSettings, load_settings
 from farm.storage import open_store
 from farm.storage.base import job_record_key
+from farm.storage.picks import recorded_picks
 
 
 @dataclass
@@ -60,6 +62,8 @@ def run_job(spec: JobSpec, options: RunOptions | None = None) -> JobState:
     write_job_files(store, spec, options.manifest)
     state = JobState(spec)
     had_record = store.head(job_record_key(spec.name)) is not None
+    if state.has_takes and had_record:  # a run again (`farm resume`) keeps what `farm pick` chose
+        state.picks = recorded_picks(store, spec)
     record_interval_s = settings.engine.record_interval_s if options.record_interval_s is None else options.record_interval_s
     recorder = JobRecorder(state, store, record_interval_s)
     local = local_gpu_resources(table, settings.workers) if not (options.address or os.environ.get("RAY_ADDRESS")) else {}
@@ -102,5 +106,8 @@ def run_job(spec: JobSpec, options: RunOptions | None = None) -> JobState:
         # A re-run that found everything committed changes no object, job record included.
         unchanged = had_record and not state.worked and not spec.rejected
         recorder.close(final=not unchanged)
+    if state.has_takes:  # after the final record; rewritten only where it changed
+        write_contact_sheet_logged(store, spec, picks=state.picks,
+                                   states={item_id: status.state for item_id, status in state.items.items()})
     options.reporter.finished(state)
     return state

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, RedirectResponse, StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from farm import __version__
 from farm.core.errors import (
@@ -32,6 +32,8 @@ from farm.core.errors import (
     ManifestError,
     ManifestIssue,
     QueueFullError,
+    StorageError,
+    TakeError,
     clip,
     excerpt,
     jsonable_excerpt,
@@ -79,6 +81,7 @@ class JobStatus(BaseModel):
     held_by: str | None = None  # another coordinator runs the job (its lease holder), not the one asked
     lease_expires_at: float | None = None
     post: PostProgress | None = None  # deliverables, when the job has any
+    picks: dict[str, str] | None = None  # a job with takes: an image's shared id -> the take chosen
 
 
 class JobPage(BaseModel):
@@ -89,6 +92,37 @@ class JobPage(BaseModel):
 class ItemPage(BaseModel):
     items: list[dict[str, Any]]
     next_cursor: int | None = None
+
+
+class Take(BaseModel):
+    model_config = ConfigDict(extra="allow")  # `reason` and `message`, where the take failed
+
+    id: str
+    take: int
+    seed: int
+    state: str
+    picked: bool
+
+
+class Takes(BaseModel):
+    item: str  # the takes' shared id
+    takes: list[Take]
+    picked: str | None = None  # the chosen take's id
+
+
+class PickRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    take: int | str = Field(description="the take's number (1 for ITEM.take-1) or its id")
+
+    @field_validator("take", mode="plain", json_schema_input_type=int | str)
+    @classmethod
+    def _number_or_id(cls, value):
+        # One message for any other value (a union's would name each of its members); loose
+        # bounds: the coordinator says what the job's takes are (1 to N, or their ids).
+        if (type(value) is int and abs(value) <= 10**9) or (type(value) is str and 0 < len(value) <= 256):
+            return value
+        raise ValueError("give the take's number (1 for ITEM.take-1) or its id (at most 256 characters)")
 
 
 class Problem(BaseModel):
@@ -349,6 +383,39 @@ def create_app(
         if status is None:
             raise HTTPException(404, f"no job {excerpt(job_id)}")
         return _status(status)
+
+    async def take_call(method: str, job_id: str, item_id: str, *args):
+        """A takes route's call: 404 for an unknown job or item, 422 for what is not a take of it."""
+        if not is_safe_id(item_id) or item_id in RESERVED_ITEM_IDS:
+            return _problem(404, f"no item {excerpt(item_id)}",
+                            [{"field": "item", "value": jsonable_excerpt(item_id), "message": "not an item id"}])
+        try:
+            found = await client.call(method, job_id, item_id, *args)
+        except TakeError as error:
+            return _problem(error.status, str(error), [error.to_dict()])
+        except JobConflictError as error:
+            return _problem(409, str(error))
+        except StorageError as error:  # its text may name a server path: logged, not answered
+            log.warning("%s of job %s: %s", method, job_id, error)
+            return _problem(503, "the job's output cannot be read or written now; retry later",
+                            headers={"Retry-After": "10"})
+        if found is None:
+            raise HTTPException(404, f"no job {excerpt(job_id)}")
+        return found
+
+    @v1.get("/jobs/{job_id}/items/{item_id}/takes", response_model=Takes, responses=problems)
+    async def item_takes(job_id: str, item_id: str):
+        """An image's takes (`item_id`: their shared id, or one take's id), with their seeds and
+        states, and the one picked."""
+        return await take_call("takes", job_id, item_id)
+
+    @v1.post("/jobs/{job_id}/items/{item_id}/pick", response_model=Takes,
+             responses={**problems, 409: {"model": Problem}, 503: {"model": Problem}})
+    async def pick_take(job_id: str, item_id: str, body: PickRequest):
+        """Choose one take of an image (`{"take": 2}` or `{"take": "ITEM.take-2"}`); answers the
+        takes listing. Kept in job.json's `picks`; `deliverables_for: picked` makes deliverables of
+        picked takes only."""
+        return await take_call("pick", job_id, item_id, body.take)
 
     @v1.get("/jobs/{job_id}/items/{item_id}/video", responses={**problems, 307: {"description": "redirect to the video"}})
     async def item_video(job_id: str, item_id: str, expires: int | None = Query(None, ge=1, le=7 * 24 * 3600)):

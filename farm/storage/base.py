@@ -5,6 +5,7 @@ Layout under the output URI:
     JOB/ITEM.json                   the sidecar: written last, the item's commit marker
     JOB/job.json                    the job record, rewritten as the job runs
     JOB/spec.json                   the validated job (what `farm resume` runs again)
+    JOB/contact.jpg                 a job with takes: their first frames side by side (farm.post.contact)
     JOB/manifest.EXT                the manifest as submitted
     JOB/.staging/ITEM.TOKEN.*       uploads in progress (promoted to their final keys on commit)
 """

@@ -292,7 +292,8 @@ def test_a_render_module_imported_later_also_gets_the_hint(monkeypatch, capsys):
 def test_remote_and_dry_run_commands_work_without_the_render_stack(tmp_path):
     (tmp_path / "m.yaml").write_text("version: 1\nname: t\nitems:\n  - {id: a, image: s3://in/a.png, prompt: hi}\n")
     closed = "http://127.0.0.1:9"  # the discard port: nothing listens
-    for command in (["jobs"], ["status", "j-1"], ["cancel", "j-1"], ["submit", "m.yaml"]):
+    for command in (["jobs"], ["status", "j-1"], ["cancel", "j-1"], ["submit", "m.yaml"],
+                    ["pick", "j-0123456789ab", "cat", "2"]):
         result = farm_without_render_stack(*command, "--endpoint", closed, cwd=tmp_path)
         assert result.returncode == 3 and "cannot reach http://127.0.0.1:9" in result.stderr, (command, result.stderr)
         assert "farm[render]" not in result.stderr

@@ -156,7 +156,7 @@ def _validate_items(
         if item_id in RESERVED_ITEM_IDS:
             issues.append(
                 ManifestIssue(
-                    f"id {item_id!r} is reserved for the job's own files ({item_id}.json); choose another id",
+                    f"id {item_id!r} is reserved for the job's own files (JOB/{item_id}.*); choose another id",
                     field="id",
                     value=spec.id,
                 )
