@@ -53,6 +53,7 @@ from farm.core.errors import FarmError, JobConflictError, QueueFullError, Storag
 from farm.core.job import FINAL_ITEM_STATES, FINAL_JOB_STATES, JobState, JobStatus
 from farm.core.lease import Holder, LeasePolicy
 from farm.core.manifest import JobSpec
+from farm.core.states import SKIPPED, SUCCEEDED
 from farm.core.takes import resolve_pick, takes_listing, takes_of, valid_picks
 from farm.core.tiers import load_tier_table
 from farm.runtime.engine import ActiveJob, Engine
@@ -392,7 +393,8 @@ class Coordinator:
     def pick(self, job_id: str, item_id: str, take: int | str) -> dict | None:
         """Choose take `take` (K from 1, or its id) of an image; the takes listing after, None for
         an unknown job. TakeError (unknown item, not a take, out of range, a failed take);
-        JobConflictError for a job another coordinator runs."""
+        JobConflictError for a job another coordinator runs. With `deliverables_for: picked`
+        the chosen take's deliverables are made (at once if it committed, else when it does)."""
         with self.lock:
             entry = self.entries.get(job_id)
             if entry is None:
@@ -402,7 +404,8 @@ class Coordinator:
             if not final and job_state is None and (elsewhere := self.leases.held_elsewhere(job_id)) is not None:
                 raise JobConflictError(f"job {job_id} runs on another coordinator ({elsewhere.holder}), whose job record "
                                        "would overwrite the pick; pick again in a moment")
-            if not final and job_state is not None:
+            running = not final and job_state is not None
+            if running:
                 # Running here: the recorder's next job.json has it; the registry entry at once
                 # (what a restarted coordinator restores). `_finish_entry` makes the job final
                 # under this lock, so a pick is either in the final record or goes the way below.
@@ -410,7 +413,14 @@ class Coordinator:
                 job_state.picks[shared] = take_id
                 entry["picks"] = dict(job_state.picks)
                 self._put_entry(entry)
-                return self._listing(job_state, shared)
+                listing = self._listing(job_state, shared)
+                committed = job_state.items[take_id].state in (SUCCEEDED, SKIPPED)
+        if running:
+            # A take that commits later gets its deliverables then (the engine reads the pick).
+            # Called outside our lock: the engine calls back into this object under its own.
+            if committed and job_state.spec.deliverables_for == "picked":
+                self.engine.enqueue_post(job_id, take_id)
+            return listing
         # Finished (its job.json is final), or accepted and not started yet (its entry).
         loaded = job_state or self._readable_state(entry)
         shared, take_id = resolve_pick(loaded.spec, item_id, take, self._take_states(loaded, item_id))
@@ -428,6 +438,8 @@ class Coordinator:
             listing = self._listing(loaded, shared)
         if final:
             self._sheet_later(self._write_sheet, store, loaded.spec)  # its states and picks from job.json
+            if loaded.spec.deliverables_for == "picked":  # the chosen take's deliverables, made now
+                self.engine.post_after_job(loaded.spec, take_id)
         return listing
 
     def _readable_state(self, entry: dict) -> JobState:

@@ -832,6 +832,15 @@ class Engine:
             self._enqueue_post(job, item)
             return True
 
+    def post_after_job(self, spec, item_id: str) -> None:
+        """Make one item's deliverables for a job that has ended (a take picked afterwards):
+        counted in the metrics and recorded in the item's sidecar, not in a job state."""
+        with self.lock:
+            item = next((i for i in spec.items if i.id == item_id), None)
+            if item is not None and item.deliverables:
+                self.post.enqueue(PostTask(None, spec.name, spec.output, item.id, item.deliverables,
+                                           self.settings.post.ffmpeg_threads))
+
     def _start_post(self) -> None:
         for call, task in self.post.start_ready():
             self.calls[call] = ("", "post")
