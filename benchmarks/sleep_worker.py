@@ -18,6 +18,12 @@ The tiny MP4 (and its JPEG thumbnail) is encoded ONCE per actor with `farm.media
 and the same file is committed for every item: running ffmpeg for each of thousands of items on
 a 2-core machine would measure ffmpeg, not scheduling. No torch, no diffusers: 64 of these must
 fit on 2 cores.
+
+The canned clip is 64x64, 8 frames at 8 fps (a moving gradient) unless `FARM_BENCH_CLIP` in the
+actor's environment says `WIDTHxHEIGHTxFRAMES` (optionally `@FPS`), e.g. `512x512x16@8` for
+`benchmarks/deliverables_throughput.py`, whose deliverables must start from a render of a real
+size: such a clip is a textured still panning across the frame with mild grain (seeded, the
+same for every actor), so the encoders downstream have real detail and motion to code.
 """
 
 from __future__ import annotations
@@ -47,7 +53,54 @@ from farm.storage.config import StorageConfig
 
 LABEL = "BENCHMARK ONLY: benchmarks/sleep_worker.py sleeps instead of rendering"
 SPEED_ENV = "FARM_BENCH_SPEED"
-CLIP_FRAMES, CLIP_SIZE, CLIP_FPS = 8, 64, 8
+CLIP_ENV = "FARM_BENCH_CLIP"
+CLIP_FRAMES, CLIP_SIZE, CLIP_FPS = 8, 64, 8  # the default clip (scale.py's)
+
+
+def clip_shape(text: str | None) -> tuple[int, int, int, int] | None:
+    """`WIDTHxHEIGHTxFRAMES[@FPS]` -> (width, height, frames, fps); None for the default clip."""
+    import re
+
+    if not text:
+        return None
+    match = re.fullmatch(r"(\d+)x(\d+)x(\d+)(?:@(\d+))?", text.strip())
+    if not match:
+        raise ValueError(f"{CLIP_ENV}={text!r}: expected WIDTHxHEIGHTxFRAMES[@FPS], e.g. 512x512x16@8")
+    width, height, frames = (int(v) for v in match.groups()[:3])
+    fps = int(match.group(4) or CLIP_FPS)
+    if width % 2 or height % 2 or not (16 <= width <= 4096 and 16 <= height <= 4096) or not 1 <= frames <= 512:
+        raise ValueError(f"{CLIP_ENV}={text!r}: even sides of 16-4096 pixels and 1-512 frames")
+    return width, height, frames, fps
+
+
+def default_clip() -> np.ndarray:
+    """scale.py's clip: 8 frames of a moving 64x64 gradient."""
+    x = np.arange(CLIP_SIZE)
+    frames = np.empty((CLIP_FRAMES, CLIP_SIZE, CLIP_SIZE, 3), np.uint8)
+    for f in range(CLIP_FRAMES):  # a moving gradient: a valid, visibly non-empty clip
+        frames[f, :, :, 0] = (x[None, :] * 4 + f * 16) % 256
+        frames[f, :, :, 1] = (x[:, None] * 4) % 256
+        frames[f, :, :, 2] = 128
+    return frames
+
+
+def textured_clip(width: int, height: int, count: int) -> np.ndarray:
+    """A render-sized clip: a smooth random texture (a still's detail) panning 4 px per frame,
+    with mild per-frame grain. Seeded: every actor encodes the same clip."""
+    rng = np.random.default_rng(19)
+    pan = 4 * count
+    y, x = np.mgrid[0:height, 0:width + pan].astype(np.float32)
+    still = np.zeros((height, width + pan, 3), np.float32)
+    for _ in range(12):  # a few oriented waves per channel: soft shapes, edges, colour
+        fx, fy = rng.uniform(-0.05, 0.05, 2)
+        phase, amplitude = rng.uniform(0, 2 * np.pi), rng.uniform(10, 30)
+        still[..., rng.integers(3)] += amplitude * np.sin(fx * x + fy * y + phase)
+    still += rng.uniform(70, 170, 3)
+    frames = np.empty((count, height, width, 3), np.uint8)
+    for f in range(count):
+        grain = rng.normal(0, 4, (height, width, 3)).astype(np.float32)
+        frames[f] = np.clip(still[:, 4 * f:4 * f + width] + grain, 0, 255).astype(np.uint8)
+    return frames
 
 
 class _SleepAdapter:
@@ -101,13 +154,14 @@ class SleepRenderWorkerImpl:
         self.commits = BackgroundCommits(self.renderer, StorageConfig().upload_queue, on_commit=self._report_commits)
         self.folder = tempfile.mkdtemp(prefix="farm-bench-clip-", dir=scratch)  # scratch: removed by the caller
         self.files = {"video": os.path.join(self.folder, "video.mp4"), "thumbnail": os.path.join(self.folder, "thumb.jpg")}
-        x = np.arange(CLIP_SIZE)
-        frames = np.empty((CLIP_FRAMES, CLIP_SIZE, CLIP_SIZE, 3), np.uint8)
-        for f in range(CLIP_FRAMES):  # a moving gradient: a valid, visibly non-empty clip
-            frames[f, :, :, 0] = (x[None, :] * 4 + f * 16) % 256
-            frames[f, :, :, 1] = (x[:, None] * 4) % 256
-            frames[f, :, :, 2] = 128
-        encode_mp4(frames, self.files["video"], CLIP_FPS)
+        shape = clip_shape(os.environ.get(CLIP_ENV))
+        if shape is None:
+            self.clip = (CLIP_SIZE, CLIP_SIZE, CLIP_FRAMES, CLIP_FPS)
+            frames = default_clip()
+        else:
+            self.clip = shape
+            frames = textured_clip(*shape[:3])
+        encode_mp4(frames, self.files["video"], self.clip[3])
         write_thumbnail(frames[0], self.files["thumbnail"])
         self.sizes = {name: os.path.getsize(path) for name, path in self.files.items()}
         # (kind, item_id, received, sleep_start, sleep_end, returned): wall clock, for scale.py
@@ -122,7 +176,9 @@ class SleepRenderWorkerImpl:
             "ok": True,
             "error": None,
             "device": self.adapter.device,
-            "model": self.adapter.describe(),
+            # No model id: the engine's dispatch then gives this worker any model's items and never
+            # asks it to switch (it has no switch_model); its sidecars still say benchmark-sleep.
+            "model": {**self.adapter.describe(), "id": None},
             "load_seconds": 0.0,
             "card": self.card.to_dict(),
             "tier": self.card.tier,
@@ -132,6 +188,8 @@ class SleepRenderWorkerImpl:
             "benchmark_only": LABEL,
             "speed": self.speed,
             "seconds_per_frame": self.seconds_per_frame,
+            "clip": "x".join(map(str, self.clip[:3])) + f"@{self.clip[3]}",
+            "clip_bytes": self.sizes["video"],
             "torch_imported": "torch" in sys.modules or "diffusers" in sys.modules,
         }
         if measure_memory:
@@ -199,8 +257,8 @@ class SleepRenderWorkerImpl:
             device={"type": self.adapter.device, "worker": self.name, "host": platform.node()},
             tier={"planned": task.planned_tier, "ran_on": self.card.tier, "simulated": True, "speed": self.speed},
             timings_seconds={"sleep": round(seconds, 4)},
-            outputs=outputs_record(task.item_id, self.sizes, frames=CLIP_FRAMES, requested_frames=frames,
-                                   width=CLIP_SIZE, height=CLIP_SIZE, fps=CLIP_FPS),
+            outputs=outputs_record(task.item_id, self.sizes, frames=self.clip[2], requested_frames=frames,
+                                   width=self.clip[0], height=self.clip[1], fps=self.clip[3]),
         )
 
 
