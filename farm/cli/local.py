@@ -514,6 +514,16 @@ def pick_in_output(location: str, item: str, take: str) -> int:
     sheet = write_contact_sheet_logged(store, spec)  # from the record just written
     if sheet:
         print(f"contact sheet: {store.location(sheet)}")
+    chosen = next(i for i in spec.items if i.id == take_id)
+    if spec.deliverables_for == "picked" and chosen.deliverables and states.get(take_id) in ("succeeded", "skipped"):
+        from farm.post.item import PostTask, post_item
+
+        result = post_item(PostTask(None, name, output, take_id, chosen.deliverables))  # the CPU stage's own code
+        made = ", ".join(f"{r.name} {r.outcome}" + (f" ({r.reason}: {r.message})" if r.reason else "")
+                         for r in result.results)
+        print(f"deliverables of {take_id}: {made}")
+        if any(r.outcome == "failed" for r in result.results):
+            return EXIT_FAILED_ITEMS
     return EXIT_OK
 
 

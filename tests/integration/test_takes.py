@@ -124,7 +124,8 @@ def test_the_service_lists_takes_keeps_picks_across_coordinators_and_reads_the_i
     b = None
     try:
         api = api_of(a, settings)
-        document = {"version": 1, "name": "takes", "defaults": {**FAST, "fps": 8},
+        document = {"version": 1, "name": "takes", "defaults": {**FAST, "fps": 8, "deliverables": ["poster"]},
+                    "deliverables_for": "picked",  # only the chosen take gets its poster
                     "items": [{"id": "cat", "image": "still.png", "prompt": "a slow pan", "takes": 3}]}
         accepted = api.post("/v1/jobs", json=document)
         assert accepted.status_code == 202, accepted.text
@@ -157,7 +158,9 @@ def test_the_service_lists_takes_keeps_picks_across_coordinators_and_reads_the_i
         wait_for(lambda: (b.status(job_id) or {}).get("state") == "succeeded", 120, "B to finish the job")
         assert api.get(f"/v1/jobs/{job_id}").json()["picks"] == {"cat": "cat.take-2"}
         record = json.loads((folder / "job.json").read_text())
-        assert record["picks"] == {"cat": "cat.take-2"} and record["deliverables_for"] == "all"
+        assert record["picks"] == {"cat": "cat.take-2"} and record["deliverables_for"] == "picked"
+        posters = folder / "deliverables" / "poster"
+        assert sorted(p.name for p in posters.iterdir()) == ["cat.take-2.png"]  # made for the picked take only
         assert {k: v["state"] for k, v in record["items"].items()} == {
             "cat.take-1": "skipped", "cat.take-2": "skipped", "cat.take-3": "succeeded"}
         spec = JobSpec.from_dict(json.loads((folder / "spec.json").read_text()))
@@ -183,6 +186,7 @@ def test_the_service_lists_takes_keeps_picks_across_coordinators_and_reads_the_i
         assert json.loads((folder / "job.json").read_text())["picks"] == {"cat": "cat.take-3"}
         assert api.get(f"/v1/jobs/{job_id}").json()["picks"] == {"cat": "cat.take-3"}
         wait_for(lambda: (folder / "contact.jpg").read_bytes() != before, 60, "the sheet to be rewritten")
+        wait_for(lambda: (posters / "cat.take-3.png").exists(), 60, "the newly picked take's poster")
         check_sheet(folder / "contact.jpg", spec, states, {"cat": "cat.take-3"})
 
         # What is not a take says so.
@@ -202,11 +206,12 @@ def test_farm_run_renders_takes_with_a_contact_sheet_and_farm_pick_and_resume_ke
 
     (tmp_path / "still.png").write_bytes(encode(pattern(320, 240), "PNG"))
     manifest = write_manifest(tmp_path, [{"id": "cat", "image": "still.png", "prompt": "a slow pan", "takes": 3}],
-                              name="takes")
+                              name="takes", deliverables_for="picked")
     folder = tmp_path / "out" / "takes"
     handlers = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
     try:
-        assert main(["run", str(manifest), "--output", str(tmp_path / "out")]) == 0
+        assert main(["run", str(manifest), "--output", str(tmp_path / "out"), "--deliverable", "poster"]) == 0
+        assert not (folder / "deliverables").exists()  # `deliverables_for: picked`, and nothing is picked yet
         record = json.loads((folder / "job.json").read_text())
         assert {k: v["state"] for k, v in record["items"].items()} == {f"cat.take-{k}": "succeeded" for k in (1, 2, 3)}
         assert record["picks"] == {}
@@ -223,6 +228,8 @@ def test_farm_run_renders_takes_with_a_contact_sheet_and_farm_pick_and_resume_ke
 
         assert main(["pick", str(folder), "cat", "2"]) == 0
         assert json.loads((folder / "job.json").read_text())["picks"] == {"cat": "cat.take-2"}
+        posters = folder / "deliverables" / "poster"
+        assert sorted(p.name for p in posters.iterdir()) == ["cat.take-2.png"]  # made by the pick
         check_sheet(folder / "contact.jpg", spec, states, {"cat": "cat.take-2"})
         assert main(["pick", str(folder), "cat", "7"]) == 2  # out of range: exit 2, nothing changed
         assert main(["pick", str(folder), "cow", "1"]) == 2
