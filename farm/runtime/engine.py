@@ -812,6 +812,8 @@ class Engine:
         """Queue the item's deliverables (those named, else all) unless the job makes them only
         for picked takes and this take is not picked."""
         spec = job.state.spec
+        if job.state.cancelled:  # what still commits after a cancel is kept, but nothing more is made of it
+            return
         if spec.deliverables_for == "picked" and item.take is not None and job.state.picks.get(item.take_of) != item.id:
             return
         deliverables = tuple(d for d in item.deliverables if names is None or d.name in names)
