@@ -360,3 +360,54 @@ def test_item_search_filters_and_pages_a_10000_item_job():
     assert Coordinator.ui_item(me, "j", "i7")["prompt"] == "a lighthouse at dusk"
     assert Coordinator.ui_item(me, "j", "nope") is None
 
+
+
+def test_a_dropped_folder_of_images_is_checked_then_stored_and_submitted(tmp_path):
+    from helpers import encode, pattern
+
+    out = tmp_path / "renders"
+    settings = ApiSettings(token=TOKEN, default_output=str(out), allowed_outputs=str(out), model="tiny")
+    fake = Fake(str(out))
+    client = TestClient(create_app(fake, settings), follow_redirects=False)
+    login(client)
+    csrf = csrf_of(client)
+    png = encode(pattern(320, 240), "PNG")
+    form = {"csrf": csrf, "mode": "images", "prompt_template": "a slow pan across {name}", "preset": "quick",
+            "frames": "8", "name": "shoot"}
+    bad = client.post("/submit", data={**form, "action": "check"}, headers={"HX-Request": "true"},
+                      files=[("images", ("shoot/cat.png", png, "image/png")), ("images", ("shoot/notes.png", b"text", "image/png"))])
+    assert bad.headers["x-farm-valid"] == "false" and "notes.png" in bad.text and "nothing was uploaded" in bad.text
+    good = [("images", ("shoot/cat.png", png, "image/png")), ("images", ("shoot/dog.png", png, "image/png"))]
+    checked = client.post("/submit", data={**form, "action": "check"}, headers={"HX-Request": "true"}, files=good)
+    assert checked.headers["x-farm-valid"] == "true" and "valid: 2 image(s)" in checked.text
+    assert not out.exists() and not fake.submitted
+    sent = client.post("/submit", data={**form, "action": "submit"}, headers={"HX-Request": "true"}, files=good)
+    assert sent.status_code == 204 and sent.headers["hx-redirect"] == "/jobs/j-000000000new"
+    (spec,) = fake.submitted
+    assert [(i["id"], i["prompt"]) for i in spec["items"]] == [("cat", "a slow pan across cat"), ("dog", "a slow pan across dog")]
+    assert spec["items"][0]["image"] == str(out / "shoot" / "inputs" / "cat.png") and (out / "shoot" / "inputs" / "dog.png").exists()
+    assert spec["items"][0]["params"]["steps"] == 30  # the preset's
+
+
+def test_pick_and_the_cluster_page(farm):
+    calls = []
+
+    async def call(method, *args, **kwargs):
+        calls.append((method, *args))
+        if method == "takes":
+            return {"item": "cat", "picked": None, "takes": [
+                {"id": "cat.take-1", "take": 1, "seed": 1, "state": "succeeded", "picked": False},
+                {"id": "cat.take-2", "take": 2, "seed": 2, "state": "failed", "picked": False, "message": "oom"}]}
+        if method == "pick":
+            return {}
+        return await Fake.call(farm.fake, method, *args, **kwargs)
+
+    farm.fake.call = call
+    login(farm)
+    page = farm.get(f"/jobs/{JOB}/takes/cat")
+    assert page.status_code == 200 and page.text.count("video.mp4") == 1 and "Pick take 1" in page.text
+    assert "Pick take 2" not in page.text  # a failed take cannot be picked
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
+    picked = farm.post(f"/jobs/{JOB}/takes/cat/pick", data={"csrf": csrf, "take": "1"})
+    assert picked.status_code == 303 and ("pick", JOB, "cat", 1) in calls
+    assert farm.get("/cluster").status_code == 200
