@@ -330,7 +330,9 @@ def test_static_files_are_public_and_vendored():
 
     htmx = (HERE / "static" / "htmx.min.js").read_text()
     assert htmx.startswith("/* htmx 2.0.11") and "var htmx=" in htmx
-    assert "0BSD" in (HERE / "static" / "NOTICE").read_text() or "Zero-Clause BSD" in (HERE / "static" / "NOTICE").read_text()
+    assert "Zero-Clause BSD" in (HERE / "static" / "NOTICE").read_text()
+    pyproject = (HERE.parents[1] / "pyproject.toml").read_text()
+    assert '"farm.serve" = ["templates/*.html", "static/*"]' in pyproject  # they ship in the wheel
 
 
 # --- the coordinator's side -------------------------------------------------------------------
