@@ -275,6 +275,9 @@ def mount_ui(app: FastAPI, client, settings, *, parse, submit_spec) -> None:
 
     # --- one job --------------------------------------------------------------------------------
 
+    def grid_cursor(cursor: str | None) -> int | None:
+        return int(cursor) if cursor and cursor.lstrip("-").isdigit() and len(cursor) < 12 else None
+
     def grid_query(state: str | None, q: str | None) -> tuple[str | None, str]:
         state = state if state in ui_views.ITEM_FILTERS else None
         return state, (q or "").strip()[:200]
@@ -302,10 +305,10 @@ def mount_ui(app: FastAPI, client, settings, *, parse, submit_spec) -> None:
 
     @ui.get("/jobs/{job_id}", response_class=HTMLResponse)
     async def job_page(request: Request, job_id: str, state: str | None = None, q: str | None = None,
-                       session: Session = Depends(page_session)):
+                       cursor: str | None = None, trail: str = "", session: Session = Depends(page_session)):
         status = await job_or_404(job_id)
         state, q = grid_query(state, q)
-        grid = await grid_context(job_id, status, state, q, None, "")
+        grid = await grid_context(job_id, status, state, q, grid_cursor(cursor), trail[:8000])
         return render(request, session, "job.html", job=status, now=time.time(), grid=grid)
 
     @ui.get("/jobs/{job_id}/summary", response_class=HTMLResponse)
@@ -317,8 +320,7 @@ def mount_ui(app: FastAPI, client, settings, *, parse, submit_spec) -> None:
                        cursor: str | None = None, trail: str = "", session: Session = Depends(page_session)):
         status = await job_or_404(job_id)
         state, q = grid_query(state, q)
-        at = int(cursor) if cursor and cursor.lstrip("-").isdigit() and len(cursor) < 12 else None
-        grid = await grid_context(job_id, status, state, q, at, trail[:8000])
+        grid = await grid_context(job_id, status, state, q, grid_cursor(cursor), trail[:8000])
         return render(request, session, "_grid.html", job=status, grid=grid)
 
     @ui.get("/jobs/{job_id}/items/{item_id}", response_class=HTMLResponse)

@@ -413,3 +413,27 @@ def test_pick_and_the_cluster_page(farm):
     picked = farm.post(f"/jobs/{JOB}/takes/cat/pick", data={"csrf": csrf, "take": "1"})
     assert picked.status_code == 303 and ("pick", JOB, "cat", 1) in calls
     assert farm.get("/cluster").status_code == 200
+
+
+def test_the_grid_pages_forward_and_back_with_its_filter(farm):
+    seen = []
+
+    async def call(method, *args, **kwargs):
+        if method == "ui_items":
+            seen.append(args)
+            cursor = args[2]
+            return {"items": farm.fake.rows, "next_cursor": (cursor or -1) + 48, "matches": 10_000}
+        return await Fake.call(farm.fake, method, *args, **kwargs)
+
+    farm.fake.call = call
+    login(farm)
+    first = farm.get(f"/jobs/{JOB}/grid?state=failed&q=sea").text
+    assert "page 1 of 209" in first and "Previous" not in first
+    next_query = re.search(r'hx-get="/jobs/[^/]+/grid\?([^"]+)" hx-target="#grid" hx-swap="outerHTML">Next', first)
+    next_query = next_query.group(1).replace("&amp;", "&")
+    assert "cursor=47" in next_query and "trail=f" in next_query and "state=failed" in next_query
+    second = farm.get(f"/jobs/{JOB}/grid?{next_query}").text
+    assert "page 2 of 209" in second and seen[-1] == (JOB, "failed", 47, 48, "sea")
+    back = re.search(r'href="/jobs/[^?]+\?([^"]+)" hx-get="[^"]+" hx-target="#grid" hx-swap="outerHTML">← Previous', second)
+    farm.get(f"/jobs/{JOB}?{back.group(1).replace('&amp;', '&')}")  # the whole page (without JavaScript)
+    assert seen[-1] == (JOB, "failed", None, 48, "sea")  # the first page again
