@@ -5,7 +5,9 @@ Needs only python3. Creates a virtual environment in .venv (or $FARM_VENV), inst
 (the CPU build where there is no NVIDIA GPU, so no multi-GB CUDA download), then farm with its
 rendering stack and test tools (`-e .[render,test]`), every package at the version in
 constraints.txt (what CI tested; the images install with the same file), and runs `farm demo` or
-`pytest`. Extra arguments go to that command. Re-runs skip what is already installed.
+`pytest` (for `test`, first Debian's prometheus and chromium packages where it runs as root: the
+metrics and browser tests need them, and skip saying so without). Extra arguments go to that
+command. Re-runs skip what is already installed.
 
 `python3 dev.py constraints` rewrites constraints.txt from the virtual environment: an exact pin
 of every package that `farm[render,test]` needs, directly or not, as installed there (after an
@@ -213,6 +215,23 @@ def ensure_prometheus() -> None:
         subprocess.run([apt, "install", "-y", "-q", "--no-install-recommends", "prometheus"], env=env)
 
 
+def ensure_chromium() -> None:
+    """The web UI's browser tests drive a real headless Chromium (Debian's package, through
+    Playwright, which is pip-installed with the test extra; its own browser download is never
+    used); install it when missing. Without it those tests skip and say why."""
+    if shutil.which("chromium") or os.environ.get("FARM_CHROMIUM"):
+        return
+    apt = shutil.which("apt-get")
+    if not apt or os.geteuid() != 0:
+        log("chromium is not installed and cannot be installed here; the browser tests will be skipped")
+        return
+    log("installing Debian's chromium package for the web UI's browser tests")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    if subprocess.run([apt, "install", "-y", "-q", "--no-install-recommends", "chromium"], env=env).returncode != 0:
+        subprocess.run([apt, "update", "-q"], env=env)
+        subprocess.run([apt, "install", "-y", "-q", "--no-install-recommends", "chromium"], env=env)
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] not in ("demo", "test", "setup", "constraints"):
         print(__doc__)
@@ -234,6 +253,7 @@ def main(argv: list[str]) -> int:
     if command == "demo":
         return subprocess.call([str(BIN / "farm"), "demo", *rest])
     ensure_prometheus()
+    ensure_chromium()
     return subprocess.call([str(PYTHON), "-m", "pytest", *rest])
 
 

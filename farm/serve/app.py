@@ -275,12 +275,15 @@ def create_app(
             return ManifestIssue(str(error), field="notify_url", value=spec.notify_url)
         return None
 
-    async def submit_spec(spec, manifest: tuple[str, bytes]) -> JSONResponse:
+    async def submit_spec(spec, manifest: tuple[str, bytes], dry_run: bool = False) -> JSONResponse | None:
+        """Submit a validated job (`dry_run`: only check that it may run here; None if it may)."""
         if spec.total > settings.max_items:
             return _problem(422, f"the manifest has {spec.total} items; this farm accepts at most {settings.max_items}")
         issues = [issue for issue in (confine_output(spec), await check_notify_url(spec)) if issue is not None]
         if issues:
             return _problem(422, f"the job cannot run here: {', '.join(i.field for i in issues)}", [i.to_dict() for i in issues])
+        if dry_run:
+            return None
         try:
             entry = await client.call("submit", spec.to_dict(), manifest)
         except HTTPException:
@@ -478,6 +481,11 @@ def create_app(
         return await submit_spec(spec, ("manifest.json", json.dumps(document).encode()))
 
     app.include_router(v1)
+    # The web UI at / (farm.serve.ui): the same token, as a session cookie; submits through the
+    # same validation and limits as POST /v1/jobs.
+    from farm.serve.ui import mount_ui
+
+    mount_ui(app, client, settings, parse=parse, submit_spec=submit_spec)
 
     @app.get("/healthz")
     async def healthz():
