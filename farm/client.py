@@ -94,7 +94,13 @@ class FarmClient:
         return self._request("GET", "/v1/jobs", params=params).json()
 
     def cancel(self, job_id: str) -> dict:
+        """Cancel a job; its status after (`cancelling` until it has ended)."""
         return self._request("DELETE", f"/v1/jobs/{job_id}").json()
+
+    def cancel_item(self, job_id: str, item_id: str) -> dict:
+        """Cancel one item: {job_id, item_id, state (cancelled or cancelling), job}. ApiError 409
+        for an item that has ended or is committing."""
+        return self._request("DELETE", f"/v1/jobs/{job_id}/items/{quote(item_id, safe='')}").json()
 
     def takes(self, job_id: str, item_id: str) -> dict:
         """An image's takes (`item_id`: their shared id or one take's id) and the one picked."""

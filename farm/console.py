@@ -8,7 +8,7 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from farm.core.job import FAILED, SKIPPED, SUCCEEDED, ItemOutcome, JobState
+from farm.core.job import CANCELLED, FAILED, SKIPPED, SUCCEEDED, ItemOutcome, JobState
 
 
 def _format_eta(seconds: float | None) -> str:
@@ -48,14 +48,15 @@ class ConsoleReporter:
         counts = state.counts()
         rate, eta = state.throughput(counts)
         rate_text = f"{rate:.1f}/min" if rate is not None else "-/min"
+        cancelled = f", {counts[CANCELLED]} cancelled" if counts[CANCELLED] else ""
         return (
-            f"{counts[SUCCEEDED] + counts[SKIPPED]} done, {counts[FAILED]} failed, {counts['total']} total · "
+            f"{counts[SUCCEEDED] + counts[SKIPPED]} done, {counts[FAILED]} failed{cancelled}, {counts['total']} total · "
             f"{rate_text} · ETA {_format_eta(eta)}"
         )
 
     def _update(self, state: JobState) -> None:
         counts = state.counts()
-        finished = counts[SUCCEEDED] + counts[FAILED] + counts[SKIPPED]
+        finished = counts[SUCCEEDED] + counts[FAILED] + counts[SKIPPED] + counts[CANCELLED]
         self.progress.update(self.task_id, completed=finished, stats=self._stats(state))
 
     def item_finished(self, state: JobState, item_id: str, outcome: ItemOutcome) -> None:
@@ -64,7 +65,12 @@ class ConsoleReporter:
             if outcome.status == FAILED:
                 self.progress.console.print(f"[red]failed[/] {item_id}: {outcome.reason}: {outcome.message}", soft_wrap=True)
             return
-        status = "ok" if outcome.status == SUCCEEDED else f"FAILED ({outcome.reason}: {outcome.message})"
+        if outcome.status == SUCCEEDED:
+            status = "ok"
+        elif outcome.status == CANCELLED:
+            status = f"cancelled ({outcome.message})"
+        else:
+            status = f"FAILED ({outcome.reason}: {outcome.message})"
         # soft_wrap: a line per item, never cut in the middle of a path (logs are not 80 columns wide)
         self.console.print(f"{item_id}: {status} in {outcome.seconds:.1f}s  [{self._stats(state)}]", highlight=False,
                            soft_wrap=True, markup=False)

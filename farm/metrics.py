@@ -178,7 +178,7 @@ class FarmMetrics:
             self.model_load_seconds.labels(model).observe(seconds)
 
     def outcome(self, outcome, model: str) -> None:
-        """One final item outcome (succeeded, failed, skipped); called exactly once per item."""
+        """One final item outcome (succeeded, failed, skipped, cancelled); called exactly once per item."""
         tier = outcome.tier or NO_TIER
         self.items.labels(outcome.status, tier, model).inc()
         if outcome.status == FAILED:

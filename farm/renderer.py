@@ -23,6 +23,12 @@ from a hook before each denoise step, at most every `drain_check_s`. Once the no
 node's deadline; if not, the denoise stops there, memory is released and the item comes back
 as a `ReturnedItem` (nothing committed), which the dispatcher queues again at once.
 
+Cancel: given the worker's `CancelRequests` (farm.core.cancel), the same step hook asks it before
+each denoise step (a flag read: no cost) and a cancelled render stops there (`RenderCancelled`),
+handled as a drain's hand-back is: outside the except block, memory released, then a `cancelled`
+outcome with the steps done (nothing committed). A render cancelled before it started answers
+at once.
+
 The sidecar keeps what was measured (each phase's peak allocated and reserved CUDA memory) and
 the estimator's figure for the same settings side by side, so `farm calibrate` can fit one to
 the other.
@@ -43,6 +49,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from farm.core.cancel import CancelRequests, RenderCancelled
 from farm.core.errors import FarmError, ItemError, StorageError
 from farm.core.contracts import Escalation, ItemOutcome, RenderTask, ReturnedItem, inputs_digest
 from farm.core.drain import NODE_DRAINING, DrainHandBack, NodeDrain, decide
@@ -140,6 +147,7 @@ class ItemRenderer:
         drain_probe=None,
         drain_check_s: float = 2.0,
         drain_margin_s: float = 5.0,
+        cancels: CancelRequests | None = None,
     ):
         self.adapter = adapter
         self.worker_name = worker_name
@@ -155,6 +163,7 @@ class ItemRenderer:
         self.drain_probe = drain_probe
         self.drain_check_s = drain_check_s
         self.drain_margin_s = drain_margin_s
+        self.cancels = cancels  # the worker's cancel requests, read before each denoise step (None: never cancelled)
         self.after_denoise_s: float | None = None  # decode + encode + upload of the last item here
         self._upload_s = 0.0
 
@@ -171,26 +180,61 @@ class ItemRenderer:
     def produce(self, task: RenderTask) -> ItemOutcome | Escalation | ReturnedItem | Produced:
         """Render and encode; an ItemOutcome when there is nothing to commit (a failure), an
         Escalation when the ladder wants a bigger GPU, a ReturnedItem when this worker's node is
-        being drained and the render could not finish before it goes."""
+        being drained and the render could not finish before it goes; a `cancelled` ItemOutcome
+        when a cancel stopped it (`cancels`, asked before each denoise step)."""
         started = time.perf_counter()
         watch = DrainWatch(self) if self.drain_probe is not None else None
-        returned = None
+        returned = cancelled = None
+        why = self.cancels.why() if self.cancels is not None else None
         try:
-            if watch is not None and watch.drain is not None:
+            if why is not None:  # cancelled before it started: nothing read, nothing rendered
+                result = self._cancelled(task, f"{why}; stopped before it started", 0)
+            elif watch is not None and watch.drain is not None:
                 result = self._returned(task, "its node is being drained: not started")
             else:
-                result = self._produce(task, started, watch)
-        except DrainHandBack as exc:  # handled outside the except block: the stopped denoise's tensors go with it
+                result = self._produce(task, started, self._step_hook(watch))
+        # Both handled outside the except block: the stopped denoise's tensors go with it.
+        except DrainHandBack as exc:
             returned = (str(exc), exc.steps_done)
+        except RenderCancelled as exc:
+            cancelled = (str(exc), exc.steps_done)
         except Exception as exc:
             result = self._failure(task, exc)
-        if returned is not None:
+        if returned is not None or cancelled is not None:
             self.adapter.phase = "idle"
             self._released()
-            result = self._returned(task, *returned)
+            result = self._returned(task, *returned) if returned is not None else self._cancelled(task, *cancelled)
         if not isinstance(result, Produced):
             self._stamp(result, task, started)
         return result
+
+    def _step_hook(self, watch: DrainWatch | None):
+        """The adapter's `on_step(done, total)`: a cancel stops the render, then the drain watch
+        has its say; None when neither can stop it."""
+        cancels = self.cancels
+        if cancels is None:
+            return watch.step if watch is not None else None
+
+        def step(done: int, total: int) -> None:
+            why = cancels.why()
+            if why is not None:
+                raise RenderCancelled(f"{why}; stopped after denoise step {done} of {total}", done)
+            if watch is not None:
+                watch.step(done, total)
+
+        return step
+
+    def _cancelled(self, task: RenderTask, message: str, steps_done: int = 0) -> ItemOutcome:
+        log.info("worker %s stops item %s of job %s: %s", self.worker_name, task.item_id, task.job_id, message)
+        return ItemOutcome.cancelled(task.item_id, message, steps_done)
+
+    def cancel_produced(self, produced: Produced, why: str) -> ItemOutcome:
+        """A render that ended while its cancel came: not committed, its files dropped."""
+        produced.scratch.cleanup()
+        steps = produced.task.params.steps
+        outcome = self._cancelled(produced.task, f"{why}; stopped after its render, before its commit", steps)
+        self._stamp(outcome, produced.task, produced.started)
+        return outcome
 
     def _returned(self, task: RenderTask, message: str, steps_done: int = 0) -> ReturnedItem:
         log.info("worker %s hands item %s back: %s", self.worker_name, task.item_id, message)
@@ -245,8 +289,7 @@ class ItemRenderer:
 
     # --- one render with the degrade ladder -------------------------------------------------
 
-    def _produce(self, task: RenderTask, started: float, watch: DrainWatch | None = None
-                 ) -> ItemOutcome | Escalation | Produced:
+    def _produce(self, task: RenderTask, started: float, on_step=None) -> ItemOutcome | Escalation | Produced:
         params = task.params
         degradations: list[Degradation] = list(task.degradations)
         ooms: list[OomRecord] = list(task.ooms)  # those of earlier attempts, when the item moved or came back
@@ -296,7 +339,7 @@ class ItemRenderer:
                 t0 = time.perf_counter()
                 prepared[size] = prepare_image(data, *size, name=task.image, limits=self.image_limits)
                 timings["preprocess"] += time.perf_counter() - t0
-            result, settings = self._attempt(task, params, settings, prepared[size], degradations, ooms, watch)
+            result, settings = self._attempt(task, params, settings, prepared[size], degradations, ooms, on_step)
             if not isinstance(result, OomRecord):
                 generation = result
                 break
@@ -356,7 +399,7 @@ class ItemRenderer:
         return Produced(task, scratch, files, sidecar, outcome, started)
 
     def _attempt(self, task: RenderTask, params, settings: RenderSettings, prepared: PreparedImage, degradations, ooms,
-                 watch: DrainWatch | None = None):
+                 on_step=None):
         """(Generation, settings), or (OomRecord, settings) for the ladder to handle.
 
         A decode OOM is handled here: the latents are kept and only the decode is retried with
@@ -380,7 +423,7 @@ class ItemRenderer:
                 guidance_scale=params.guidance_scale,
                 fps=params.fps,
                 seed=task.seed,
-                **({"on_step": watch.step} if watch is not None else {}),
+                **({"on_step": on_step} if on_step is not None else {}),
             )
 
         latents, oom = self._guarded("denoise", settings, denoise)

@@ -48,6 +48,8 @@ def _status_line(status: dict) -> str:
     line = f"{status['id']}  {status['name']}  {status['state']}"
     if counts:
         line += f"  {done}/{counts.get('total', 0)} done, {counts.get('failed', 0)} failed"
+        if counts.get("cancelled"):
+            line += f", {counts['cancelled']} cancelled"
     if status.get("picks") is not None:  # a job with takes
         line += f", {len(status['picks'])} picked"
     if status.get("post"):

@@ -137,8 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
     jobs = add_remote("jobs", "the farm's jobs, newest first", cmd_jobs)
     jobs.add_argument("--limit", type=int, default=50)
     jobs.add_argument("--json", action="store_true")
-    cancel = add_remote("cancel", "cancel a job (committed results stay)", cmd_cancel)
+    cancel = add_remote("cancel", "cancel a job, or one item of it: rendering items stop at their next denoise step "
+                        "(committed results stay)", cmd_cancel)
     cancel.add_argument("job")
+    cancel.add_argument("item", nargs="?", help="one item's id: cancel only that item")
     pick = add_remote("pick", "choose one take of an image (a job's job.json `picks`; its contact.jpg marks it)", cmd_pick)
     pick.add_argument("job", help="a farm service's job id (j-...), or a job's output: ./farm-output/spring, s3://bucket/renders/spring")
     pick.add_argument("item", help="the image's id (its takes' shared id), or one take's id")

@@ -1,6 +1,6 @@
 """The commands that talk to a farm service (`farm serve`) over its HTTP API, through
 `farm.client.FarmClient`: `submit` (optionally following the job with a progress bar), `status`,
-`jobs`, `cancel` and `pick` (which also works on a job's output folder or s3:// prefix, without a
+`jobs`, `cancel` (a job, or one item of it) and `pick` (which also works on a job's output folder or s3:// prefix, without a
 service: `farm.cli.local.pick_in_output`). The endpoint is --endpoint, else FARM_ENDPOINT, else
 http://127.0.0.1:8000.
 """
@@ -65,7 +65,15 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    _print_status(_client(args).cancel(args.job))
+    """`farm cancel JOB [ITEM]`: the job (queued items at once, rendering ones stopped at their
+    next denoise step), or one item of it; committed results stay."""
+    client = _client(args)
+    if args.item is None:
+        _print_status(client.cancel(args.job))
+        return EXIT_OK
+    answer = client.cancel_item(args.job, args.item)
+    print(f"{answer['item_id']}  {answer['state']}")
+    _print_status(answer["job"])
     return EXIT_OK
 
 

@@ -2,7 +2,8 @@
 
 A `RenderTask` goes out (one item: where to read and write, the validated parameters, the
 settings to try first, what the ladder changed so far); a `WorkerReply` comes back with the
-items that ended (`ItemOutcome`: succeeded, skipped or failed, with a `FailureReason`), an
+items that ended (`ItemOutcome`: succeeded, skipped or failed, with a `FailureReason`, or
+cancelled: its render was stopped by a cancel, nothing committed), an
 `Escalation` when the worker's ladder wants a bigger GPU (nothing was committed), a
 `ReturnedItem` when the worker's node is being drained (nothing was committed), and the uploads
 still pending. The same reply is what a worker puts in the commit mailbox the moment a
@@ -21,9 +22,9 @@ from farm.core.errors import FailureReason
 from farm.core.ladder import DEFAULT_ORDER, Degradation, OomRecord, RenderSettings
 from farm.core.manifest import JobItem, JobSpec
 from farm.core.params import RenderParams
-from farm.core.states import FAILED, SKIPPED, SUCCEEDED, ItemState
+from farm.core.states import CANCELLED, FAILED, SKIPPED, SUCCEEDED, ItemState
 
-OUTCOME_STATES = (SUCCEEDED, SKIPPED, FAILED)
+OUTCOME_STATES = (SUCCEEDED, SKIPPED, FAILED, CANCELLED)
 
 
 def inputs_digest(*, image_sha256: str, prompt: str, params: dict[str, Any], seed: int, model: str, model_config_sha256: str) -> str:
@@ -97,7 +98,7 @@ class ItemOutcome:
     in their record form (as the sidecar and job.json show them)."""
 
     item_id: str
-    status: ItemState  # SUCCEEDED, SKIPPED (another render committed it) or FAILED
+    status: ItemState  # SUCCEEDED, SKIPPED (another render committed it), FAILED or CANCELLED (stopped, nothing committed)
     job_id: str = ""
     reason: FailureReason | None = None  # required when FAILED
     message: str | None = None
@@ -114,6 +115,7 @@ class ItemOutcome:
     frames: int | None = None
     upload_bytes: int | None = None
     memory_kind: str | None = None
+    steps_done: int | None = None  # CANCELLED: the denoise steps done when it stopped (0: before the first)
 
     def __post_init__(self) -> None:
         self.status = ItemState(self.status)
@@ -128,6 +130,11 @@ class ItemOutcome:
     def failure(cls, item_id: str, reason: FailureReason | str, message: str, **extra: Any) -> ItemOutcome:
         """A failed item; `reason` must be a FailureReason (a bare string is checked against them)."""
         return cls(item_id=item_id, status=FAILED, reason=FailureReason(reason), message=message, **extra)
+
+    @classmethod
+    def cancelled(cls, item_id: str, message: str, steps_done: int = 0, **extra: Any) -> ItemOutcome:
+        """An item whose render a cancel stopped (`steps_done` denoise steps in); nothing was committed."""
+        return cls(item_id=item_id, status=CANCELLED, message=message, steps_done=steps_done, **extra)
 
 
 @dataclass

@@ -21,7 +21,12 @@ The decisions it owns:
 - a worker lost mid-item: what it held (rendering and uploading) is queued again at the front
   (up to `MAX_ATTEMPTS` tries), and the worker probed; gone for good: its tier's queued items
   are planned again on the tiers left, or fail when no worker is left;
-- cancellation: queued items dropped (running ones finish and are kept);
+- cancellation, of a job (`JobCancelled`) or of one item (`ItemCancelRequested`): queued items
+  are cancelled at once; a rendering one's worker is told to stop at its next denoise step
+  (`CancelRunning`), and its reply's `cancelled` outcome (nothing committed) frees it for its
+  next item; what has rendered and is committing stays (its commit and its result stand), as
+  does a render that committed before the cancel reached it: an item ends cancelled or
+  committed, never both;
 - release (the job's lease went to another coordinator): queued items leave the queue as they
   are, running ones finish; nothing of the job is sent again (no requeue, no escalation);
 - nobody left who can take the queued work: those items fail, unless the autoscaler was asked
@@ -56,7 +61,7 @@ from farm.core.job import JobState
 from farm.core.jobqueue import JobQueue
 from farm.core.ladder import BIGGER_TIER, Degradation, OomRecord, RenderSettings, blocked_on
 from farm.core.planner import ItemPlan, JobPlan, Planner
-from farm.core.states import QUEUED, RUNNING
+from farm.core.states import CANCELLED, QUEUED, RUNNING
 from farm.core.switching import QueueView, SwitchPolicy, WorkerView, decide_switches
 from farm.core.tiers import CPU_TIER, ClusterShape, TierTable
 from farm.core.vram import I2VGENXL_PROFILE, ModelProfile
@@ -77,7 +82,20 @@ class JobAdmitted:
 
 @dataclass(frozen=True)
 class JobCancelled:
+    """The job is cancelled: its queued items are cancelled at once, its rendering ones stopped
+    (`CancelRunning`); what is committing stays."""
+
     job_id: str
+
+
+@dataclass(frozen=True)
+class ItemCancelRequested:
+    """One item is cancelled: queued, at once; rendering, its worker is told to stop
+    (`CancelRunning`) and its reply brings the `cancelled` outcome; rendered and committing, or
+    ended, it stays as it is."""
+
+    job_id: str
+    item_id: str
 
 
 @dataclass(frozen=True)
@@ -219,9 +237,9 @@ class Tick:
     """Nothing happened; look for work to send (and for work nobody can take)."""
 
 
-Event = (JobAdmitted | JobCancelled | JobReleased | WorkerReplied | WorkerCallFailed | WorkerLost | WorkerProbed
-         | WorkerSwitched | WorkerStarting | WorkerJoined | WorkerStartFailed | WorkerRetired | WorkerDraining | CapacityAwaited
-         | TierUnprovided | DrainRequested | HandBackHeld | Tick)
+Event = (JobAdmitted | JobCancelled | ItemCancelRequested | JobReleased | WorkerReplied | WorkerCallFailed | WorkerLost
+         | WorkerProbed | WorkerSwitched | WorkerStarting | WorkerJoined | WorkerStartFailed | WorkerRetired | WorkerDraining
+         | CapacityAwaited | TierUnprovided | DrainRequested | HandBackHeld | Tick)
 
 # --- instructions ------------------------------------------------------------------------------
 
@@ -230,6 +248,17 @@ Event = (JobAdmitted | JobCancelled | JobReleased | WorkerReplied | WorkerCallFa
 class SendTask:
     worker: str
     task: RenderTask
+
+
+@dataclass(frozen=True)
+class CancelRunning:
+    """Tell the worker to stop its render of (job, item) at its next denoise step. The call runs
+    beside the render; nothing waits for its answer: the render's reply says how the item ended
+    (cancelled, or committed when the cancel came too late)."""
+
+    worker: str
+    job_id: str
+    item_id: str
 
 
 @dataclass(frozen=True)
@@ -298,8 +327,8 @@ class JobFinished:
     job_id: str
 
 
-Instruction = (SendTask | WatchCommits | ProbeWorker | SwitchModel | StopWorker | ItemFinished | ItemRequeued | ItemsCancelled
-               | HandedBack | JobFinished)
+Instruction = (SendTask | CancelRunning | WatchCommits | ProbeWorker | SwitchModel | StopWorker | ItemFinished | ItemRequeued
+               | ItemsCancelled | HandedBack | JobFinished)
 
 # --- state -------------------------------------------------------------------------------------
 
@@ -384,6 +413,11 @@ class DispatchJob:
     priority: int
     items: dict[str, DispatchItem] = field(default_factory=dict)
     released: bool = False  # its lease went to another coordinator (`JobReleased`)
+    cancelling: set[str] = field(default_factory=set)  # items cancelled one by one while they rendered
+
+    def cancel_wanted(self, item_id: str) -> bool:
+        """Whether the item, still running, is to end cancelled (its job or itself was)."""
+        return self.state.cancelled or item_id in self.cancelling
 
 
 class DispatchState:
@@ -531,6 +565,37 @@ class DispatchState:
             job.items.pop(item_id, None)
         if dropped:
             out.append(ItemsCancelled(job.id, len(dropped)))
+        for slot in self.rendering():  # stopped at their next step; their replies bring the outcomes
+            if slot.job_id == job.id:
+                out.append(CancelRunning(slot.name, job.id, slot.item_id))
+
+    def _on_ItemCancelRequested(self, event: ItemCancelRequested, out: list) -> None:
+        job = self.jobs.get(event.job_id)
+        if job is None or event.item_id not in job.state.items:
+            return
+        item_id = event.item_id
+        state = job.state.items[item_id].state
+        if state == QUEUED:
+            self.queue.remove_items({(job.id, item_id)})
+            job.state.mark_cancelled(item_id, "the item was cancelled before it started")
+            job.items.pop(item_id, None)
+            out.append(ItemsCancelled(job.id, 1))
+            return
+        if state != RUNNING:  # ended already: its result stands
+            return
+        slot = next((s for s in self.rendering() if (s.job_id, s.item_id) == (job.id, item_id)), None)
+        if slot is not None:  # not rendering: it is committing, and its commit stands
+            job.cancelling.add(item_id)
+            out.append(CancelRunning(slot.name, job.id, item_id))
+
+    def _cancel_unfinished(self, job: DispatchJob, item_id: str, out: list) -> None:
+        """A running item that is to end cancelled came back without an outcome (escalated,
+        handed back, or its worker lost): cancelled now, as a queued one would be."""
+        job.state.hand_back(item_id)
+        job.state.mark_cancelled(item_id, "cancelled while it rendered; nothing was committed")
+        job.items.pop(item_id, None)
+        job.cancelling.discard(item_id)
+        out.append(ItemsCancelled(job.id, 1))
 
     def _on_JobReleased(self, event: JobReleased, out: list) -> None:
         job = self.jobs.get(event.job_id)
@@ -568,6 +633,9 @@ class DispatchState:
         self._render_ended(slot)
         if job is None:
             return
+        if job.state.items[escalated.item_id].state == RUNNING and job.cancel_wanted(escalated.item_id):
+            self._cancel_unfinished(job, escalated.item_id, out)  # not moved on to a bigger card
+            return
         if self.draining:  # stopping: not moved on
             job.state.hand_back(escalated.item_id)
             return
@@ -598,9 +666,10 @@ class DispatchState:
         # Every run is part of a counted attempt (a move to a bigger GPU continues one): take it back.
         job.state.hand_back(item_id, uncount=True)
         out.append(ItemRequeued(job.id, item_id, slot.name, slot.tier, returned.reason, returned.message))
-        if job.state.cancelled:  # its job was cancelled meanwhile: dropped as the queued ones were
-            job.state.mark_cancelled(item_id)
+        if job.cancel_wanted(item_id):  # cancelled meanwhile: dropped as the queued ones were
+            job.state.mark_cancelled(item_id, "cancelled while it rendered; nothing was committed")
             job.items.pop(item_id, None)
+            job.cancelling.discard(item_id)
             out.append(ItemsCancelled(job.id, 1))
         elif job.released:
             job.items.pop(item_id, None)
@@ -658,7 +727,14 @@ class DispatchState:
             job = self.jobs.get(job_id)
             if job is None:
                 continue
-            if job.state.worker_lost(item_id, message) and not job.state.cancelled and not job.released:
+            wanted = job.cancel_wanted(item_id)
+            requeued = job.state.worker_lost(item_id, message)
+            if requeued and wanted:  # cancelled: not rendered again
+                job.state.mark_cancelled(item_id, "cancelled while it rendered; its worker was lost")
+                job.items.pop(item_id, None)
+                job.cancelling.discard(item_id)
+                out.append(ItemsCancelled(job_id, 1))
+            elif requeued and not job.released:
                 self._requeue(job_id, item_id)
             elif job.released:
                 job.items.pop(item_id, None)
@@ -876,8 +952,17 @@ class DispatchState:
             return
         if job.state.items[outcome.item_id].state != RUNNING:  # handed back or failed meanwhile: stale
             return
-        job.state.record(outcome)
+        if outcome.status == CANCELLED and not job.cancel_wanted(outcome.item_id):
+            # A stop nobody asked for (a stale request on the worker): rendered again, no attempt counted.
+            job.state.hand_back(outcome.item_id, uncount=True)
+            if job.released:
+                job.items.pop(outcome.item_id, None)
+            elif not self.draining:  # the farm stopping: kept queued for a resumed job
+                self._requeue(job.id, outcome.item_id)
+            return
+        job.state.record(outcome)  # cancelled, or committed before the cancel reached it: never both
         job.items.pop(outcome.item_id, None)
+        job.cancelling.discard(outcome.item_id)
         out.append(ItemFinished(job.id, outcome))
 
     def _escalate(self, slot: WorkerSlot, job: DispatchJob, escalation: Escalation, out: list) -> None:

@@ -237,6 +237,22 @@ class TakeError(FarmError):
         return {"field": self.field, "value": jsonable_excerpt(self.value), "message": str(self)}
 
 
+class ItemCancelError(FarmError):
+    """An item that cannot be cancelled: `status` 404 (the job has no such item) or 409 (it has
+    ended, or rendered and is committing: its result stands; or another coordinator runs the job)."""
+
+    def __init__(self, message: str, status: int = 409, item: str | None = None, state: str | None = None):
+        super().__init__(message)
+        self.status, self.item, self.state = status, item, state
+
+    def __reduce__(self):  # pickled whole (Ray sends errors between processes)
+        return type(self), (str(self), self.status, self.item, self.state)
+
+    def to_dict(self) -> dict:
+        return {"field": "item", "value": jsonable_excerpt(self.item), "message": str(self),
+                **({"state": self.state} if self.state else {})}
+
+
 class QueueFullError(FarmError):
     """The farm has as many queued jobs as the operator allows."""
 

@@ -219,16 +219,18 @@ class JobState:
         status = self._move(item_id, FAILED)
         status.reason, status.message = reason, message
 
-    def mark_cancelled(self, item_id: str) -> None:
+    def mark_cancelled(self, item_id: str, message: str = "the job was cancelled before this item started") -> None:
+        """A queued item that will not run (its job, or the item itself, was cancelled)."""
         if self.items[item_id].state == QUEUED:
-            self._move(item_id, CANCELLED).message = "the job was cancelled before this item started"
+            self._move(item_id, CANCELLED).message = message
 
     def mark_skipped(self, item_id: str, message: str) -> None:
         self._move(item_id, SKIPPED).message = message
 
     def record(self, outcome: ItemOutcome) -> None:
-        """A worker's final outcome of a running item."""
-        status = self._move(outcome.item_id, outcome.status if outcome.status in (SUCCEEDED, SKIPPED) else FAILED)
+        """A worker's final outcome of a running item (cancelled: its render was stopped)."""
+        status = self._move(outcome.item_id,
+                            outcome.status if outcome.status in (SUCCEEDED, SKIPPED, CANCELLED) else FAILED)
         status.reason, status.message = outcome.reason, outcome.message
         status.seconds, status.worker = outcome.seconds, outcome.worker or status.worker
         status.tier = outcome.tier or status.tier
@@ -282,17 +284,20 @@ class JobState:
     def state_for(self, counts: dict[str, int]) -> JobStatus:
         """The job's state given its `counts()` (callers that have them need not count again)."""
         if counts[QUEUED] or counts[RUNNING] or (self.post.pending and not self.finished_at):
-            # A cancelled job is still finishing its running items; a rendered one its deliverables.
+            # A cancelled job is still stopping its running items; a rendered one making its deliverables.
             if self.interrupted:
                 return JobStatus.INTERRUPTED
+            if self.cancelled:
+                return JobStatus.CANCELLING
             return JobStatus.RUNNING if self.started_at else JobStatus.QUEUED
         if self.cancelled:
             return JobStatus.CANCELLED
-        if counts[FAILED] == 0:
+        kept = counts[SUCCEEDED] + counts[SKIPPED]
+        if counts[FAILED] == 0 and counts[CANCELLED] == 0:
             return JobStatus.SUCCEEDED
-        if counts[SUCCEEDED] + counts[SKIPPED] == 0:
-            return JobStatus.FAILED
-        return JobStatus.PARTIAL
+        if kept == 0:  # items cancelled one by one, and nothing else: as if the job was
+            return JobStatus.FAILED if counts[FAILED] else JobStatus.CANCELLED
+        return JobStatus.PARTIAL  # some items, the others failed or cancelled one by one
 
     def throughput(self, counts: dict[str, int] | None = None) -> tuple[float | None, float | None]:
         """(rendered items per minute, seconds left), or None while unknown.

@@ -2,9 +2,11 @@
 
 Item states: `queued` -> `running` -> `succeeded` | `failed` (a lost worker puts a running item
 back to `queued` while it has attempts left); `skipped` for items committed by an earlier run;
-`cancelled` for queued items of a cancelled job. A job ends `succeeded` (every item), `partial`
-(some), `failed` (none) or `cancelled`; `interrupted` when a signal stopped it first. One
-definition used by the coordinator, the API, the metrics, job.json and the tests.
+`cancelled` for items of a cancelled job, or cancelled one by one, that had not committed (queued
+ones at once, running ones once their render stopped). A job ends `succeeded` (every item),
+`partial` (some), `failed` (none) or `cancelled`; it is `cancelling` while a cancelled job's
+running items stop, `interrupted` when a signal stopped it first. One definition used by the
+coordinator, the API, the metrics, job.json and the tests.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class JobStatus(StrEnum):
     PARTIAL = "partial"  # some items
     FAILED = "failed"  # none
     CANCELLED = "cancelled"
+    CANCELLING = "cancelling"  # cancelled; its running items are being stopped (or their deliverables finish)
     INTERRUPTED = "interrupted"  # stopped by a signal before the end (`farm resume` finishes it)
 
 
@@ -46,7 +49,7 @@ FINAL_JOB_STATES = (JobStatus.SUCCEEDED, JobStatus.PARTIAL, JobStatus.FAILED, Jo
 # The item state changes JobState makes; anything else is a bug and raises IllegalItemTransition.
 ITEM_TRANSITIONS = {
     QUEUED: {RUNNING, FAILED, CANCELLED, SKIPPED},
-    RUNNING: {RUNNING, QUEUED, SUCCEEDED, FAILED, SKIPPED},
+    RUNNING: {RUNNING, QUEUED, SUCCEEDED, FAILED, SKIPPED, CANCELLED},  # cancelled: its render was stopped
     SUCCEEDED: set(),
     FAILED: set(),
     SKIPPED: set(),

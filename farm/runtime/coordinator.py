@@ -21,6 +21,12 @@ is reported as such (`held_by`), and a cancel of it is passed on (`cancels/JOB_I
 its holder reads). Jobs accepted by another coordinator after this one started are found by a
 rescan of the registry every TTL.
 
+Cancelling: a cancelled job's queued items are cancelled at once and its rendering ones stopped
+at their next denoise step (farm.runtime.engine); its status says `cancelling` until it has
+ended. One item is cancelled the same way (`cancel_item`); an item cancelled before its job was
+admitted is remembered in the registry entry (`cancel_items`) and cancelled at admission. A job
+another coordinator runs has its item cancels refused (409: cancel it there, or the whole job).
+
 Takes and picks (farm.core.takes): a pick of a job running here is set in its JobState (the job
 recorder writes it with the next job.json) and in its registry entry at once (`picks`), so a
 restarted coordinator restores it; a pick of a finished job changes its job.json by
@@ -49,7 +55,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
 
 from farm import __version__
-from farm.core.errors import FarmError, JobConflictError, QueueFullError, StorageError, TakeError
+from farm.core.errors import FarmError, ItemCancelError, JobConflictError, QueueFullError, StorageError, TakeError
 from farm.core.job import FINAL_ITEM_STATES, FINAL_JOB_STATES, JobState, JobStatus
 from farm.core.lease import Holder, LeasePolicy
 from farm.core.manifest import JobSpec
@@ -314,6 +320,54 @@ class Coordinator:
         self.engine.cancel(job_id)
         return self.status(job_id)
 
+    def cancel_item(self, job_id: str, item_id: str) -> dict | None:
+        """Cancel one item: queued, at once; rendering, its render stops at its next denoise step.
+        Answers {job_id, item_id, state, job}: `state` is `cancelled`, or `cancelling` (its render
+        is being stopped, or its job has not started yet: it is cancelled when it does). None
+        for an unknown job; ItemCancelError: 404 for an unknown item, 409 for one that has ended
+        or is committing (its result stands) or a job another coordinator runs."""
+        with self.lock:
+            entry = self.entries.get(job_id)
+            if entry is None:
+                return None
+            job_state = self.states.get(job_id)
+            final = entry["state"] in FINAL_JOB_STATES
+            if not final and job_state is None and (elsewhere := self.leases.held_elsewhere(job_id)) is not None:
+                raise ItemCancelError(f"job {job_id} runs on another coordinator ({elsewhere.holder}); cancel the whole "
+                                      "job (it is passed on), or this item again in a moment", 409, item_id)
+        if job_state is None:  # finished, or accepted and not admitted yet: its items from its output
+            job_state = self._readable_state(entry)
+        if item_id not in job_state.items:
+            raise ItemCancelError(f"job {job_id} has no item {item_id!r}; see GET /v1/jobs/{job_id}/items", 404, item_id)
+        if final or job_id not in self.states:
+            state = job_state.items[item_id].state
+            if final or state in FINAL_ITEM_STATES:
+                raise ItemCancelError(f"item {item_id!r} of job {job_id} has already ended ({state}); "
+                                      "nothing to cancel (a committed result stays)", 409, item_id, str(state))
+            with self.lock:  # not admitted yet: cancelled at admission (`_admit`), kept across restarts
+                entry["cancel_items"] = sorted({*entry.get("cancel_items", []), item_id})
+                self._put_entry(entry)
+            if job_id in self.states:  # admitted meanwhile: `_admit` may have read the list before
+                self.engine.cancel_item(job_id, item_id)
+            return self._item_answer(job_id, item_id, "cancelling")
+        result = self.engine.cancel_item(job_id, item_id)
+        if result is None and job_state.items[item_id].state in FINAL_ITEM_STATES:  # the job ended meanwhile
+            result = str(job_state.items[item_id].state)
+        elif result is None:  # being admitted: not in the engine yet; `_admit` reads the list once it is
+            with self.lock:
+                entry["cancel_items"] = sorted({*entry.get("cancel_items", []), item_id})
+            result = self.engine.cancel_item(job_id, item_id) or "cancelling"
+        if result == "committing":
+            raise ItemCancelError(f"item {item_id!r} of job {job_id} has rendered and is being committed; its result "
+                                  "stands", 409, item_id, "running")
+        if result not in ("cancelled", "cancelling"):
+            raise ItemCancelError(f"item {item_id!r} of job {job_id} has already ended ({result}); nothing to cancel "
+                                  "(a committed result stays)", 409, item_id, result)
+        return self._item_answer(job_id, item_id, result)
+
+    def _item_answer(self, job_id: str, item_id: str, state: str) -> dict:
+        return {"job_id": job_id, "item_id": item_id, "state": state, "job": self.status(job_id)}
+
     # --- views ----------------------------------------------------------------------------------
 
     def status(self, job_id: str) -> dict | None:
@@ -348,6 +402,11 @@ class Coordinator:
                     summary["unprovidable_tiers"] = sorted(self.engine.unprovidable)
                 if state.has_takes:
                     summary["picks"] = dict(state.picks)
+            cancelled = entry.get("cancel_requested") or entry.get("cancel_forwarded")
+            if cancelled and summary["state"] not in FINAL_JOB_STATES:  # until it has ended (also when run elsewhere)
+                summary["state"] = JobStatus.CANCELLING.value
+            summary.pop("cancel_forwarded", None)
+            summary.pop("cancel_items", None)
             return summary
 
     def list_jobs(self, cursor: str | None = None, limit: int = 50) -> dict:
@@ -565,7 +624,10 @@ class Coordinator:
             for entry in self.entries.values():
                 if entry["state"] not in FINAL_JOB_STATES and self.leases.held_elsewhere(entry["id"]):
                     continue  # counted by the coordinator that runs it (two clusters: not twice)
-                counts[entry["state"]] = counts.get(entry["state"], 0) + 1
+                state = entry["state"]
+                if entry.get("cancel_requested") and state not in FINAL_JOB_STATES:
+                    state = JobStatus.CANCELLING.value
+                counts[state] = counts.get(state, 0) + 1
         self.metrics.job_states(counts)
         self.metrics.leases(self.leases.counts())
 
@@ -651,6 +713,12 @@ class Coordinator:
             self.registry.put(entry)
         recorder.write(force=True)
         self.engine.admit(job, plan, decision.replace, decision.post)
+        with self.lock:
+            cancel_job, cancel_items = bool(entry.get("cancel_requested")), list(entry.get("cancel_items", []))
+        if cancel_job:  # cancelled while it was admitted (the engine did not have it yet)
+            self.engine.cancel(entry["id"])
+        for item_id in cancel_items:  # items cancelled before the job started
+            self.engine.cancel_item(entry["id"], item_id)
         if not self.leases.holds(entry["id"]):  # lost between the check and the admission
             self._lease_lost(entry["id"], "lost while the job was being admitted")
 
@@ -701,6 +769,7 @@ class Coordinator:
             entry["message"] = message
         entry.pop("cancel_requested", None)
         entry.pop("cancel_forwarded", None)
+        entry.pop("cancel_items", None)
         entry.pop("lease_lost", None)
         try:
             self.registry.put(entry)

@@ -17,8 +17,13 @@ in `farm.post.stage.PostStage`, whose calls (Ray tasks with no GPU) the loop wai
 render calls, so a GPU worker never waits for them. A job whose renders are done but whose
 deliverables are not waits in `finishing` and ends when its last deliverable does.
 
-`step()` is driven from one thread; `admit`, `cancel` and the read-only views may be called from
-others (under `lock`).
+A cancel (`cancel`, `cancel_item`) goes through the state machine too: queued items are
+cancelled at once, and each rendering one's worker gets a `cancel` call that runs beside its
+render (`CancelRunning`); the render stops at its next denoise step and its reply, a `cancelled`
+outcome, frees the worker for its next item.
+
+`step()` is driven from one thread; `admit`, `cancel`, `cancel_item` and the read-only views may
+be called from others (under `lock`).
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from farm.core import dispatch
 from farm.core.errors import ModelUnavailableError
 from farm.core.job import ItemOutcome, JobState
 from farm.core.planner import JobPlan
-from farm.core.states import SKIPPED, SUCCEEDED
+from farm.core.states import FINAL_ITEM_STATES, RUNNING, SKIPPED, SUCCEEDED
 from farm.core.tiers import CPU_TIER, ClusterShape, TierTable, tiers_in_resources
 from farm.core.vram import profile_for_model
 from farm.models.loading import absolute_model_ref
@@ -345,19 +350,39 @@ class Engine:
             self._follow_cluster(force=True)  # workers for its tiers, before anything decides nobody can take it
 
     def cancel(self, job_id: str) -> bool:
-        """Drop the job's queued items; running ones finish (their results are kept)."""
+        """Cancel the job's queued items and stop its rendering ones at their next denoise step
+        (they end `cancelled`); what has committed, or is committing, stays."""
         with self.lock:
             dropped = self.post.drop(job_id)  # deliverables not started yet: a resume makes them
             job = self.jobs.get(job_id) or self.finishing.get(job_id)
             if job is not None and dropped:
                 job.state.post.queued -= len(dropped)
             if job_id in self.finishing:
+                self.finishing[job_id].state.cancelled = True  # `cancelling` while its running deliverables end
                 self._post_done(job_id)
                 return True
             if job_id not in self.jobs:
                 return False
             self._carry_out(self.state.handle(dispatch.JobCancelled(job_id)))
             return True
+
+    def cancel_item(self, job_id: str, item_id: str) -> str | None:
+        """Cancel one item: what became of it. `cancelled` (it was queued), `cancelling` (its
+        render is being stopped), `committing` (it has rendered: its commit stands), or its final
+        state when it had ended; None when the job is not running here or has no such item."""
+        with self.lock:
+            job = self.jobs.get(job_id)
+            if job is None or item_id not in job.state.items:
+                return None
+            before = job.state.items[item_id].state
+            if before in FINAL_ITEM_STATES:
+                return str(before)
+            self._carry_out(self.state.handle(dispatch.ItemCancelRequested(job_id, item_id)))
+            after = job.state.items[item_id].state
+            if after != RUNNING:
+                return str(after)
+            rendering = any((s.job_id, s.item_id) == (job_id, item_id) for s in self.state.rendering())
+            return "cancelling" if rendering else "committing"
 
     def release(self, job_id: str) -> bool:
         """Send no more of the job's items (another coordinator holds its lease now): queued ones
@@ -747,6 +772,10 @@ class Engine:
             elif isinstance(instruction, dispatch.SendTask):
                 self._idle_since.pop(instruction.worker, None)
                 self._call(instruction.worker, "render", instruction.task)
+            elif isinstance(instruction, dispatch.CancelRunning):  # runs beside the render; its reply tells
+                log.info("render worker %s: stopping item %s of job %s (cancelled)", instruction.worker,
+                         instruction.item_id, instruction.job_id)
+                self._worker(instruction.worker).handle.cancel(instruction.job_id, instruction.item_id)
             elif isinstance(instruction, dispatch.WatchCommits):
                 self._watch(instruction.worker)
             elif isinstance(instruction, dispatch.ProbeWorker):  # restarted by Ray, or gone for good

@@ -7,6 +7,10 @@ on a thread of its own), so that a whole job runs through the real engine and di
 machine in a test without Ray. A worker is anything with `render(task)` (a RenderTask, answered
 with a WorkerReply) and `info()` returning what `farm.runtime.workers.RenderWorkerImpl` returns;
 its commits reach the engine through a mailbox (`farm.runtime.mailbox`).
+
+`cancel(job_id, item_id)` is the one call that must not wait for the worker's render: a Ray
+actor runs it in its own concurrency group; an in-process worker gets it on the caller's thread
+(it only sets a flag). Nothing waits for its answer (the render's reply says how the item ended).
 """
 
 from __future__ import annotations
@@ -40,6 +44,10 @@ class WorkerHandle(Protocol):
         """Take over a worker an earlier engine started: it reports to `mailbox` from now on;
         answers `info()` once its last render's uploads are done."""
 
+    def cancel(self, job_id: str, item_id: str | None) -> None:
+        """Stop the worker's render of (job, item) at its next denoise step, while it renders
+        (fire and forget: a worker that is gone, or has no such call, is left be)."""
+
     def kill(self) -> None: ...
 
 
@@ -71,6 +79,12 @@ class RayWorkerHandle:
 
     def adopt(self, mailbox):
         return self.actor.adopt.remote(mailbox)
+
+    def cancel(self, job_id: str, item_id: str | None) -> None:
+        try:  # the actor's "control" concurrency group: it runs beside the render
+            self.actor.cancel.remote(job_id, item_id)
+        except AttributeError:  # an actor without `cancel` (a test's or a benchmark's stand-in)
+            pass
 
     def kill(self) -> None:
         import ray
@@ -131,6 +145,12 @@ class LocalWorkerHandle:
 
     def adopt(self, mailbox) -> Future:
         return self._call("adopt", mailbox)
+
+    def cancel(self, job_id: str, item_id: str | None) -> None:
+        """On the caller's thread, not the worker's: it must not queue behind the render."""
+        cancel = getattr(self.worker, "cancel", None)
+        if cancel is not None and not self.killed:
+            cancel(job_id, item_id)
 
     def kill(self) -> None:
         self.killed = True

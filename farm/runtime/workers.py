@@ -8,7 +8,13 @@ fail again): it stays up, reports itself unusable in `info()`, and the executor 
 
 While it renders it watches its node's drain (`drain_probe`: Ray's draining nodes, asked as each
 render starts and at most every FARM_DRAIN_CHECK_S during the denoise, from the renderer's step
-hook, on the actor's one thread): see `farm.renderer` and `farm.core.drain`.
+hook, on the render's thread): see `farm.renderer` and `farm.core.drain`.
+
+Cancel: `cancel(job_id, item_id)` runs in a concurrency group of its own ("control", one
+thread), so it reaches the actor while a render occupies it; it only sets a flag
+(`farm.core.cancel.CancelRequests`) that the render's step hook reads before each denoise step.
+Every other method (render, info, switch_model, adopt, flush) stays in the default group, whose
+one thread runs them one at a time in the order they were sent, as before.
 """
 
 from __future__ import annotations
@@ -18,8 +24,11 @@ import traceback
 
 import ray
 
+from farm.core.cancel import CancelRequests
 from farm.core.contracts import Escalation, ItemOutcome, RenderTask, ReturnedItem, WorkerReply
 from farm.core.errors import FarmError
+
+CONTROL_GROUP = "control"  # the concurrency group of calls that must reach a worker mid-render
 
 
 class RenderWorkerImpl:
@@ -48,6 +57,7 @@ class RenderWorkerImpl:
         self.adapter = None
         self.card = None
         self.memory_baseline_bytes = None
+        self.cancels = CancelRequests()  # set by `cancel` (its own thread), read by the render's step hook
         from farm.models.memory import prepare_allocator
 
         prepare_allocator()  # read by torch when CUDA first allocates: before anything else
@@ -104,6 +114,7 @@ class RenderWorkerImpl:
             worker_name=self.name, card=self.card, calibration=settings.vram_calibration, node_id=node_id,
             drain_probe=node_drain_probe(node_id) if node_id else None,
             drain_check_s=settings.engine.drain_check_s, drain_margin_s=settings.engine.drain_margin_s,
+            cancels=self.cancels,
         )
         self.renderer = ItemRenderer(self.adapter, **self._renderer_options)
         self.commits = BackgroundCommits(self.renderer, settings.storage.upload_queue, on_commit=self._report_commits)
@@ -123,8 +134,10 @@ class RenderWorkerImpl:
         worker.settings = worker.local = None
         worker.mailbox = mailbox
         worker.error, worker.adapter, worker.card = None, adapter, card
+        worker.cancels = CancelRequests()
         worker._renderer_options = dict(worker_name=name, card=card, drain_probe=drain_probe,
-                                        drain_check_s=drain_check_s, drain_margin_s=drain_margin_s)
+                                        drain_check_s=drain_check_s, drain_margin_s=drain_margin_s,
+                                        cancels=worker.cancels)
         worker.renderer = ItemRenderer(adapter, **worker._renderer_options)
         worker.commits = BackgroundCommits(worker.renderer, upload_queue, on_commit=worker._report_commits)
         worker.memory_baseline_bytes = allocated_bytes(adapter.device)
@@ -158,15 +171,29 @@ class RenderWorkerImpl:
             reason = self.error or "model not loaded"
             outcome = ItemOutcome.failure(task.item_id, "model_unavailable", reason, job_id=task.job_id)
             return WorkerReply(self.name, -1, (outcome,))
-        produced = self.renderer.produce(task)
-        if isinstance(produced, ItemOutcome):
-            return self._reply([produced])
-        if isinstance(produced, Escalation):
-            return self._reply([], produced)
-        if isinstance(produced, ReturnedItem):  # its node is being drained: nothing was committed
-            return self._reply([], returned=produced)
-        self.commits.submit(produced)  # blocks while the upload queue is full
-        return self._reply([])
+        self.cancels.begin(task.job_id, task.item_id)  # a cancel that came first stops it at once
+        try:
+            produced = self.renderer.produce(task)
+            if isinstance(produced, ItemOutcome):
+                return self._reply([produced])
+            if isinstance(produced, Escalation):
+                return self._reply([], produced)
+            if isinstance(produced, ReturnedItem):  # its node is being drained: nothing was committed
+                return self._reply([], returned=produced)
+            why = self.cancels.why()
+            if why is not None:  # cancelled while it decoded or encoded: still nothing committed
+                return self._reply([self.renderer.cancel_produced(produced, why)])
+            self.commits.submit(produced)  # blocks while the upload queue is full; from here its commit stands
+            return self._reply([])
+        finally:
+            self.cancels.end()
+
+    @ray.method(concurrency_group=CONTROL_GROUP)
+    def cancel(self, job_id: str, item_id: str | None = None) -> bool:
+        """Stop the render of `item_id` of `job_id` (None: any item of the job) at its next denoise
+        step; its render call then answers a `cancelled` outcome. Runs beside a render (its own
+        concurrency group). True when that render is running now (see farm.core.cancel)."""
+        return self.cancels.request(job_id, item_id)
 
     def switch_model(self, model_ref: str) -> dict:
         """Hold `model_ref` instead of the model loaded now (the dispatcher's switch, see
@@ -215,6 +242,7 @@ class RenderWorkerImpl:
         coordinator's scan of the outputs sees it. What the old coordinator never heard of is
         dropped here; the scan finds it."""
         self.mailbox = mailbox
+        self.cancels.clear()  # the old coordinator's requests are not the new one's
         if self.renderer is not None:
             self.commits.flush()
             self.commits.reply()
@@ -260,7 +288,8 @@ def node_drain_probe(node_id: str):
 
 
 # max_restarts: a worker process that dies (segfault, host OOM killer) comes back and reloads.
-RenderWorker = ray.remote(max_restarts=2, max_task_retries=0)(RenderWorkerImpl)
+# concurrency_groups: `cancel` on a thread of its own beside the default group's one thread.
+RenderWorker = ray.remote(max_restarts=2, max_task_retries=0, concurrency_groups={CONTROL_GROUP: 1})(RenderWorkerImpl)
 
 WORKER_NAME_PREFIX = "farm-worker-"  # the service's workers are named (WORKER_NAME_PREFIX + name) and detached
 

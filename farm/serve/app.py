@@ -28,6 +28,7 @@ from farm import __version__
 from farm.core.errors import (
     FarmError,
     ImageError,
+    ItemCancelError,
     JobConflictError,
     ManifestError,
     ManifestIssue,
@@ -82,6 +83,13 @@ class JobStatus(BaseModel):
     lease_expires_at: float | None = None
     post: PostProgress | None = None  # deliverables, when the job has any
     picks: dict[str, str] | None = None  # a job with takes: an image's shared id -> the take chosen
+
+
+class ItemCancelled(BaseModel):
+    job_id: str
+    item_id: str
+    state: str  # cancelled, or cancelling (its render is being stopped; its job not started yet)
+    job: JobStatus
 
 
 class JobPage(BaseModel):
@@ -382,10 +390,31 @@ def create_app(
 
     @v1.delete("/jobs/{job_id}", status_code=202, response_model=JobStatus, responses=problems)
     async def cancel_job(job_id: str):
+        """Cancel a job: queued items at once, rendering ones stopped at their next denoise step;
+        committed results stay. `state` says `cancelling` until the job has ended."""
         status = await client.call("cancel", job_id)
         if status is None:
             raise HTTPException(404, f"no job {excerpt(job_id)}")
         return _status(status)
+
+    @v1.delete("/jobs/{job_id}/items/{item_id}", status_code=202, response_model=ItemCancelled,
+               responses={**problems, 409: {"model": Problem}, 503: {"model": Problem}})
+    async def cancel_item(job_id: str, item_id: str):
+        """Cancel one item: queued, at once (`cancelled`); rendering, stopped at its next denoise
+        step (`cancelling`). 409 for an item that has ended or is committing (its result stays)."""
+        if not is_safe_id(item_id) or item_id in RESERVED_ITEM_IDS:
+            return _problem(404, f"no item {excerpt(item_id)}",
+                            [{"field": "item", "value": jsonable_excerpt(item_id), "message": "not an item id"}])
+        try:
+            found = await client.call("cancel_item", job_id, item_id)
+        except ItemCancelError as error:
+            return _problem(error.status, str(error), [error.to_dict()])
+        except StorageError as error:  # its text may name a server path: logged, not answered
+            log.warning("cancel of item %s of job %s: %s", item_id, job_id, error)
+            return _problem(503, "the job's output cannot be read now; retry later", headers={"Retry-After": "10"})
+        if found is None:
+            raise HTTPException(404, f"no job {excerpt(job_id)}")
+        return {**found, "job": _status(found["job"])}
 
     async def take_call(method: str, job_id: str, item_id: str, *args):
         """A takes route's call: 404 for an unknown job or item, 422 for what is not a take of it."""

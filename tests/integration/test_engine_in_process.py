@@ -1,6 +1,7 @@
 """A whole job through the real engine, dispatch state machine, renderer and storage, without
 Ray: workers are in-process objects behind `LocalWorkerHandle` (farm/runtime/handles.py), each
-with its own tiny model and a simulated card. Admit, render, OOM, escalation and cancel."""
+with its own tiny model and a simulated card. Admit, render, OOM, escalation, cancel (a running
+render stopped at its next denoise step), drain."""
 
 import json
 
@@ -41,8 +42,8 @@ def farm(adapters, faults: str | None = None, tiers=("12g", "24g", "80g")) -> En
     return Engine(workers, TABLE, pool=LocalCallPool(), mailbox=mailbox)
 
 
-def job_of(tmp_path, name: str, count: int, engine: Engine):
-    return engine_job(tmp_path, name, count, engine, TABLE)
+def job_of(tmp_path, name: str, count: int, engine: Engine, **params):
+    return engine_job(tmp_path, name, count, engine, TABLE, **params)
 
 
 def sidecars(folder):
@@ -92,16 +93,17 @@ def test_an_item_escalated_from_12g_to_24g_runs_there_without_the_12g_savers(tmp
     assert sidecar["effective"]["memory_savers"] == []  # planned afresh for 24g: none of the 12g savers
 
 
-def test_cancelling_a_job_keeps_what_rendered_and_drops_the_rest(tmp_path, adapters):
+def test_cancelling_a_job_keeps_what_committed_and_cancels_the_rest(tmp_path, adapters):
     engine = farm(adapters)
     job, plan = job_of(tmp_path, "cancel", 8, engine)
     engine.admit(job, plan)
-    engine.step()  # three items out to the three workers, five queued
+    engine.step()  # three items out to the three workers, five queued (a fast one may have committed)
     assert engine.cancel("cancel")
     engine.run_until_done()
     counts = job.state.counts()
-    assert job.state.final_state == "cancelled" and counts["cancelled"] == 5
-    assert counts["succeeded"] == 3 and len(sidecars(tmp_path / "out" / "cancel")) == 3
+    assert job.state.final_state == "cancelled" and counts["cancelled"] >= 5
+    assert counts["succeeded"] + counts["cancelled"] == 8  # each ended one way: committed or cancelled
+    assert len(sidecars(tmp_path / "out" / "cancel")) == counts["succeeded"]
 
 
 def test_a_commit_reaches_the_progress_while_the_worker_renders_the_next_item(tmp_path, adapters):
@@ -194,3 +196,126 @@ def test_a_task_sent_to_a_worker_whose_node_is_already_draining_comes_back_unsta
     assert {s["device"]["worker"] for s in sidecars(tmp_path / "out" / "unstarted").values()} == {"24g-0"}
     assert all(status.attempts == 1 for status in job.state.items.values())
     assert workers[0].handle.killed
+
+
+class StepGate:
+    """A UNet forward pre-hook (registered before the render's own step hook, so it runs first)
+    that counts the denoise steps of the renders on one adapter; at step `at` of the first
+    render it holds the render until the test has sent its cancel, so the cancel lands at a
+    known step. It keeps a weak reference to that step's input (freed once the render stopped)."""
+
+    def __init__(self, adapter, at: int):
+        import threading
+
+        self.at, self.calls, self.at_cancel = at, 0, None
+        self.reached, self.sent = threading.Event(), threading.Event()
+        self.tensor = None
+        self.handle = adapter.pipeline.unet.register_forward_pre_hook(self)
+
+    def __call__(self, module, args):
+        import weakref
+
+        self.calls += 1
+        if self.calls == self.at:
+            self.tensor = weakref.ref(args[0])
+            self.reached.set()
+            assert self.sent.wait(60), "the test never sent its cancel"
+
+    def cancel(self, send) -> None:
+        """Wait for step `at`, then `send()` the cancel and let the render go on."""
+        assert self.reached.wait(120), "the render never reached the step"
+        send()
+        self.at_cancel = self.calls
+        self.sent.set()
+
+    def remove(self):
+        self.sent.set()
+        self.handle.remove()
+
+
+def one_worker(adapters, tier="80g"):
+    """An engine with one in-process worker (its calls on a thread of its own; its `cancel` on
+    the caller's thread, as a Ray actor's runs in its own concurrency group)."""
+    spec = TABLE[tier]
+    card = CardInfo(tier, int(spec.card_gib * GIB), spec.budget_bytes, "FARM_GPU_VRAM_GB", True)
+    mailbox = LocalMailbox()
+    impl = RenderWorkerImpl.in_process(f"{tier}-0", adapters[tier], card, mailbox=mailbox)
+    return Engine([Worker(f"{tier}-0", LocalWorkerHandle(impl), tier, impl.info())], TABLE, pool=LocalCallPool(),
+                  mailbox=mailbox)
+
+
+def released(monkeypatch):
+    """Counts the renderer's calls to release_memory (on CUDA it empties the cache)."""
+    import farm.renderer
+
+    calls = []
+    real = farm.renderer.release_memory
+    monkeypatch.setattr(farm.renderer, "release_memory", lambda device: (calls.append(device), real(device)))
+    return calls
+
+
+def test_cancelling_a_job_stops_its_running_render_at_the_next_step_and_the_worker_renders_another_job(
+        tmp_path, adapters, monkeypatch, caplog):
+    """Issue 20: the cancel reaches the worker while it renders step 5 of 40; the denoise stops
+    before the next UNet call, its tensors are freed, the item ends `cancelled` with nothing
+    committed, the job's queued items are cancelled, and the worker takes the next job's item."""
+    import logging
+    import threading
+
+    engine = one_worker(adapters)
+    frees = released(monkeypatch)
+    job, plan = job_of(tmp_path, "stop", 3, engine, steps=40)
+    (tmp_path / "next").mkdir()
+    other, other_plan = job_of(tmp_path / "next", "next", 1, engine)
+    gate = StepGate(adapters["80g"], at=5)  # before the render starts (at the admission)
+    engine.admit(job, plan)  # i0 goes to the worker, i1 and i2 wait
+    engine.admit(other, other_plan)
+    loop = threading.Thread(target=engine.run_until_done)
+    try:
+        with caplog.at_level(logging.INFO, logger="farm"):
+            loop.start()
+            gate.cancel(lambda: engine.cancel("stop"))
+            loop.join(300)
+    finally:
+        gate.remove()
+    assert not loop.is_alive() and job.done.is_set() and other.done.is_set()
+    steps_after = gate.calls - gate.at_cancel - other_steps(other)
+    assert steps_after <= 1, f"{steps_after} denoise steps ran after the cancel"  # measured: 0
+    status = job.state.items["i0"]
+    assert status.state == "cancelled" and "stopped after denoise step 4 of 40" in status.message, status.message
+    assert job.state.final_state == "cancelled" and job.state.counts()["cancelled"] == 3
+    assert not list((tmp_path / "out" / "stop").glob("i*")), "nothing was committed for the job"
+    assert frees and adapters["80g"].phase == "idle"
+    assert gate.tensor() is None, "the stopped denoise's tensors are still alive"
+    assert other.state.final_state == "succeeded"
+    assert sidecars(tmp_path / "next" / "out" / "next")["i0"]["device"]["worker"] == "80g-0"
+    assert any("stops item i0 of job stop" in r.getMessage() for r in caplog.records)
+
+
+def other_steps(job) -> int:
+    """The UNet calls of the other job's render (its steps: one call each)."""
+    return job.state.spec.items[0].params.steps
+
+
+def test_cancelling_one_running_item_stops_it_and_the_job_goes_on(tmp_path, adapters):
+    import threading
+
+    engine = one_worker(adapters)
+    job, plan = job_of(tmp_path, "one", 2, engine, steps=10)  # the fewest a manifest allows
+    gate = StepGate(adapters["80g"], at=3)
+    engine.admit(job, plan)
+    answers = []
+    loop = threading.Thread(target=engine.run_until_done)
+    try:
+        loop.start()
+        gate.cancel(lambda: answers.append(engine.cancel_item("one", "i0")))
+        loop.join(300)
+    finally:
+        gate.remove()
+    assert answers == ["cancelling"]
+    assert gate.calls - gate.at_cancel == 10  # none of i0's: all of them i1's
+    assert job.state.items["i0"].state == "cancelled" and job.state.items["i1"].state == "succeeded"
+    assert job.state.items["i0"].message == "item i0 was cancelled; stopped after denoise step 2 of 10"
+    assert set(sidecars(tmp_path / "out" / "one")) == {"i1"}
+    assert job.state.final_state == "partial" and not job.state.cancelled
+    assert engine.cancel_item("one", "i1") is None  # the job has ended here: nothing to cancel

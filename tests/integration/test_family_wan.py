@@ -135,6 +135,26 @@ def test_the_same_seed_gives_the_same_video_and_another_seed_another(wan_adapter
 # --- conditioning ------------------------------------------------------------------------------
 
 
+def test_a_cancel_raised_from_the_step_hook_stops_the_denoise_at_that_step_and_the_next_render_is_whole(
+        wan_adapter, seed7):
+    """The renderer's step hook stops a render by raising (a cancel, a drain): through
+    diffusers' callback_on_step_end, before the next step; the adapter renders as before after."""
+    from farm.core.cancel import RenderCancelled
+
+    seen = []
+
+    def on_step(done, total):
+        seen.append(done)
+        if done == 2:
+            raise RenderCancelled("item i0 was cancelled", done)
+
+    with pytest.raises(RenderCancelled):
+        wan_adapter.denoise(pattern(80, 48), seed=7, on_step=on_step, **{**RENDER, "steps": 6})
+    assert seen == [0, 1, 2]  # before the first step and after each: two of six steps ran
+    again = wan_adapter.generate(pattern(80, 48), seed=7, **RENDER)
+    assert np.array_equal(again.frames, seed7[0].frames)
+
+
 def test_the_prompt_embeddings_are_the_pipelines_own(wan_adapter, with_identity_ftfy):
     pipe = wan_adapter.pipeline
     for text in (PROMPT, NEGATIVE, "", "  waves &amp; rolling\n  in  "):

@@ -157,6 +157,23 @@ def test_cancel_mid_job_keeps_what_is_committed(service):
     assert len(service.sidecars("api/cancel/")) == counts["succeeded"]
 
 
+def test_cancelling_one_item_through_the_api_cancels_it_and_the_job_goes_on(service):
+    job_id = service.submit(manifest("one-off", 4)).json()["id"]
+    response = service.session.delete(f"{service.url}/v1/jobs/{job_id}/items/i3", timeout=60)
+    assert response.status_code == 202, response.text
+    answer = response.json()
+    # queued: cancelled at once; the job not admitted yet: cancelled when it is
+    assert answer["item_id"] == "i3" and answer["state"] in ("cancelled", "cancelling"), answer
+    assert answer["job"]["id"] == job_id
+    unknown = service.session.delete(f"{service.url}/v1/jobs/{job_id}/items/nope", timeout=60)
+    assert unknown.status_code == 404 and "no item 'nope'" in unknown.json()["detail"]
+    final = service.wait(job_id)
+    assert final["state"] == "partial" and final["counts"]["cancelled"] == 1 and final["counts"]["succeeded"] == 3
+    assert "api/one-off/i3.json" not in service.sidecars("api/one-off/")
+    again = service.session.delete(f"{service.url}/v1/jobs/{job_id}/items/i0", timeout=60)
+    assert again.status_code == 409 and "already ended (succeeded)" in again.json()["detail"], again.text
+
+
 @pytest.mark.slow  # over a minute, or repeated by tests/chaos: `python3 dev.py test -m slow`
 def test_killing_the_coordinator_mid_job_renders_nothing_twice(service):
     import ray

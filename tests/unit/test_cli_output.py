@@ -158,3 +158,23 @@ def test_the_run_summary_of_a_job_without_deliverables_says_nothing_of_them(tmp_
     console = Console(record=True, width=200)
     print_summary(state, "s3://out/job", "s3://out/job/job.json", console=console)
     assert "deliverable" not in console.export_text()
+
+
+def test_the_status_line_counts_cancelled_items():
+    status = {**STATUS, "state": "cancelled", "counts": {"total": 12, "succeeded": 3, "failed": 0, "cancelled": 9}}
+    assert _status_line(status) == "j1  spring  cancelled  3/12 done, 0 failed, 9 cancelled  -> s3://out"
+
+
+def test_farm_cancel_of_one_item_says_what_became_of_it_and_the_job(monkeypatch, capsys):
+    job = {**STATUS, "state": "running", "counts": {"total": 10, "succeeded": 6, "failed": 0, "cancelled": 1}}
+    calls = []
+
+    class Client:
+        def cancel_item(self, job_id, item_id):
+            calls.append((job_id, item_id))
+            return {"job_id": job_id, "item_id": item_id, "state": "cancelling", "job": job}
+
+    monkeypatch.setattr(remote, "_client", lambda args: Client())
+    assert remote.cmd_cancel(argparse.Namespace(job="j1", item="i4")) == 0
+    assert calls == [("j1", "i4")]
+    assert capsys.readouterr().out.splitlines() == ["i4  cancelling", _status_line(job)]

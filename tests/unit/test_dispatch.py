@@ -283,13 +283,14 @@ def test_cancel_before_anything_started_drops_everything():
     assert job.final_state == "cancelled"
 
 
-def test_cancel_during_a_render_keeps_the_running_item():
+def test_cancel_during_a_render_stops_it_and_keeps_it_when_it_committed_first():
     farm = Farm(("cpu-0", "cpu"))
     job = farm.admit("j", [item("a"), item("b"), item("c")])
     out = farm.handle(d.JobCancelled("j"))
     assert d.ItemsCancelled("j", 2) in out and not farm.finished_jobs()
+    assert d.CancelRunning("cpu-0", "j", "a") in out  # stopped at its next denoise step
     assert job.items["b"].state == "cancelled" and job.items["a"].state == "running"
-    farm.reply("cpu-0", done("j", "a"))
+    farm.reply("cpu-0", done("j", "a"))  # it committed before the cancel reached it
     assert job.items["a"].state == SUCCEEDED and farm.finished_jobs() == ["j"]
     assert job.final_state == "cancelled"
 
