@@ -35,7 +35,7 @@ from fastapi.responses import (
     StreamingResponse,
 )
 
-from farm.core.errors import JobConflictError, ManifestError, StorageError, TakeError
+from farm.core.errors import ItemCancelError, JobConflictError, ManifestError, StorageError, TakeError
 from farm.core.ids import RESERVED_ITEM_IDS, is_safe_id
 from farm.core.params import PRESETS, RESOLUTIONS
 from farm.serve import ui_files, ui_submit, ui_views
@@ -272,6 +272,19 @@ def mount_ui(app: FastAPI, client, settings, *, parse, submit_spec) -> None:
         if _hx(request):  # the polling fragments refresh at once
             return _harden(Response(status_code=204, headers={"HX-Trigger": "farm-refresh"}))
         return go(request, f"/jobs/{quote(job_id)}")
+
+    @ui.post("/jobs/{job_id}/items/{item_id}/cancel")
+    async def cancel_item(request: Request, job_id: str, item_id: str, session: Session = Depends(form_session)):
+        """Stop one item: queued, dropped; rendering, stopped at its next denoise step."""
+        try:
+            answer = await client.call("cancel_item", job_id, item_id)
+        except ItemCancelError as error:  # ended or committing: its result stands
+            raise HTTPException(error.status, str(error)) from None
+        if answer is None:
+            raise HTTPException(404, "no such job")
+        if _hx(request):
+            return _harden(Response(status_code=204, headers={"HX-Trigger": "farm-refresh"}))
+        return go(request, f"/jobs/{quote(job_id)}?{urlencode({'item': item_id})}")
 
     # --- one job --------------------------------------------------------------------------------
 

@@ -58,6 +58,12 @@ class Fake:
             return next((r for r in self.rows if r["id"] == args[1]), None)
         if method == "cancel":
             return self.status if args[0] == JOB else None
+        if method == "cancel_item":
+            from farm.core.errors import ItemCancelError
+
+            if args[1] == "ok":
+                raise ItemCancelError("item ok has ended (succeeded); its result stands", 409, "ok", "succeeded")
+            return {"job_id": JOB, "item_id": args[1], "state": "cancelled", "job": self.status} if args[0] == JOB else None
         if method == "video":
             return {"committed": False}
         if method == "submit":
@@ -437,3 +443,15 @@ def test_the_grid_pages_forward_and_back_with_its_filter(farm):
     back = re.search(r'href="/jobs/[^?]+\?([^"]+)" hx-get="[^"]+" hx-target="#grid" hx-swap="outerHTML">← Previous', second)
     farm.get(f"/jobs/{JOB}?{back.group(1).replace('&amp;', '&')}")  # the whole page (without JavaScript)
     assert seen[-1] == (JOB, "failed", None, 48, "sea")  # the first page again
+
+
+def test_an_item_can_be_stopped_from_its_panel_with_the_csrf_token_only(farm):
+    login(farm)
+    panel = farm.get(f"/jobs/{JOB}/items/later").text
+    assert f'action="/jobs/{JOB}/items/later/cancel"' in panel and "Stop this item" in panel
+    assert farm.post(f"/jobs/{JOB}/items/later/cancel").status_code == 403  # no CSRF token
+    csrf = csrf_of(farm)
+    done = farm.post(f"/jobs/{JOB}/items/later/cancel", data={"csrf": csrf}, headers={"Origin": "http://testserver"})
+    assert done.status_code == 303 and ("cancel_item", JOB, "later") in farm.fake.calls
+    ended = farm.post(f"/jobs/{JOB}/items/ok/cancel", data={"csrf": csrf}, headers={"Origin": "http://testserver"})
+    assert ended.status_code == 409
