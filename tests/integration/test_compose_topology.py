@@ -161,6 +161,7 @@ def get(url: str, **kwargs):
         return None
 
 
+@pytest.mark.slow  # suite time: in the slow suite (python3 dev.py test -m slow)
 def test_the_compose_topology_renders_a_job_through_the_heads_published_port(farm_cache, tiny_model_dir):
     compose = yaml.safe_load(COMPOSE.read_text())
     services = compose["services"]

@@ -23,6 +23,7 @@ FAMILY_ITEMS = {  # model -> (family, pipeline, frames it renders at 256x256)
 }
 
 
+@pytest.mark.slow  # suite time: in the slow suite (python3 dev.py test -m slow)
 def test_a_mixed_manifest_renders_on_one_cluster_and_workers_switch_only_when_their_queue_is_empty(
         ray_cluster, tmp_path):
     (tmp_path / "a.png").write_bytes(encode(pattern(320, 240), "PNG"))

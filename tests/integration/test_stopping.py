@@ -65,6 +65,7 @@ def test_farm_run_killed_with_sigkill_leaves_no_process_behind(tmp_path):
     end(family)
 
 
+@pytest.mark.slow  # suite time: in the slow suite (python3 dev.py test -m slow)
 def test_farm_serve_binds_loopback_and_stops_gracefully_on_sigterm(tmp_path):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
