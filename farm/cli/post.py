@@ -18,7 +18,6 @@ from dataclasses import replace
 
 from farm.cli.output import EXIT_FAILED_ITEMS, EXIT_INVALID, EXIT_OK
 from farm.core.deliverables import Deliverable, DeliverableError, parse_entries
-from farm.core.errors import CommitConflict
 
 
 def parse_deliverable_flags(values: list[str] | None) -> tuple[Deliverable, ...] | None:
@@ -98,28 +97,25 @@ def cmd_post(args: argparse.Namespace) -> int:
     finally:
         runner.close()
     store.put_bytes(job_spec_key(name), json.dumps(spec.to_dict(), indent=1).encode(), "application/json")
-    _add_to_record(store, job_record_key(name), outcomes, failures)
+    _add_to_record(store, name, outcomes, failures)
     print(", ".join(f"{count} {what}" for what, count in sorted(outcomes.items())) or "nothing to do")
     for failure in failures[:20]:
         print(f"  {failure['item']} {failure['deliverable']}: {failure['reason']}: {failure['message']}")
     return EXIT_FAILED_ITEMS if failures else EXIT_OK
 
 
-def _add_to_record(store, key: str, outcomes: Counter, failures: list[dict]) -> None:
+def _add_to_record(store, name: str, outcomes: Counter, failures: list[dict]) -> None:
     """Add this run's outcome to job.json's `post` (compare-and-swap: a pick may write it too)."""
-    for _ in range(8):
-        found = store.get_object(key)
-        if found is None:
-            return
-        body, info = found
-        record = json.loads(body)
+    from farm.storage.base import job_record_key
+    from farm.storage.picks import update_record
+
+    def add(record: dict) -> bool:
         post = record.setdefault("post", {"queued": 0, "running": 0, "made": 0, "skipped": 0, "failed": 0,
                                           "superseded": 0, "seconds": 0.0, "failures": []})
         for outcome in ("made", "skipped", "failed", "superseded"):
             post[outcome] = post.get(outcome, 0) + outcomes.get(outcome, 0)
         post["failures"] = [*post.get("failures", []), *failures][-20:]
-        try:
-            store.put_bytes(key, json.dumps(record).encode(), "application/json", if_match=info.etag)
-            return
-        except CommitConflict:
-            continue
+        return True
+
+    if store.head(job_record_key(name)) is not None:  # a job without a record keeps none
+        update_record(store, name, add, "the deliverables' outcome")
