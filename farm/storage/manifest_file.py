@@ -55,13 +55,13 @@ def load_manifest(
         env_model=env_model,
         check_files=check_files,
         family_of=family_of_ref,  # local model folders are read for their family
-        encoders=_encoders_when_needed(data),
+        encoders=_encoders_when_needed(data, overrides),
     )
 
 
-def _encoders_when_needed(data: bytes) -> set[str] | None:
-    """Ask ffmpeg for its encoders only when the manifest may name deliverables (a cheap test)."""
-    if b"deliverable" not in data:
+def _encoders_when_needed(data: bytes, overrides: JobOverrides | None) -> set[str] | None:
+    """Ask ffmpeg for its encoders only when the manifest or the flags may name deliverables."""
+    if b"deliverable" not in data and not (overrides and overrides.deliverables):
         return None
     from farm.media.deliverables import encoders_if_known
 
